@@ -1,0 +1,276 @@
+"""Reading and writing items: JSONL (optionally gzipped), Parquet, and Hugging Face datasets.
+
+Bad input never loses good input: a malformed line is reported as `file:line: reason`, counted,
+and skipped, and every other line still loads. Writes are atomic (temp file + rename), so an
+interrupted write never leaves a half file where a good one was.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import ValidationError
+
+from appraiser.data.clean import weight_from_details
+from appraiser.items import Item
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson")
+PARQUET_SUFFIXES = (".parquet",)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class DataError(Exception):
+    """A problem with input data or paths, with a message fit to show a user as one line."""
+
+
+@dataclass
+class LoadError:
+    """One bad record: where it is and why it was skipped."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+@dataclass
+class LoadReport:
+    """What a load did: how many items it kept and the errors it skipped."""
+
+    loaded: int = 0
+    errors: list[LoadError] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.errors)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def _check_file(path: Path) -> str:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a .jsonl, .jsonl.gz or .parquet file")
+    suffix = _suffix(path)
+    if suffix not in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+        raise DataError(f"{path}: unknown file format {suffix or '(no extension)'!r}; use .jsonl, .jsonl.gz or .parquet")
+    return suffix
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a .jsonl or .jsonl.gz file for reading text."""
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def iter_json_lines(path: str | Path, errors: list[LoadError] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each JSON object line; bad lines go to `errors`."""
+    path = Path(path)
+    _check_file(path)
+    with open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                _report(errors, LoadError(str(path), lineno, f"malformed JSON ({e.msg} at column {e.colno})"))
+                continue
+            if not isinstance(obj, dict):
+                _report(errors, LoadError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}"))
+                continue
+            yield lineno, obj
+
+
+def _report(errors: list[LoadError] | None, err: LoadError) -> None:
+    log.warning("%s", err)
+    if errors is not None:
+        errors.append(err)
+
+
+def record_to_item(record: dict[str, Any]) -> Item:
+    """An Item from a stored record; derives `weight` from `details` when it is not given."""
+    if record.get("weight") is None and record.get("details") is not None:
+        record = {**record, "weight": weight_from_details(record["details"])}
+    return Item.model_validate(record)
+
+
+def _validation_reason(e: ValidationError) -> str:
+    first = e.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "record"
+    return f"invalid {loc}: {first['msg']}"
+
+
+def iter_items(path: str | Path, errors: list[LoadError] | None = None) -> Iterator[Item]:
+    """Stream items from a JSONL(.gz) or Parquet file, skipping (and reporting) bad records."""
+    path = Path(path)
+    suffix = _check_file(path)
+    if suffix in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        for i, record in enumerate(pq.read_table(path).to_pylist(), start=1):
+            try:
+                yield record_to_item(record)
+            except ValidationError as e:
+                _report(errors, LoadError(str(path), i, _validation_reason(e)))
+        return
+    for lineno, record in iter_json_lines(path, errors):
+        try:
+            yield record_to_item(record)
+        except ValidationError as e:
+            _report(errors, LoadError(str(path), lineno, _validation_reason(e)))
+
+
+def read_items(path: str | Path, report: LoadReport | None = None, limit: int | None = None) -> list[Item]:
+    """Load the items of one file. Bad records are skipped and listed in `report`."""
+    errors = report.errors if report is not None else None
+    items: list[Item] = []
+    for item in iter_items(path, errors):
+        items.append(item)
+        if limit is not None and len(items) >= limit:
+            break
+    if report is not None:
+        report.loaded += len(items)
+    return items
+
+
+def _atomic_path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_items(items: Iterable[Item], path: str | Path) -> int:
+    """Write items to .jsonl, .jsonl.gz or .parquet (by extension), atomically. Returns the count."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+        raise DataError(f"{path}: unknown file format {suffix or '(no extension)'!r}; use .jsonl, .jsonl.gz or .parquet")
+    tmp = _atomic_path(path)
+    n = 0
+    try:
+        if suffix in PARQUET_SUFFIXES:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            records = [it.to_record() for it in items]
+            n = len(records)
+            pq.write_table(pa.Table.from_pylist(records), tmp)
+        else:
+            opener = gzip.open(tmp, "wt", encoding="utf-8") if suffix == ".jsonl.gz" else open(tmp, "w", encoding="utf-8")
+            with opener as f:
+                for it in items:
+                    f.write(json.dumps(it.to_record(), ensure_ascii=False) + "\n")
+                    n += 1
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return n
+
+
+# ---------------------------------------------------------------- splits and HF datasets
+
+
+def find_split_file(folder: Path, split: str) -> Path | None:
+    """The file holding `split` in a folder (train.jsonl, train.jsonl.gz, train.parquet, ...)."""
+    for suffix in (".jsonl", ".jsonl.gz", ".parquet", ".json"):
+        p = folder / f"{split}{suffix}"
+        if p.exists():
+            return p
+    return None
+
+
+def load_splits(source: str | Path, report: LoadReport | None = None) -> dict[str, list[Item]]:
+    """Splits from a local folder (split files or a saved DatasetDict) or a Hugging Face hub id.
+
+    A folder needs at least one of train/validation/test as .jsonl, .jsonl.gz or .parquet. A hub
+    id ("owner/name") is loaded with `datasets.load_dataset`, which needs the hub (or its cache).
+    """
+    path = Path(source)
+    if path.exists():
+        if path.is_file():
+            return {"test": read_items(path, report)}
+        if (path / "dataset_dict.json").exists():
+            from datasets import load_from_disk
+
+            return from_dataset_dict(load_from_disk(str(path)), report)
+        splits = {s: read_items(f, report) for s in SPLITS if (f := find_split_file(path, s))}
+        if not splits:
+            raise DataError(f"{path}: no train/validation/test .jsonl, .jsonl.gz or .parquet files in this folder")
+        return splits
+    if _HUB_ID.match(str(source)) and not str(source).startswith((".", "/")):
+        return load_hub_splits(str(source), report)
+    raise DataError(f"{source}: no such file or folder (nor a hub dataset id like 'owner/name')")
+
+
+def load_hub_splits(repo_id: str, report: LoadReport | None = None) -> dict[str, list[Item]]:
+    """Load a dataset of items from the Hugging Face hub (real `datasets.load_dataset`)."""
+    try:
+        from datasets import load_dataset
+
+        dd = load_dataset(repo_id)
+    except Exception as e:  # network, auth, missing repo: one clear line, not a traceback
+        raise DataError(f"{repo_id}: could not load from the Hugging Face hub ({type(e).__name__}: {e})") from e
+    return from_dataset_dict(dd, report)
+
+
+def to_dataset_dict(splits: dict[str, list[Item]]):
+    """A `datasets.DatasetDict` of the splits, one column per Item field."""
+    from datasets import Dataset, DatasetDict
+
+    return DatasetDict({name: Dataset.from_list([it.to_record() for it in items]) for name, items in splits.items()})
+
+
+def from_dataset_dict(dd, report: LoadReport | None = None) -> dict[str, list[Item]]:
+    """Items from a `datasets.DatasetDict` (or a dict of Datasets), skipping invalid rows."""
+    out: dict[str, list[Item]] = {}
+    for name in dd:
+        items = []
+        for i, record in enumerate(dd[name], start=1):
+            try:
+                items.append(record_to_item(dict(record)))
+            except ValidationError as e:
+                err = LoadError(f"<dataset:{name}>", i, _validation_reason(e))
+                _report(report.errors if report else None, err)
+        if report is not None:
+            report.loaded += len(items)
+        out[name] = items
+    return out
+
+
+def save_splits(splits: dict[str, list[Item]], folder: str | Path, fmt: str = "jsonl") -> dict[str, Path]:
+    """Write each split to `folder/<split>.<fmt>` (jsonl, jsonl.gz or parquet)."""
+    folder = Path(folder)
+    paths = {}
+    for name, items in splits.items():
+        p = folder / f"{name}.{fmt}"
+        write_items(items, p)
+        paths[name] = p
+    return paths
+
+
+def push_to_hub(splits: dict[str, list[Item]], repo_id: str, private: bool = True, token: str | None = None) -> None:
+    """Publish the splits as a dataset repo on the Hugging Face hub."""
+    to_dataset_dict(splits).push_to_hub(repo_id, private=private, token=token)

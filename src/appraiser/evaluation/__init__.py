@@ -1,0 +1,1 @@
+"""Evaluation: metrics, per-item report, charts, the leaderboard store."""

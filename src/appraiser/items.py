@@ -1,0 +1,62 @@
+"""The one data type every stage shares: a product with a description and a true price.
+
+`text` is what a pricer is allowed to see; it never contains the price. Everything else is
+metadata for weighting, reporting and features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MIN_PRICE = 0.5
+MAX_PRICE = 999.49
+
+
+class Item(BaseModel):
+    """A product: its description (`text`), its true price in US dollars, and metadata."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+    id: str
+    title: str | None = None
+    category: str | None = None
+    text: str = Field(min_length=1)
+    price: float = Field(gt=0)
+    weight: float | None = Field(default=None, description="item weight in pounds, when known")
+    summary: str | None = Field(default=None, description="an LLM-written short rewrite of the text")
+    source: str | None = None
+    format: str = "raw"
+    price_exact: bool = True
+
+    @field_validator("price")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError("price must be a finite number")
+        return float(v)
+
+    def to_record(self) -> dict[str, Any]:
+        """A plain JSON-able dict (what is written to JSONL/Parquet)."""
+        return self.model_dump()
+
+    @property
+    def prompt_text(self) -> str:
+        """The text a model is shown: the summary where there is one, else the raw text."""
+        return self.summary or self.text
+
+
+def make_id(*parts: str | None) -> str:
+    """A stable 16-hex id from the given strings (title, text, ...)."""
+    h = hashlib.sha1("\x1f".join(p or "" for p in parts).encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def fingerprint(items: list[Item]) -> str:
+    """A short hash of the ids and prices of a list of items, to tell test sets apart."""
+    h = hashlib.sha1()
+    for it in items:
+        h.update(f"{it.id}:{it.price:.2f}\n".encode())
+    return h.hexdigest()[:12]

@@ -1,0 +1,131 @@
+"""What a pricer is: anything that maps items to prices.
+
+A pricer may learn from a training split (`fit`), and prices a batch at a time (`predict`), so
+local models can batch and API models can fan out. A failed guess is a `Prediction` with
+`price=None` — never a silent 0 — so the evaluator counts and shows it.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from appraiser.items import Item
+
+
+class Prediction(BaseModel):
+    """One guess: the price (None when the pricer failed), an optional interval, the raw text."""
+
+    price: float | None
+    low: float | None = None
+    high: float | None = None
+    raw: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.price is None
+
+
+class Pricer(ABC):
+    """Base class for all pricers. Subclasses set `name` and implement `predict`."""
+
+    name: ClassVar[str] = "pricer"
+    #: Many items per call is fine (batched local models); API pricers set this to 1 and let the
+    #: evaluator's worker pool provide concurrency.
+    batch_size: int = 256
+    #: Threads the evaluator may use for this pricer (API pricers wait on the network).
+    concurrency: int = 1
+
+    def fit(self, train: Sequence[Item], validation: Sequence[Item] | None = None) -> Pricer:
+        """Learn from training items. Pricers that need nothing keep this no-op."""
+        return self
+
+    @abstractmethod
+    def predict(self, items: Sequence[Item]) -> list[Prediction]:
+        """One prediction per item, in order."""
+
+    def config(self) -> dict[str, Any]:
+        """Settings that identify this pricer's behaviour (stored with each evaluation)."""
+        return {}
+
+    @property
+    def label(self) -> str:
+        """The name shown on the leaderboard (name plus distinguishing settings, if any)."""
+        return self.name
+
+    def save(self, path: str | Path) -> Path:
+        """Persist a fitted pricer (pickle by default; override for models with their own format)."""
+        import pickle
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            pickle.dump(self, f)
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> Pricer:
+        import pickle
+
+        with open(path, "rb") as f:
+            obj = pickle.load(f)
+        if not isinstance(obj, Pricer):
+            raise TypeError(f"{path}: not a saved pricer")
+        return obj
+
+
+class FunctionPricer(Pricer):
+    """Wrap a plain `item -> price` function (handy in notebooks and tests)."""
+
+    def __init__(self, fn: Callable[[Item], float | None], name: str = "function"):
+        self.fn = fn
+        self._name = name
+
+    @property
+    def label(self) -> str:
+        return self._name
+
+    def predict(self, items: Sequence[Item]) -> list[Prediction]:
+        out = []
+        for it in items:
+            p = self.fn(it)
+            out.append(Prediction(price=None if p is None else float(p)))
+        return out
+
+
+# ---------------------------------------------------------------- price parsing from model text
+
+_NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
+_RANGE = re.compile(rf"({_NUM})\s*(?:-|–|—|to)\s*\$?\s*({_NUM})")
+_ANY = re.compile(rf"(?<![\w.])({_NUM})")
+_DOLLAR = re.compile(rf"\$\s*({_NUM})")
+
+
+def _num(s: str) -> float:
+    return float(s.replace(",", ""))
+
+
+def parse_price_text(text: str | None) -> float | None:
+    """Read a price out of model text: "$1,299.99", "Price is $45", "about 45 dollars", "45-50".
+
+    A range gives its midpoint. A "$"-prefixed number wins over other numbers in the text.
+    Returns None when the text holds no number (a failure the evaluator counts).
+    """
+    if not text:
+        return None
+    s = text.strip()
+    m = _RANGE.search(s)
+    if m:
+        lo, hi = _num(m.group(1)), _num(m.group(2))
+        if hi >= lo:
+            return (lo + hi) / 2
+    m = _DOLLAR.search(s) or _ANY.search(s)
+    if not m:
+        return None
+    v = _num(m.group(1))
+    return v if v == v and v != float("inf") else None

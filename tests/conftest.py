@@ -1,0 +1,36 @@
+"""Shared fixtures: the real data beside the checkout, and an isolated state folder per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("APPRAISER_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """`../shared/data`. Missing data fails under CI (it must be there) and skips elsewhere."""
+    d = shared_data_dir()
+    if not (d / "train.jsonl").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data not found at {d}")
+        pytest.skip(f"shared data not found at {d}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def raw_sample(data_dir: Path) -> Path:
+    return data_dir / "raw" / "meta_Health_and_Personal_Care.sample.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Each test gets its own APPRAISER_HOME so leaderboards and caches never leak between tests."""
+    monkeypatch.setenv("APPRAISER_HOME", str(tmp_path / "appraiser-home"))
