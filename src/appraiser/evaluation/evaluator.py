@@ -1,0 +1,383 @@
+"""Run any pricer over a fixed test set, show each guess as it lands, score it, and record it.
+
+The evaluator is the measuring instrument for every claim Appraiser makes, so it is strict about
+what it measures: the test set is identified by a fingerprint, a failed guess is a failure (never a
+silent 0), and each result is stored with its per-item predictions so it can be re-scored,
+charted and compared later. Predictions are cached per batch as they complete, so a long or
+costly evaluation that is interrupted resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from appraiser.data.io import DataError, find_split_file, read_items
+from appraiser.evaluation.metrics import FAILED, colour, compute_metrics, squared_log_error
+from appraiser.evaluation.store import LeaderboardStore, PredictionCache
+from appraiser.items import Item, fingerprint
+from appraiser.pricers.base import Prediction, Pricer
+
+DEFAULT_TEST_SIZE = 250
+_STYLE = {"green": "green", "orange": "dark_orange", "red": "red", FAILED: "bold red"}
+
+
+@dataclass
+class ItemResult:
+    """One test item's outcome: the truth, the guess (None = failure), interval and raw model text."""
+
+    id: str
+    title: str | None
+    category: str | None
+    truth: float
+    guess: float | None
+    low: float | None = None
+    high: float | None = None
+    raw: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.guess is None
+
+    @property
+    def error(self) -> float | None:
+        """Absolute error in dollars (None for a failure)."""
+        return None if self.guess is None else abs(self.guess - self.truth)
+
+    @property
+    def sle(self) -> float | None:
+        """Squared log error, log1p-based (None for a failure)."""
+        return None if self.guess is None else squared_log_error(self.guess, self.truth)
+
+    @property
+    def color(self) -> str:
+        """green / orange / red by the error bands, or "failed"."""
+        return colour(self.guess, self.truth)
+
+
+@dataclass
+class EvalResult:
+    """A whole evaluation: who was measured, on which test set, each item, the metrics, time and cost.
+
+    `seconds` is the prediction time: measured now for new predictions, as recorded for cached ones,
+    so a resumed evaluation reports what the whole run cost. `cached` counts predictions reused.
+    """
+
+    pricer: str
+    config: dict[str, Any]
+    test_fingerprint: str
+    results: list[ItemResult]
+    metrics: dict[str, float]
+    seconds: float
+    cost: float = 0.0
+    run_id: int | None = None
+    pricer_name: str | None = None
+    cached: int = 0
+    charts: list[Path] = field(default_factory=list)
+
+    @property
+    def truths(self) -> list[float]:
+        return [r.truth for r in self.results]
+
+    @property
+    def guesses(self) -> list[float | None]:
+        return [r.guess for r in self.results]
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per item (with error, sle and colour columns)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {
+                    "id": r.id, "title": r.title, "category": r.category, "truth": r.truth, "guess": r.guess,
+                    "low": r.low, "high": r.high, "error": r.error, "sle": r.sle, "color": r.color, "raw": r.raw,
+                }
+                for r in self.results
+            ]
+        )
+
+    def summary_table(self) -> Table:
+        return summary_table(self)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """A short, stable hash of a pricer's config (key order does not matter)."""
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def item_hash(item: Item) -> str:
+    """A hash of everything a pricer may look at, so an edited item is never served a stale guess."""
+    parts = (item.title or "", item.category or "", item.text, item.summary or "", repr(item.weight))
+    return hashlib.sha1("\x1f".join(parts).encode("utf-8")).hexdigest()[:16]
+
+
+def _clean(pred: Any) -> Prediction:
+    """Accept a Prediction or a bare number/None; a NaN or infinite price is a failure."""
+    if not isinstance(pred, Prediction):
+        pred = Prediction(price=None if pred is None else float(pred))
+    if pred.price is not None and not math.isfinite(pred.price):
+        pred = pred.model_copy(update={"price": None})
+    return pred
+
+
+def _predict(pricer: Pricer, batch: list[Item]) -> tuple[list[Prediction], float]:
+    start = time.perf_counter()
+    preds = pricer.predict(batch)
+    elapsed = time.perf_counter() - start
+    if len(preds) != len(batch):
+        raise RuntimeError(f"{pricer.label}: predict returned {len(preds)} predictions for {len(batch)} items")
+    return [_clean(p) for p in preds], elapsed
+
+
+def _money(v: float | None) -> str:
+    return "      —" if v is None else f"${v:,.2f}"
+
+
+def item_line(i: int, r: ItemResult, width: int = 60) -> str:
+    """One coloured console line: guess, truth, error, colour and the start of the title."""
+    title = (r.title or r.id).replace("\n", " ")
+    if len(title) > width:
+        title = title[: width - 1] + "…"
+    style = _STYLE[r.color]
+    if r.failed:
+        raw = (r.raw or "").replace("\n", " ")[:40]
+        body = f"FAILED  truth {_money(r.truth):>10}  raw: {raw!r}"
+    else:
+        body = f"guess {_money(r.guess):>10}  truth {_money(r.truth):>10}  error {_money(r.error):>10}"
+    return f"[{style}]{i + 1:>5} {body}[/]  {escape(title)}"
+
+
+def summary_table(result: EvalResult) -> Table:
+    m = result.metrics
+    t = Table(title=f"{result.pricer} on test set {result.test_fingerprint} ({int(m['n'])} items)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("MAE", f"${m['mae']:,.2f}  (95% CI ${m['mae_ci_low']:,.2f} – ${m['mae_ci_high']:,.2f})")
+    t.add_row("median abs error", f"${m['median_ae']:,.2f}")
+    t.add_row("RMSLE", f"{m['rmsle']:.3f}")
+    t.add_row("MSE", f"{m['mse']:,.0f}")
+    t.add_row("R²", f"{m['r2']:.3f}")
+    t.add_row("hit rate (green)", f"{m['hit_rate']:.1%}")
+    t.add_row("failures", f"{int(m['failures'])}  (coverage {m['coverage']:.1%})")
+    t.add_row("time", f"{result.seconds:,.1f} s" + (f"  ({result.cached} cached)" if result.cached else ""))
+    if result.cost:
+        t.add_row("cost", f"${result.cost:,.4f}")
+    return t
+
+
+def cache_path_for(store: LeaderboardStore | None) -> Path | None:
+    """The cache sits beside the leaderboard it feeds (None: the default under config.home())."""
+    return None if store is None else store.path.with_name("cache.db")
+
+
+# ---------------------------------------------------------------- the evaluator
+
+
+def evaluate(
+    pricer: Pricer,
+    items: Sequence[Item],
+    *,
+    name: str | None = None,
+    show: bool = True,
+    cache: bool = True,
+    record: bool = True,
+    predictions_path: str | Path | None = None,
+    charts_dir: str | Path | None = None,
+    store: LeaderboardStore | None = None,
+    cost: float = 0.0,
+) -> EvalResult:
+    """Evaluate `pricer` on `items` (in order): predict, show, score, and optionally record.
+
+    Pricers with `concurrency > 1` are called from a thread pool, one `batch_size` batch per task
+    (API pricers use batch_size 1); others are called batch by batch. With `cache`, finished
+    batches are saved at once and reused on the next run with the same label, config and items.
+    With `record`, the result is added to the leaderboard (`store`, default: the project's).
+    """
+    items = list(items)
+    if not items:
+        raise DataError("no test items to evaluate on")
+    label = name or pricer.label
+    cfg = pricer.config()
+    chash = config_hash(cfg)
+    n = len(items)
+    console = Console(quiet=not show, highlight=False)
+
+    preds: list[Prediction | None] = [None] * n
+    secs = [0.0] * n
+    keys = [(it.id, item_hash(it)) for it in items] if cache else []
+    pcache = PredictionCache(cache_path_for(store)) if cache else None
+    cached = 0
+    if pcache is not None:
+        known = pcache.lookup(label, chash)
+        for i, k in enumerate(keys):
+            hit = known.get(k)
+            if hit is not None:
+                preds[i] = Prediction(price=hit[0], low=hit[1], high=hit[2], raw=hit[3])
+                secs[i] = hit[4]
+                cached += 1
+
+    results: list[ItemResult | None] = [None] * n
+
+    def finish(idx: list[int], batch_preds: list[Prediction], show_lines) -> None:
+        for i, p in zip(idx, batch_preds, strict=True):
+            it = items[i]
+            results[i] = ItemResult(it.id, it.title, it.category, it.price, p.price, p.low, p.high, p.raw)
+            if show:
+                show_lines(item_line(i, results[i]))
+
+    pending = [i for i in range(n) if preds[i] is None]
+    size = max(1, int(pricer.batch_size or 1))
+    batches = [pending[s : s + size] for s in range(0, len(pending), size)]
+    workers = max(1, int(pricer.concurrency or 1))
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=console, disable=not show,
+    )
+    def say(line: str) -> None:
+        progress.console.print(line, no_wrap=True, overflow="ellipsis")
+
+    start = time.perf_counter()
+    with progress:
+        task = progress.add_task(label, total=n)
+        done_cached = [i for i in range(n) if preds[i] is not None]
+        if done_cached:
+            finish(done_cached, [preds[i] for i in done_cached], say)
+            progress.advance(task, len(done_cached))
+
+        def complete(idx: list[int], batch_preds: list[Prediction], elapsed: float) -> None:
+            share = elapsed / len(idx) / min(workers, len(batches))
+            for i, p in zip(idx, batch_preds, strict=True):
+                preds[i], secs[i] = p, share
+            if pcache is not None:
+                pcache.put(label, chash, [(*keys[i], p.price, p.low, p.high, p.raw, share)
+                                          for i, p in zip(idx, batch_preds, strict=True)])
+            finish(idx, batch_preds, say)
+            progress.advance(task, len(idx))
+
+        try:
+            if workers == 1 or len(batches) <= 1:
+                for idx in batches:
+                    complete(idx, *_predict(pricer, [items[i] for i in idx]))
+            else:
+                _run_pool(pricer, items, batches, workers, complete)
+        except BaseException:
+            saved = sum(p is not None for p in preds)
+            if show and pcache is not None:
+                console.print(f"[yellow]interrupted: {saved}/{n} predictions are cached; rerun to resume[/]")
+            raise
+        finally:
+            if pcache is not None:
+                pcache.close()
+    run_seconds = time.perf_counter() - start
+
+    final = [r for r in results if r is not None]
+    metrics = compute_metrics([r.truth for r in final], [r.guess for r in final])
+    seconds = sum(secs[i] for i in done_cached) + run_seconds if cached else run_seconds
+    result = EvalResult(
+        pricer=label, config=cfg, test_fingerprint=fingerprint(items), results=final, metrics=metrics,
+        seconds=seconds, cost=cost, pricer_name=pricer.name, cached=cached,
+    )
+    if record:
+        own = store is None
+        st = store or LeaderboardStore()
+        try:
+            result.run_id = st.add(result)
+        finally:
+            if own:
+                st.close()
+    if predictions_path is not None:
+        write_predictions(result, predictions_path)
+    if charts_dir is not None:
+        from appraiser.evaluation.charts import save_charts
+
+        result.charts = save_charts(result, charts_dir)
+    if show:
+        console.print(summary_table(result))
+        if result.run_id is not None:
+            console.print(f"recorded as run {result.run_id} on the leaderboard")
+        for p in result.charts:
+            console.print(f"chart: {p}")
+    return result
+
+
+def _run_pool(pricer: Pricer, items: list[Item], batches: list[list[int]], workers: int, complete) -> None:
+    """Fan batches out to a thread pool; completed batches are handed to `complete` in the main thread.
+
+    On an error (or Ctrl-C) no new batches start; batches that finish while the pool winds down are
+    still saved, then the error is raised.
+    """
+    ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="appraiser-eval")
+    futures: dict[Future, list[int]] = {ex.submit(_predict, pricer, [items[i] for i in idx]): idx for idx in batches}
+    handled: set[Future] = set()
+    error: BaseException | None = None
+    try:
+        remaining = set(futures)
+        while remaining and error is None:
+            done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            for f in done:
+                handled.add(f)
+                if f.exception() is not None:
+                    error = error or f.exception()
+                else:
+                    complete(futures[f], *f.result())
+    except BaseException as e:
+        error = e
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    if error is not None:
+        for f, idx in futures.items():
+            if f not in handled and f.done() and not f.cancelled() and f.exception() is None:
+                complete(idx, *f.result())
+        raise error
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_predictions(result: EvalResult, path: str | Path) -> Path:
+    """One JSON line per test item: {"id", "price" (null on failure), "truth", "low", "high", "raw"}."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in result.results:
+            rec = {"id": r.id, "price": r.guess, "truth": r.truth, "low": r.low, "high": r.high, "raw": r.raw}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_test_items(path_or_folder: str | Path, size: int | None = DEFAULT_TEST_SIZE, offset: int = 0) -> list[Item]:
+    """The fixed test set: items `offset .. offset+size` of a split file, in file order.
+
+    A folder means its test split, or its validation split when it has no test split. `size=None`
+    takes every item. Asking for more items than the file holds is an error, not a smaller test set.
+    """
+    path = Path(path_or_folder)
+    if path.is_dir():
+        found = find_split_file(path, "test") or find_split_file(path, "validation")
+        if found is None:
+            raise DataError(f"{path}: no test or validation split file in this folder")
+        path = found
+    limit = None if size is None else offset + size
+    items = read_items(path, limit=limit)
+    if size is not None and len(items) < offset + size:
+        raise DataError(f"{path}: asked for items {offset}..{offset + size} but the file holds {len(items)}")
+    return items[offset:]

@@ -1,0 +1,274 @@
+"""The leaderboard: every evaluation, with its per-item predictions, in one SQLite file.
+
+SQLite because it is one file in the project folder, needs no server, survives crashes (each
+evaluation is one transaction) and can be read by any tool. Rows carry the fingerprint of their
+test set, and every query that ranks pricers filters on it, so numbers measured on different test
+sets are never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appraiser import config
+
+if TYPE_CHECKING:
+    from appraiser.evaluation.evaluator import EvalResult, ItemResult
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pricer TEXT NOT NULL,          -- the pricer's kind (Pricer.name, e.g. "tfidf-ridge")
+    label TEXT NOT NULL,           -- the name shown on the leaderboard
+    config TEXT NOT NULL,          -- JSON of Pricer.config()
+    test_fingerprint TEXT NOT NULL,
+    test_size INTEGER NOT NULL,
+    metrics TEXT NOT NULL,         -- JSON of compute_metrics()
+    seconds REAL NOT NULL,
+    cost REAL NOT NULL DEFAULT 0,
+    created TEXT NOT NULL          -- ISO time, UTC
+);
+CREATE INDEX IF NOT EXISTS evaluations_fp ON evaluations (test_fingerprint, label);
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    title TEXT,
+    category TEXT,
+    truth REAL NOT NULL,
+    guess REAL,                    -- NULL: the pricer failed on this item
+    low REAL,
+    high REAL,
+    raw TEXT,
+    PRIMARY KEY (run_id, idx)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass
+class Row:
+    """One stored evaluation (without its per-item predictions)."""
+
+    run_id: int
+    pricer: str
+    label: str
+    config: dict[str, Any]
+    test_fingerprint: str
+    test_size: int
+    metrics: dict[str, float]
+    seconds: float
+    cost: float
+    created: str
+
+
+def default_path() -> Path:
+    return config.home() / "leaderboard.db"
+
+
+class LeaderboardStore:
+    """Read and write the leaderboard database (`config.home()/leaderboard.db` unless given a path)."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path)
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> LeaderboardStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ writing
+
+    def add(self, result: EvalResult) -> int:
+        """Store an evaluation and its predictions in one transaction; returns its run id."""
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self._conn:
+            cur = self._conn.execute(
+                "INSERT INTO evaluations (pricer, label, config, test_fingerprint, test_size, metrics, seconds, "
+                "cost, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    result.pricer_name or result.pricer,
+                    result.pricer,
+                    json.dumps(result.config, sort_keys=True, default=str),
+                    result.test_fingerprint,
+                    len(result.results),
+                    json.dumps(result.metrics),
+                    result.seconds,
+                    result.cost,
+                    created,
+                ),
+            )
+            run_id = int(cur.lastrowid)
+            self._conn.executemany(
+                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, i, r.id, r.title, r.category, r.truth, r.guess, r.low, r.high, r.raw)
+                    for i, r in enumerate(result.results)
+                ],
+            )
+        return run_id
+
+    def delete(self, run_id: int) -> bool:
+        with self._conn:
+            self._conn.execute("DELETE FROM predictions WHERE run_id = ?", (run_id,))
+            cur = self._conn.execute("DELETE FROM evaluations WHERE id = ?", (run_id,))
+        return cur.rowcount > 0
+
+    # ------------------------------------------------------------ reading
+
+    _COLUMNS = "id, pricer, label, config, test_fingerprint, test_size, metrics, seconds, cost, created"
+
+    @staticmethod
+    def _row(r: tuple) -> Row:
+        return Row(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], json.loads(r[6]), r[7], r[8], r[9])
+
+    def rows(self, test_fingerprint: str | None = None, latest_only: bool = False) -> list[Row]:
+        """Evaluations, newest first; only those on one test set when `test_fingerprint` is given.
+
+        `latest_only` keeps the newest row per (label, test set), which is what a leaderboard shows.
+        """
+        sql = f"SELECT {self._COLUMNS} FROM evaluations"
+        args: tuple = ()
+        if test_fingerprint is not None:
+            sql += " WHERE test_fingerprint = ?"
+            args = (test_fingerprint,)
+        rows = [self._row(r) for r in self._conn.execute(sql + " ORDER BY id DESC", args)]
+        if latest_only:
+            seen: set[tuple[str, str]] = set()
+            kept = []
+            for r in rows:
+                if (r.label, r.test_fingerprint) not in seen:
+                    seen.add((r.label, r.test_fingerprint))
+                    kept.append(r)
+            rows = kept
+        return rows
+
+    def get(self, run_id: int) -> Row | None:
+        r = self._conn.execute(f"SELECT {self._COLUMNS} FROM evaluations WHERE id = ?", (run_id,)).fetchone()
+        return self._row(r) if r else None
+
+    def latest(self, label: str, test_fingerprint: str | None = None) -> Row | None:
+        """The newest evaluation of `label` (on one test set, when given)."""
+        sql = f"SELECT {self._COLUMNS} FROM evaluations WHERE label = ?"
+        args: tuple = (label,)
+        if test_fingerprint is not None:
+            sql += " AND test_fingerprint = ?"
+            args += (test_fingerprint,)
+        r = self._conn.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return self._row(r) if r else None
+
+    def fingerprints(self) -> list[tuple[str, int, int, str]]:
+        """(fingerprint, test size, evaluations, newest time) for each test set, newest first."""
+        return list(
+            self._conn.execute(
+                "SELECT test_fingerprint, MAX(test_size), COUNT(*), MAX(created) FROM evaluations "
+                "GROUP BY test_fingerprint ORDER BY MAX(id) DESC"
+            )
+        )
+
+    def predictions(self, run_id: int) -> list[ItemResult]:
+        """The per-item results of one evaluation, in test-set order."""
+        from appraiser.evaluation.evaluator import ItemResult
+
+        return [
+            ItemResult(*r)
+            for r in self._conn.execute(
+                "SELECT item_id, title, category, truth, guess, low, high, raw FROM predictions "
+                "WHERE run_id = ? ORDER BY idx",
+                (run_id,),
+            )
+        ]
+
+    def result(self, run_id: int) -> EvalResult:
+        """A stored evaluation as an EvalResult (for charts, comparisons and re-export)."""
+        from appraiser.evaluation.evaluator import EvalResult
+
+        row = self.get(run_id)
+        if row is None:
+            raise KeyError(f"no evaluation with run id {run_id}")
+        return EvalResult(
+            pricer=row.label,
+            config=row.config,
+            test_fingerprint=row.test_fingerprint,
+            results=self.predictions(run_id),
+            metrics=row.metrics,
+            seconds=row.seconds,
+            cost=row.cost,
+            run_id=run_id,
+            pricer_name=row.pricer,
+        )
+
+
+# ---------------------------------------------------------------- prediction cache
+
+CACHE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cache (
+    label TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    text_hash TEXT NOT NULL,
+    price REAL,
+    low REAL,
+    high REAL,
+    raw TEXT,
+    seconds REAL NOT NULL DEFAULT 0,   -- this item's share of the time its batch took
+    PRIMARY KEY (label, config_hash, item_id, text_hash)
+) WITHOUT ROWID;
+"""
+
+
+class PredictionCache:
+    """Predictions already made, keyed by pricer label + config hash + item id + item text hash.
+
+    The evaluator writes each batch as it completes, so an evaluation that is interrupted (Ctrl-C,
+    a crashed API call, a killed job) resumes where it stopped and never pays twice for a guess.
+    It lives in its own file beside the leaderboard so it can be deleted without losing results.
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else config.home() / "cache.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path)
+        self._conn.executescript(CACHE_SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def lookup(self, label: str, config_hash: str) -> dict[tuple[str, str], tuple]:
+        """All cached predictions of one pricer: (item id, text hash) -> (price, low, high, raw, seconds)."""
+        return {
+            (r[0], r[1]): r[2:]
+            for r in self._conn.execute(
+                "SELECT item_id, text_hash, price, low, high, raw, seconds FROM cache "
+                "WHERE label = ? AND config_hash = ?",
+                (label, config_hash),
+            )
+        }
+
+    def put(self, label: str, config_hash: str, rows: list[tuple]) -> None:
+        """Save (item id, text hash, price, low, high, raw, seconds) rows in one transaction."""
+        with self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(label, config_hash, *r) for r in rows],
+            )
+
+    def clear(self, label: str | None = None) -> int:
+        with self._conn:
+            if label is None:
+                cur = self._conn.execute("DELETE FROM cache")
+            else:
+                cur = self._conn.execute("DELETE FROM cache WHERE label = ?", (label,))
+        return cur.rowcount
