@@ -102,8 +102,17 @@ class EvalResult:
         return pd.DataFrame(
             [
                 {
-                    "id": r.id, "title": r.title, "category": r.category, "truth": r.truth, "guess": r.guess,
-                    "low": r.low, "high": r.high, "error": r.error, "sle": r.sle, "color": r.color, "raw": r.raw,
+                    "id": r.id,
+                    "title": r.title,
+                    "category": r.category,
+                    "truth": r.truth,
+                    "guess": r.guess,
+                    "low": r.low,
+                    "high": r.high,
+                    "error": r.error,
+                    "sle": r.sle,
+                    "color": r.color,
+                    "raw": r.raw,
                 }
                 for r in self.results
             ]
@@ -232,14 +241,13 @@ def evaluate(
                 secs[i] = hit[4]
                 cached += 1
 
-    results: list[ItemResult | None] = [None] * n
-
-    def finish(idx: list[int], batch_preds: list[Prediction], show_lines) -> None:
+    def show_items(idx: list[int], batch_preds: list[Prediction]) -> None:
+        if not show:
+            return
         for i, p in zip(idx, batch_preds, strict=True):
             it = items[i]
-            results[i] = ItemResult(it.id, it.title, it.category, it.price, p.price, p.low, p.high, p.raw)
-            if show:
-                show_lines(item_line(i, results[i]))
+            r = ItemResult(it.id, it.title, it.category, it.price, p.price, p.low, p.high, p.raw)
+            progress.console.print(item_line(i, r), no_wrap=True, overflow="ellipsis")
 
     pending = [i for i in range(n) if preds[i] is None]
     size = max(1, int(pricer.batch_size or 1))
@@ -247,18 +255,20 @@ def evaluate(
     workers = max(1, int(pricer.concurrency or 1))
 
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=console, disable=not show,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show,
     )
-    def say(line: str) -> None:
-        progress.console.print(line, no_wrap=True, overflow="ellipsis")
-
     start = time.perf_counter()
     with progress:
         task = progress.add_task(label, total=n)
         done_cached = [i for i in range(n) if preds[i] is not None]
         if done_cached:
-            finish(done_cached, [preds[i] for i in done_cached], say)
+            show_items(done_cached, [preds[i] for i in done_cached])
             progress.advance(task, len(done_cached))
 
         def complete(idx: list[int], batch_preds: list[Prediction], elapsed: float) -> None:
@@ -266,9 +276,12 @@ def evaluate(
             for i, p in zip(idx, batch_preds, strict=True):
                 preds[i], secs[i] = p, share
             if pcache is not None:
-                pcache.put(label, chash, [(*keys[i], p.price, p.low, p.high, p.raw, share)
-                                          for i, p in zip(idx, batch_preds, strict=True)])
-            finish(idx, batch_preds, say)
+                pcache.put(
+                    label,
+                    chash,
+                    [(*keys[i], p.price, p.low, p.high, p.raw, share) for i, p in zip(idx, batch_preds, strict=True)],
+                )
+            show_items(idx, batch_preds)
             progress.advance(task, len(idx))
 
         try:
@@ -287,21 +300,19 @@ def evaluate(
                 pcache.close()
     run_seconds = time.perf_counter() - start
 
-    final = [r for r in results if r is not None]
-    metrics = compute_metrics([r.truth for r in final], [r.guess for r in final])
     seconds = sum(secs[i] for i in done_cached) + run_seconds if cached else run_seconds
-    result = EvalResult(
-        pricer=label, config=cfg, test_fingerprint=fingerprint(items), results=final, metrics=metrics,
-        seconds=seconds, cost=cost, pricer_name=pricer.name, cached=cached,
+    result = score(
+        items,
+        [preds[i] for i in range(n)],
+        name=label,
+        config=cfg,
+        seconds=seconds,
+        cost=cost,
+        pricer_name=pricer.name,
     )
+    result.cached = cached
     if record:
-        own = store is None
-        st = store or LeaderboardStore()
-        try:
-            result.run_id = st.add(result)
-        finally:
-            if own:
-                st.close()
+        record_result(result, store)
     if predictions_path is not None:
         write_predictions(result, predictions_path)
     if charts_dir is not None:
@@ -346,6 +357,53 @@ def _run_pool(pricer: Pricer, items: list[Item], batches: list[list[int]], worke
             if f not in handled and f.done() and not f.cancelled() and f.exception() is None:
                 complete(idx, *f.result())
         raise error
+
+
+def score(
+    items: Sequence[Item],
+    predictions: Sequence[Prediction | float | None],
+    *,
+    name: str,
+    config: dict[str, Any] | None = None,
+    seconds: float = 0.0,
+    cost: float = 0.0,
+    pricer_name: str | None = None,
+) -> EvalResult:
+    """Score ready-made predictions (one per item, None = failure) without running a pricer.
+
+    This is how imported predictions and human guesses become leaderboard rows on equal terms.
+    """
+    items = list(items)
+    if len(items) != len(predictions):
+        raise ValueError(f"{len(items)} items but {len(predictions)} predictions")
+    preds = [_clean(p) for p in predictions]
+    results = [
+        ItemResult(it.id, it.title, it.category, it.price, p.price, p.low, p.high, p.raw)
+        for it, p in zip(items, preds, strict=True)
+    ]
+    metrics = compute_metrics([r.truth for r in results], [r.guess for r in results])
+    return EvalResult(
+        pricer=name,
+        config=dict(config or {}),
+        test_fingerprint=fingerprint(items),
+        results=results,
+        metrics=metrics,
+        seconds=seconds,
+        cost=cost,
+        pricer_name=pricer_name or name,
+    )
+
+
+def record_result(result: EvalResult, store: LeaderboardStore | None = None) -> int:
+    """Add a result to the leaderboard (`store`, or the project's default one); sets and returns its run id."""
+    own = store is None
+    st = store or LeaderboardStore()
+    try:
+        result.run_id = st.add(result)
+    finally:
+        if own:
+            st.close()
+    return result.run_id
 
 
 # ---------------------------------------------------------------- files

@@ -22,7 +22,17 @@ GREEN_ABS, GREEN_REL = 40.0, 0.20
 ORANGE_ABS, ORANGE_REL = 80.0, 0.40
 
 METRIC_NAMES = (
-    "n", "failures", "coverage", "mae", "mae_ci_low", "mae_ci_high", "median_ae", "rmsle", "mse", "r2", "hit_rate",
+    "n",
+    "failures",
+    "coverage",
+    "mae",
+    "mae_ci_low",
+    "mae_ci_high",
+    "median_ae",
+    "rmsle",
+    "mse",
+    "r2",
+    "hit_rate",
 )
 
 

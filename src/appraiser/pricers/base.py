@@ -102,6 +102,7 @@ class FunctionPricer(Pricer):
 
 _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
 _RANGE = re.compile(rf"({_NUM})\s*(?:-|–|—|to)\s*\$?\s*({_NUM})")
+_DOLLAR_RANGE = re.compile(rf"\$\s*({_NUM})\s*(?:-|–|—|to)\s*\$?\s*({_NUM})")
 _ANY = re.compile(rf"(?<![\w.])({_NUM})")
 _DOLLAR = re.compile(rf"\$\s*({_NUM})")
 
@@ -113,18 +114,20 @@ def _num(s: str) -> float:
 def parse_price_text(text: str | None) -> float | None:
     """Read a price out of model text: "$1,299.99", "Price is $45", "about 45 dollars", "45-50".
 
-    A range gives its midpoint. A "$"-prefixed number wins over other numbers in the text.
-    Returns None when the text holds no number (a failure the evaluator counts).
+    A range gives its midpoint. "$" amounts win over other numbers ("Model 3-100 costs $45" is 45,
+    not the range 3-100). Returns None when the text holds no number (a failure the evaluator counts).
     """
     if not text:
         return None
     s = text.strip()
-    m = _RANGE.search(s)
+    range_re, single_re = (_DOLLAR_RANGE, _DOLLAR) if "$" in s and _DOLLAR.search(s) else (_RANGE, _ANY)
+    m = range_re.search(s)
     if m:
         lo, hi = _num(m.group(1)), _num(m.group(2))
         if hi >= lo:
-            return (lo + hi) / 2
-    m = _DOLLAR.search(s) or _ANY.search(s)
+            v = (lo + hi) / 2
+            return v if v != float("inf") else None
+    m = single_re.search(s)
     if not m:
         return None
     v = _num(m.group(1))

@@ -1,0 +1,228 @@
+"""Charts of an evaluation and of the leaderboard, as PNG (for READMEs and papers) and HTML (to explore).
+
+PNGs are drawn with matplotlib's object API (no pyplot global state, so it works headless and from
+threads). HTML charts are plotly with plotly.js written once beside them (`plotly.min.js`), so they
+open offline — a CDN link would not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from appraiser.evaluation.evaluator import EvalResult
+from appraiser.evaluation.metrics import FAILED
+from appraiser.evaluation.store import Row
+
+COLOURS = {"green": "#2ca02c", "orange": "#ff8c00", "red": "#d62728", FAILED: "#7f7f7f"}
+#: Upper edges of the price bands used to break the error down (the last band is open).
+PRICE_BANDS = (25, 50, 100, 200, 500)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of a pricer label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "pricer"
+
+
+def _write_html(fig, path: Path) -> Path:
+    fig.write_html(path, include_plotlyjs="directory", full_html=True)
+    return path
+
+
+def _save_png(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def band_label(price: float, bands: Sequence[float] = PRICE_BANDS) -> str:
+    lo = 0
+    for hi in bands:
+        if price < hi:
+            return f"${lo}–{hi}"
+        lo = hi
+    return f"${lo}+"
+
+
+def running_error(errors: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Running mean of the absolute errors and its normal-approximation 95% CI after each item."""
+    e = np.asarray(errors, dtype=float)
+    k = np.arange(1, e.size + 1)
+    mean = np.cumsum(e) / k
+    var = np.maximum(np.cumsum(e**2) / k - mean**2, 0) * k / np.maximum(k - 1, 1)
+    half = 1.96 * np.sqrt(var / k)
+    return mean, mean - half, mean + half
+
+
+def _breakdown(result: EvalResult, key) -> tuple[list[str], list[float], list[int]]:
+    groups: dict[str, list[float]] = {}
+    for r in result.results:
+        if r.error is not None:
+            groups.setdefault(key(r), []).append(r.error)
+    return list(groups), [float(np.mean(v)) for v in groups.values()], [len(v) for v in groups.values()]
+
+
+def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> list[Path]:
+    """Write the evaluation's charts to `folder`; returns the PNG and HTML paths.
+
+    scatter (guess vs truth by colour band, with y = x; log axes unless `log=False`), running
+    average error with its 95% CI band, and mean error by price band and by category.
+    """
+    import plotly.graph_objects as go
+    from matplotlib.figure import Figure
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = slug(result.pricer)
+    ok = [r for r in result.results if r.guess is not None]
+    title = f"{result.pricer} — MAE ${result.metrics['mae']:,.2f} on {len(result.results)} items"
+    if result.metrics.get("failures"):
+        title += f" ({int(result.metrics['failures'])} failed)"
+    paths: list[Path] = []
+
+    # ---- predicted vs actual
+    truths = np.array([r.truth for r in ok])
+    guesses = np.array([r.guess for r in ok])
+    cols = [COLOURS[r.color] for r in ok]
+    lim_hi = float(max(truths.max(initial=1), guesses.max(initial=1))) * 1.1
+    lim_lo = max(0.5, float(min(truths.min(initial=1), np.clip(guesses, 0.5, None).min(initial=1))) * 0.9)
+    fig = Figure(figsize=(7, 7))
+    ax = fig.add_subplot()
+    ax.scatter(truths, np.clip(guesses, lim_lo, None) if log else guesses, c=cols, s=14, alpha=0.8)
+    lo = lim_lo if log else 0
+    ax.plot([lo, lim_hi], [lo, lim_hi], color="black", lw=1, ls="--", label="y = x")
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set(xlabel="true price ($)", ylabel="guess ($)", title=title, xlim=(lo, lim_hi), ylim=(lo, lim_hi))
+    ax.legend(loc="upper left")
+    paths.append(_save_png(fig, folder / f"{stem}-scatter.png"))
+    pfig = go.Figure()
+    for band in ("green", "orange", "red"):
+        sel = [r for r in ok if r.color == band]
+        pfig.add_trace(
+            go.Scatter(
+                x=[r.truth for r in sel],
+                y=[r.guess for r in sel],
+                mode="markers",
+                name=band,
+                marker={"color": COLOURS[band], "size": 6},
+                text=[(r.title or r.id)[:80] for r in sel],
+                hovertemplate="%{text}<br>truth $%{x:,.2f}<br>guess $%{y:,.2f}<extra></extra>",
+            )
+        )
+    pfig.add_trace(go.Scatter(x=[lo, lim_hi], y=[lo, lim_hi], mode="lines", name="y = x", line={"dash": "dash"}))
+    axis_type = "log" if log else "linear"
+    pfig.update_layout(
+        title=title,
+        xaxis={"title": "true price ($)", "type": axis_type},
+        yaxis={"title": "guess ($)", "type": axis_type},
+        width=800,
+        height=750,
+    )
+    paths.append(_write_html(pfig, folder / f"{stem}-scatter.html"))
+
+    # ---- running average error with its 95% CI
+    mean, low, high = running_error([r.error for r in ok])
+    x = np.arange(1, mean.size + 1)
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    ax.fill_between(x, low, high, alpha=0.25, label="95% CI")
+    ax.plot(x, mean, lw=1.5, label="running MAE")
+    ax.set(xlabel="items scored", ylabel="mean absolute error ($)", title=title)
+    ax.legend()
+    paths.append(_save_png(fig, folder / f"{stem}-running.png"))
+    pfig = go.Figure(
+        [
+            go.Scatter(x=x, y=high, mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip"),
+            go.Scatter(x=x, y=low, mode="lines", line={"width": 0}, fill="tonexty", name="95% CI"),
+            go.Scatter(x=x, y=mean, mode="lines", name="running MAE"),
+        ]
+    )
+    pfig.update_layout(title=title, xaxis_title="items scored", yaxis_title="mean absolute error ($)")
+    paths.append(_write_html(pfig, folder / f"{stem}-running.html"))
+
+    # ---- error by price band and by category
+    band_order = [band_label(b - 1e-9) for b in PRICE_BANDS] + [band_label(PRICE_BANDS[-1])]
+    names, maes, counts = _breakdown(result, lambda r: band_label(r.truth))
+    by_band = {n: (m, c) for n, m, c in zip(names, maes, counts, strict=True)}
+    bands = [b for b in band_order if b in by_band]
+    cats, cat_maes, cat_counts = _breakdown(result, lambda r: r.category or "(none)")
+    order = np.argsort(cat_maes)[::-1]
+    cats = [cats[i] for i in order]
+    cat_maes = [cat_maes[i] for i in order]
+    cat_counts = [cat_counts[i] for i in order]
+    fig = Figure(figsize=(12, 4.5))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.bar(bands, [by_band[b][0] for b in bands], color="#1f77b4")
+    ax1.set(xlabel="true price band", ylabel="mean absolute error ($)", title="error by price band")
+    for i, b in enumerate(bands):
+        ax1.annotate(f"n={by_band[b][1]}", (i, by_band[b][0]), ha="center", va="bottom", fontsize=8)
+    ax2.barh(cats, cat_maes, color="#9467bd")
+    ax2.invert_yaxis()
+    ax2.set(xlabel="mean absolute error ($)", title="error by category")
+    for i, (m, c) in enumerate(zip(cat_maes, cat_counts, strict=True)):
+        ax2.annotate(f" n={c}", (m, i), va="center", fontsize=8)
+    fig.suptitle(title)
+    paths.append(_save_png(fig, folder / f"{stem}-breakdown.png"))
+    from plotly.subplots import make_subplots
+
+    pfig = make_subplots(rows=1, cols=2, subplot_titles=("error by price band", "error by category"))
+    pfig.add_trace(
+        go.Bar(x=bands, y=[by_band[b][0] for b in bands], text=[f"n={by_band[b][1]}" for b in bands], name="band"),
+        row=1,
+        col=1,
+    )
+    pfig.add_trace(
+        go.Bar(x=cat_maes, y=cats, orientation="h", text=[f"n={c}" for c in cat_counts], name="category"),
+        row=1,
+        col=2,
+    )
+    pfig.update_layout(title=title, showlegend=False)
+    paths.append(_write_html(pfig, folder / f"{stem}-breakdown.html"))
+    return paths
+
+
+def leaderboard_chart(rows: Sequence[Row], folder: str | Path, name: str = "leaderboard") -> list[Path]:
+    """A horizontal bar chart of MAE (with its 95% CI) for leaderboard rows on one test set."""
+    import plotly.graph_objects as go
+    from matplotlib.figure import Figure
+
+    if len({r.test_fingerprint for r in rows}) > 1:
+        raise ValueError("leaderboard rows from different test sets cannot share a chart")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda r: r.metrics["mae"])
+    labels = [r.label for r in rows]
+    mae = np.array([r.metrics["mae"] for r in rows])
+    err = np.array(
+        [
+            [m - r.metrics["mae_ci_low"] for m, r in zip(mae, rows, strict=True)],
+            [r.metrics["mae_ci_high"] - m for m, r in zip(mae, rows, strict=True)],
+        ]
+    )
+    fp = rows[0].test_fingerprint if rows else "-"
+    title = f"Mean absolute error on test set {fp} (lower is better)"
+    fig = Figure(figsize=(9, 1.2 + 0.4 * max(len(rows), 1)))
+    ax = fig.add_subplot()
+    ax.barh(labels, mae, xerr=err, color="#1f77b4", capsize=3)
+    ax.invert_yaxis()
+    for i, m in enumerate(mae):
+        ax.annotate(f" ${m:,.2f}", (m, i), va="center", fontsize=8)
+    ax.set(xlabel="MAE ($), bars: 95% CI", title=title)
+    paths = [_save_png(fig, folder / f"{name}.png")]
+    pfig = go.Figure(
+        go.Bar(
+            x=mae,
+            y=labels,
+            orientation="h",
+            error_x={"type": "data", "symmetric": False, "array": err[1], "arrayminus": err[0]},
+            text=[f"${m:,.2f}" for m in mae],
+        )
+    )
+    pfig.update_layout(title=title, xaxis_title="MAE ($)", yaxis={"autorange": "reversed"})
+    paths.append(_write_html(pfig, folder / f"{name}.html"))
+    return paths

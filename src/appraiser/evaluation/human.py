@@ -1,0 +1,151 @@
+"""Guesses made outside Appraiser — by a person or another tool — scored like any pricer.
+
+A human baseline answers "is the model better than a careful person?": `export_human` writes test
+items to a CSV with an empty price column; whoever fills it in needs nothing but a spreadsheet.
+`read_guesses` reads such a CSV, or any CSV/JSONL of (item id or exact text) → guess, including
+Appraiser's own predictions JSONL, and `match_guesses` lines the guesses up with a test set.
+A blank or unreadable guess is a failure, counted and shown, never a zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appraiser.data.io import DataError, iter_json_lines
+from appraiser.items import Item
+from appraiser.pricers.base import Prediction, parse_price_text
+
+ID_COLUMNS = ("id", "item_id")
+TEXT_COLUMNS = ("text", "prompt", "description")
+PRICE_COLUMNS = ("price", "guess", "prediction", "predicted_price", "estimate")
+
+
+@dataclass
+class Guess:
+    """One row of an external file: which item (id and/or text) and the guess as written."""
+
+    line: int
+    id: str | None
+    text: str | None
+    value: str | float | None
+
+
+@dataclass
+class MatchReport:
+    """How an external file lined up with the test set."""
+
+    matched_by_id: int = 0
+    matched_by_text: int = 0
+    unmatched: list[int] = field(default_factory=list)  # file lines that match no test item
+    duplicates: list[int] = field(default_factory=list)  # file lines for an item already guessed
+    missing: int = 0  # test items with no guess (scored as failures)
+    unreadable: int = 0  # guesses that are not a price (scored as failures)
+    blank: int = 0  # empty guesses (scored as failures)
+
+
+def export_human(items: Sequence[Item], path: str | Path) -> Path:
+    """Write items as a CSV (id, title, text, price) with the price column left empty."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "title", "text", "price"])
+        for it in items:
+            w.writerow([it.id, it.title or "", it.text, ""])
+    return path
+
+
+def _pick(columns: Sequence[str], names: Sequence[str]) -> str | None:
+    lower = {c.strip().lower(): c for c in columns if c}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+def read_guesses(path: str | Path) -> list[Guess]:
+    """Rows of a CSV or JSONL file with an id or text column and a price/guess column."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".json")):
+        rows = [(line, rec) for line, rec in iter_json_lines(path)]
+        columns = sorted({k for _, rec in rows for k in rec})
+    elif name.endswith((".csv", ".tsv")):
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if name.endswith(".tsv") else ",")
+            columns = list(reader.fieldnames or [])
+            rows = [(i, rec) for i, rec in enumerate(reader, start=2)]
+    else:
+        raise DataError(f"{path}: unknown format; use .csv, .tsv or .jsonl")
+    id_col, text_col = _pick(columns, ID_COLUMNS), _pick(columns, TEXT_COLUMNS)
+    price_col = _pick(columns, PRICE_COLUMNS)
+    if price_col is None:
+        raise DataError(f"{path}: no price column (expected one of: {', '.join(PRICE_COLUMNS)})")
+    if id_col is None and text_col is None:
+        raise DataError(f"{path}: no id or text column to match items by")
+
+    def get(rec: dict, col: str | None) -> str | None:
+        v = rec.get(col) if col else None
+        return None if v is None or str(v).strip() == "" else str(v).strip()
+
+    return [Guess(line, get(rec, id_col), get(rec, text_col), rec.get(price_col)) for line, rec in rows]
+
+
+def to_prediction(value: str | float | None) -> Prediction:
+    """A guess cell as a Prediction: numbers as they are, text through the model-text parser."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return Prediction(price=None, raw=None)
+    if isinstance(value, bool):
+        return Prediction(price=None, raw=json.dumps(value))
+    if isinstance(value, int | float):
+        return Prediction(price=float(value), raw=None)
+    return Prediction(price=parse_price_text(str(value)), raw=str(value))
+
+
+def match_guesses(items: Sequence[Item], guesses: Sequence[Guess]) -> tuple[list[Prediction], MatchReport]:
+    """One prediction per test item: matched by id, else by exact (whitespace-trimmed) text.
+
+    Test items without a guess are failures; file rows that match no test item are listed.
+    """
+    by_id = {it.id: i for i, it in enumerate(items)}
+    by_text: dict[str, int] = {}
+    for i, it in enumerate(items):
+        by_text.setdefault(it.text.strip(), i)
+    out: list[Prediction | None] = [None] * len(items)
+    rep = MatchReport()
+    for g in guesses:
+        i = by_id.get(g.id) if g.id else None
+        if i is not None:
+            how = "id"
+        else:
+            i = by_text.get(g.text) if g.text else None
+            how = "text"
+        if i is None:
+            rep.unmatched.append(g.line)
+            continue
+        if out[i] is not None:
+            rep.duplicates.append(g.line)
+            continue
+        pred = to_prediction(g.value)
+        out[i] = pred
+        if how == "id":
+            rep.matched_by_id += 1
+        else:
+            rep.matched_by_text += 1
+        if pred.price is None:
+            if pred.raw is None:
+                rep.blank += 1
+            else:
+                rep.unreadable += 1
+    rep.missing = sum(p is None for p in out)
+    return [p if p is not None else Prediction(price=None, raw="(no guess)") for p in out], rep
+
+
+def guessed_items(items: Sequence[Item], guesses: Sequence[Guess]) -> list[Item]:
+    """The test items a file has rows for, in test-set order (a human scores only what was exported)."""
+    ids = {g.id for g in guesses if g.id}
+    texts = {g.text for g in guesses if g.text}
+    return [it for it in items if it.id in ids or it.text.strip() in texts]

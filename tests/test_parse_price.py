@@ -1,0 +1,62 @@
+"""The price parser reads model text; every failure must be None (counted), never a silent 0."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from appraiser.pricers.base import parse_price_text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("$1,299.99", 1299.99),
+        ("Price is $45", 45.0),
+        ("Price is $45.00", 45.0),
+        ("about 45 dollars", 45.0),
+        ("45-50", 47.5),
+        ("$45 - $50", 47.5),
+        ("$45-50", 47.5),
+        ("between 45 to 55", 50.0),
+        ("45 – 50", 47.5),
+        ("Price is $1,234.5.", 1234.5),
+        (".99", 0.99),
+        ("$.99", 0.99),
+        ("Price is $ 12", 12.0),
+        ("12.", 12.0),
+        ("Price is $99.99\n\nThis product", 99.99),
+        # A "$" amount wins over other numbers, ranges included.
+        ("Pack of 3-4 batteries, price $45", 45.0),
+        ("Model 3-100 costs $45", 45.0),
+        ("2 for $30", 30.0),
+        ("Price is 1,000", 1000.0),
+        ("1000", 1000.0),
+        # A descending "range" is no range (a date, a part number): take the first number.
+        ("50-45", 50.0),
+    ],
+)
+def test_parses(text, expected):
+    assert parse_price_text(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["", None, "no idea", "   ", "Price is $", "$", "...", "N/A"])
+def test_failures_are_none_not_zero(text):
+    assert parse_price_text(text) is None
+
+
+def test_overflowing_number_is_a_failure():
+    assert parse_price_text("9" * 400) is None
+
+
+@given(st.text(max_size=60))
+def test_never_raises_and_never_negative(text):
+    v = parse_price_text(text)
+    assert v is None or (v >= 0 and v == v and v != float("inf"))
+
+
+@given(st.decimals(min_value=0, max_value=10**6, places=2, allow_nan=False))
+def test_round_trips_formatted_prices(d):
+    v = float(d)
+    assert parse_price_text(f"Price is ${v:,.2f}") == pytest.approx(round(v, 2))
