@@ -1,0 +1,392 @@
+"""`appraiser eval | leaderboard | compare | import-predictions | human …`: measure pricers and rank them."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from appraiser import config
+from appraiser.cli import console, err_console
+from appraiser.data.io import DataError, read_items
+from appraiser.evaluation.evaluator import (
+    DEFAULT_TEST_SIZE,
+    EvalResult,
+    evaluate,
+    load_test_items,
+    record_result,
+    score,
+    summary_table,
+    write_predictions,
+)
+from appraiser.evaluation.store import LeaderboardStore, Row
+from appraiser.items import fingerprint
+
+TestOpt = Annotated[
+    Path | None, typer.Option("--test", help="Test split file (or a folder: its test, else validation split).")
+]
+SizeOpt = Annotated[int, typer.Option("--size", help="Number of test items, from the start of the file (0 = all).")]
+DbOpt = Annotated[Path | None, typer.Option("--db", help="Leaderboard database (default: .appraiser/leaderboard.db).")]
+
+
+def friendly(fn):
+    """Turn bad input into one red line and exit code 2 (also under CliRunner, which bypasses main())."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DataError as e:
+            err_console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _size(size: int) -> int | None:
+    return None if size <= 0 else size
+
+
+def _store(db: Path | None) -> LeaderboardStore:
+    return LeaderboardStore(db)
+
+
+def _parse_options(options: list[str] | None) -> dict:
+    """`-o key=value` pairs; values are read as JSON when they parse (numbers, true, lists), else text."""
+    out = {}
+    for opt in options or []:
+        key, sep, value = opt.partition("=")
+        if not sep or not key:
+            raise DataError(f"bad option {opt!r}: use -o key=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _fmt_money(v: float | None) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"${v:,.2f}"
+
+
+# ---------------------------------------------------------------- eval
+
+
+@friendly
+def eval_command(
+    pricer: Annotated[
+        str | None, typer.Argument(help="A registered pricer name (see `appraiser baseline --list`).")
+    ] = None,
+    test: TestOpt = None,
+    size: SizeOpt = DEFAULT_TEST_SIZE,
+    offset: Annotated[int, typer.Option(help="Skip this many items at the start of the test file.")] = 0,
+    train: Annotated[Path | None, typer.Option(help="Training split for pricers that fit (default: data dir).")] = None,
+    model: Annotated[Path | None, typer.Option(help="A saved, fitted pricer file to evaluate instead.")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Pricer option key=value.")] = None,
+    name: Annotated[str | None, typer.Option(help="Leaderboard name (default: the pricer's label).")] = None,
+    predictions: Annotated[Path | None, typer.Option(help="Write per-item predictions JSONL here.")] = None,
+    charts: Annotated[Path | None, typer.Option(help="Write PNG/HTML charts to this folder.")] = None,
+    save: Annotated[Path | None, typer.Option(help="Save the fitted pricer here (reload with --model).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Predict every item again.")] = False,
+    no_record: Annotated[bool, typer.Option("--no-record", help="Do not add the result to the leaderboard.")] = False,
+    cost: Annotated[float, typer.Option(help="Cost of this evaluation in dollars, recorded with it.")] = 0.0,
+    db: DbOpt = None,
+) -> None:
+    """Evaluate a pricer on a fixed test set: per-item lines, summary, charts, leaderboard row."""
+    from appraiser.pricers.base import Pricer
+
+    if test is None:
+        test = config.default_data_dir() / "validation.jsonl"
+    items = load_test_items(test, _size(size), offset)
+    if model is not None:
+        if not model.exists():
+            raise DataError(f"{model}: no such saved pricer")
+        try:
+            p = Pricer.load(model)
+        except Exception as e:
+            raise DataError(f"{model}: cannot load a saved pricer ({type(e).__name__}: {e})") from e
+    else:
+        if pricer is None:
+            raise DataError("name a pricer (e.g. `appraiser eval constant`) or pass --model FILE")
+        from appraiser.pricers import registry
+
+        try:
+            entry = registry.get(pricer)
+        except KeyError as e:
+            raise DataError(str(e.args[0])) from None
+        p = entry.factory(**_parse_options(option))
+        if entry.needs_fit:
+            train_path = train or config.default_data_dir() / "train.jsonl"
+            train_items = read_items(train_path)
+            if not train_items:
+                raise DataError(f"{train_path}: no training items")
+            console.print(f"fitting {p.label} on {len(train_items):,} items from {train_path} …")
+            start = time.perf_counter()
+            p.fit(train_items)
+            console.print(f"fitted in {time.perf_counter() - start:.1f} s")
+    if save is not None:
+        console.print(f"saved pricer to {p.save(save)}")
+    with _store(db) as store:
+        evaluate(
+            p,
+            items,
+            name=name,
+            show=True,
+            cache=not no_cache,
+            record=not no_record,
+            predictions_path=predictions,
+            charts_dir=charts,
+            store=store,
+            cost=cost,
+        )
+    if predictions is not None:
+        console.print(f"predictions: {predictions}")
+
+
+# ---------------------------------------------------------------- leaderboard
+
+
+def _pick_fingerprint(store: LeaderboardStore, test: Path | None, size: int, fp: str | None) -> str | None:
+    if test is not None:
+        return fingerprint(load_test_items(test, _size(size)))
+    if fp is not None:
+        return fp
+    fps = store.fingerprints()
+    return fps[0][0] if fps else None
+
+
+def _whole(v: float | None) -> str:
+    return "—" if v is None or math.isnan(v) else f"${v:,.0f}"
+
+
+def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
+    """Rows ranked as given; `wide` adds median error, R² and cost (they do not fit 80 columns)."""
+    t = Table(title=f"Leaderboard — test set {fp} ({rows[0].test_size if rows else 0} items), by MAE")
+    cols = ["#", "pricer", "MAE", "95% CI"] + (["median", "R²"] if wide else []) + ["RMSLE", "hit", "fail", "time"]
+    cols += (["cost"] if wide or any(r.cost for r in rows) else []) + ["run"]
+    for col in cols:
+        t.add_column(col, justify="left" if col == "pricer" else "right", no_wrap=col != "pricer")
+    for rank, r in enumerate(rows, start=1):
+        m = r.metrics
+        cells = {
+            "#": str(rank),
+            "pricer": r.label,
+            "MAE": _fmt_money(m.get("mae")),
+            "95% CI": f"{_whole(m.get('mae_ci_low'))}–{_whole(m.get('mae_ci_high'))}",
+            "median": _fmt_money(m.get("median_ae")),
+            "R²": f"{m.get('r2', float('nan')):.3f}",
+            "RMSLE": f"{m.get('rmsle', float('nan')):.3f}",
+            "hit": f"{m.get('hit_rate', 0):.1%}",
+            "fail": str(int(m.get("failures", 0))),
+            "time": f"{r.seconds:,.1f}s",
+            "cost": f"${r.cost:,.2f}" if r.cost else "—",
+            "run": str(r.run_id),
+        }
+        t.add_row(*(cells[c] for c in cols))
+    return t
+
+
+def _mae_key(r: Row) -> float:
+    v = r.metrics.get("mae")
+    return math.inf if v is None or math.isnan(v) else v
+
+
+@friendly
+def leaderboard_command(
+    test: Annotated[Path | None, typer.Option("--test", help="Show the rows for this test set.")] = None,
+    size: SizeOpt = DEFAULT_TEST_SIZE,
+    fp: Annotated[
+        str | None, typer.Option("--fingerprint", help="Show the rows for this test-set fingerprint.")
+    ] = None,
+    all_runs: Annotated[bool, typer.Option("--all-runs", help="Every run, not only each pricer's latest.")] = False,
+    charts: Annotated[Path | None, typer.Option(help="Folder for the bar chart (default: .appraiser/charts).")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Rank pricers on one test set (the most recent by default) and write a bar chart."""
+    with _store(db) as store:
+        chosen = _pick_fingerprint(store, test, size, fp)
+        rows = sorted(store.rows(chosen, latest_only=not all_runs), key=_mae_key) if chosen else []
+        others = [f for f in store.fingerprints() if f[0] != chosen]
+    if not rows:
+        console.print("no evaluations on this test set yet" if chosen else "the leaderboard is empty")
+    else:
+        console.print(leaderboard_table(rows, chosen, wide=console.width >= 120))
+        from appraiser.evaluation.charts import leaderboard_chart
+
+        paths = leaderboard_chart(rows, charts or config.home() / "charts", name=f"leaderboard-{chosen}")
+        console.print("chart: " + ", ".join(str(p) for p in paths))
+    if others:
+        console.print(
+            "other test sets (use --fingerprint or --test): "
+            + "; ".join(f"{f} ({size_} items, {n} runs, last {when})" for f, size_, n, when in others)
+        )
+
+
+# ---------------------------------------------------------------- compare
+
+
+def _find_run(store: LeaderboardStore, key: str, fp: str | None) -> Row:
+    if key.isdigit() and (row := store.get(int(key))) is not None:
+        return row
+    row = store.latest(key, fp)
+    if row is None and fp is not None:
+        row = store.latest(key)  # e.g. a human scored on a subset of the test set: pair on shared items
+    if row is None:
+        raise DataError(f"no evaluation named {key!r} on the leaderboard" + (f" for test set {fp}" if fp else ""))
+    return row
+
+
+@friendly
+def compare_command(
+    a: Annotated[str, typer.Argument(help="Pricer label (its latest run) or run id.")],
+    b: Annotated[str, typer.Argument(help="Pricer label (its latest run) or run id.")],
+    test: Annotated[Path | None, typer.Option("--test", help="Compare the runs on this test set.")] = None,
+    size: SizeOpt = DEFAULT_TEST_SIZE,
+    db: DbOpt = None,
+) -> None:
+    """Paired comparison of two pricers on the items both priced: mean error difference, CI, sign test."""
+    from appraiser.evaluation.compare import paired_compare
+
+    with _store(db) as store:
+        fp = fingerprint(load_test_items(test, _size(size))) if test is not None else None
+        ra = _find_run(store, a, fp)
+        rb = _find_run(store, b, fp or ra.test_fingerprint)
+        c = paired_compare(store.predictions(ra.run_id), store.predictions(rb.run_id), ra.label, rb.label)
+    t = Table(title=f"{ra.label} (run {ra.run_id}) vs {rb.label} (run {rb.run_id}) on {c.n} shared items")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row(f"MAE {ra.label}", _fmt_money(c.mae_a))
+    t.add_row(f"MAE {rb.label}", _fmt_money(c.mae_b))
+    t.add_row("mean difference (A − B)", _fmt_money(c.mean_diff).replace("$-", "−$"))
+    t.add_row("95% CI of the difference", f"{_fmt_money(c.ci_low)} … {_fmt_money(c.ci_high)}")
+    t.add_row(f"{ra.label} closer", str(c.a_better))
+    t.add_row(f"{rb.label} closer", str(c.b_better))
+    t.add_row("ties", str(c.ties))
+    t.add_row("sign test p-value", f"{c.p_value:.4g}")
+    if c.skipped:
+        t.add_row("skipped (a failure on either side)", str(c.skipped))
+    console.print(t)
+    console.print(c.verdict)
+
+
+# ---------------------------------------------------------------- imports and the human baseline
+
+
+def _report_import(rep, total: int) -> None:
+    console.print(
+        f"matched {rep.matched_by_id} rows by id and {rep.matched_by_text} by text; "
+        f"{rep.missing} of {total} test items have no guess, {rep.blank} blank, {rep.unreadable} unreadable "
+        "(all scored as failures)"
+    )
+    if rep.unmatched:
+        lines = ", ".join(map(str, rep.unmatched[:10])) + (" …" if len(rep.unmatched) > 10 else "")
+        err_console.print(f"[yellow]warning:[/] {len(rep.unmatched)} rows match no test item (lines {lines})")
+    if rep.duplicates:
+        err_console.print(f"[yellow]warning:[/] {len(rep.duplicates)} duplicate rows ignored (the first one counts)")
+
+
+def _finish_import(result: EvalResult, db: Path | None, predictions: Path | None) -> None:
+    with _store(db) as store:
+        record_result(result, store)
+    if predictions is not None:
+        write_predictions(result, predictions)
+    console.print(summary_table(result))
+    console.print(f"recorded as run {result.run_id} on the leaderboard")
+
+
+@friendly
+def import_predictions_command(
+    file: Annotated[Path, typer.Argument(help="CSV or JSONL with an id (or text) column and a price column.")],
+    name: Annotated[str, typer.Option(help="Leaderboard name for these predictions.")],
+    test: TestOpt = None,
+    size: SizeOpt = DEFAULT_TEST_SIZE,
+    cost: Annotated[float, typer.Option(help="What the predictions cost, in dollars.")] = 0.0,
+    seconds: Annotated[float, typer.Option(help="How long the predictions took, if known.")] = 0.0,
+    predictions: Annotated[Path | None, typer.Option(help="Also write them in Appraiser's JSONL format.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Score another tool's predictions on the test set and add them to the leaderboard.
+
+    Rows are matched to test items by id, else by exact text; test items without a row are failures.
+    """
+    from appraiser.evaluation.human import match_guesses, read_guesses
+
+    if test is None:
+        test = config.default_data_dir() / "validation.jsonl"
+    items = load_test_items(test, _size(size))
+    guesses = read_guesses(file)
+    preds, rep = match_guesses(items, guesses)
+    if rep.matched_by_id + rep.matched_by_text == 0:
+        raise DataError(f"{file}: none of its {len(guesses)} rows match an item of the test set {test}")
+    _report_import(rep, len(items))
+    result = score(
+        items,
+        preds,
+        name=name,
+        config={"imported_from": str(file)},
+        seconds=seconds,
+        cost=cost,
+        pricer_name="imported",
+    )
+    _finish_import(result, db, predictions)
+
+
+human_app = typer.Typer(no_args_is_help=True, help="The human baseline: export items to price by hand, import them.")
+
+
+@human_app.command("export")
+@friendly
+def human_export(
+    test: TestOpt = None,
+    n: Annotated[int, typer.Option("--n", help="How many items (from the start of the test set).")] = 100,
+    out: Annotated[Path, typer.Option(help="CSV to write (id, title, text, empty price column).")] = Path("human.csv"),
+    offset: Annotated[int, typer.Option(help="Skip this many items first.")] = 0,
+) -> None:
+    """Write test items to a CSV for a person to price (fill in the `price` column)."""
+    from appraiser.evaluation.human import export_human
+
+    if test is None:
+        test = config.default_data_dir() / "validation.jsonl"
+    items = load_test_items(test, n, offset)
+    export_human(items, out)
+    console.print(f"wrote {len(items)} items to {out}; fill in the price column, then `appraiser human import {out}`")
+
+
+@human_app.command("import")
+@friendly
+def human_import(
+    file: Annotated[Path, typer.Argument(help="The filled-in CSV.")],
+    test: TestOpt = None,
+    name: Annotated[str, typer.Option(help="Leaderboard name.")] = "human",
+    minutes: Annotated[float, typer.Option(help="Time the person spent, recorded with the row.")] = 0.0,
+    db: DbOpt = None,
+) -> None:
+    """Score a filled-in human CSV like any pricer (blank cells are failures) and record it."""
+    from appraiser.evaluation.human import guessed_items, match_guesses, read_guesses
+
+    if test is None:
+        test = config.default_data_dir() / "validation.jsonl"
+    all_items = load_test_items(test, None)
+    guesses = read_guesses(file)
+    items = guessed_items(all_items, guesses)
+    if not items:
+        raise DataError(f"{file}: none of its {len(guesses)} rows match an item of the test set {test}")
+    preds, rep = match_guesses(items, guesses)
+    _report_import(rep, len(items))
+    result = score(items, preds, name=name, config={"human": str(file)}, seconds=minutes * 60, pricer_name="human")
+    _finish_import(result, db, None)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the evaluation commands to the `appraiser` app."""
+    app.command("eval")(eval_command)
+    app.command("leaderboard")(leaderboard_command)
+    app.command("compare")(compare_command)
+    app.command("import-predictions")(import_predictions_command)
+    app.add_typer(human_app, name="human")
