@@ -1,7 +1,248 @@
-"""`appraiser data …`: curate raw metadata into splits, inspect datasets and prompts."""
+"""`appraiser data …`: curate raw metadata into splits, inspect datasets and prompts.
+
+Bad input (a missing path, an unknown format, a malformed --split) ends with one line on stderr
+and exit code 2; malformed lines inside a file are listed as `file:line: reason` and skipped.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.markup import escape
+from rich.table import Table
+
+from appraiser.cli import console, err_console
+from appraiser.data.io import DataError
 
 app = typer.Typer(no_args_is_help=True)
+
+SHOWN_ERRORS = 10
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """DataError → one red line on stderr and exit code 2 (also under typer's test runner)."""
+    try:
+        yield
+    except DataError as e:
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _category_weights(pairs: list[str]) -> dict[str, float]:
+    weights = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip() or weights[name.strip()] < 0:
+            raise DataError(
+                f"--category-weight {pair!r}: expected CATEGORY=WEIGHT with WEIGHT >= 0, e.g. Automotive=0.2"
+            )
+    return weights
+
+
+@app.command()
+def curate(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="raw Amazon-Reviews-2023 metadata: .jsonl/.jsonl.gz files, or hub:<Category>"),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the splits and report/")],
+    category: Annotated[
+        str | None,
+        typer.Option(help="category of the items (default: from the file name meta_<Category>...)"),
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option(help="items to keep (price-flattened sample); default all")
+    ] = None,
+    min_chars: Annotated[int, typer.Option(help="drop items whose text is shorter")] = 600,
+    seed: Annotated[int, typer.Option(help="seed of the sample and the split")] = 42,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 2,
+    split: Annotated[str, typer.Option(help="train,validation,test as fractions or counts")] = "0.8,0.1,0.1",
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, jsonl.gz or parquet")] = "jsonl",
+    band_width: Annotated[float, typer.Option(help="price band width in $ for flattening")] = 10.0,
+    flatten: Annotated[float, typer.Option(help="0 keeps the price distribution, 1 flattens it fully")] = 1.0,
+    category_weight: Annotated[
+        list[str] | None, typer.Option(help="CATEGORY=WEIGHT sampling weight (repeatable; 0 leaves it out)")
+    ] = None,
+    chunk_lines: Annotated[int, typer.Option(min=1, help="lines per work unit")] = 2000,
+    fresh: Annotated[bool, typer.Option(help="ignore work left by an interrupted run")] = False,
+    charts: Annotated[bool, typer.Option(help="draw the PNG charts")] = True,
+) -> None:
+    """Curate raw metadata into train/validation/test splits plus a stats report."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from appraiser.data.curate import CurateConfig, parse_split
+    from appraiser.data.curate import curate as run_curate
+
+    with _user_errors():
+        try:
+            config = CurateConfig(
+                min_chars=min_chars,
+                size=size,
+                seed=seed,
+                workers=workers,
+                split=parse_split(split),
+                band_width=band_width,
+                flatten=flatten,
+                category_weights=_category_weights(category_weight or []),
+                chunk_lines=chunk_lines,
+            )
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise DataError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+        columns = (
+            TextColumn("[bold]curating"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[records]:,} records, {task.fields[kept]:,} kept"),
+            TimeElapsedColumn(),
+        )
+        bar = Progress(*columns, console=console)
+        task = bar.add_task("curate", total=None, records=0, kept=0)
+
+        def progress(done: int, total: int, records: int, kept: int) -> None:
+            if not bar.live.is_started:  # started on the first chunk, so input errors print alone
+                bar.start()
+            bar.update(task, completed=done, total=total, records=records, kept=kept)
+
+        try:
+            result = run_curate(
+                inputs, out, config, category, fmt, resume=not fresh, progress=progress, charts=charts
+            )
+        except KeyboardInterrupt:
+            _stop(bar)
+            err_console.print("interrupted: rerun the same command to resume from the last finished chunk")
+            raise typer.Exit(130) from None
+        finally:
+            _stop(bar)
+    _print_result(result)
+
+
+def _stop(bar) -> None:
+    if bar.live.is_started:
+        bar.stop()
+
+
+def _print_result(result) -> None:
+    for line in result.error_examples[:SHOWN_ERRORS]:
+        err_console.print(escape(line), soft_wrap=True, highlight=False)
+    if result.n_errors > SHOWN_ERRORS:
+        err_console.print(
+            f"... {result.n_errors - SHOWN_ERRORS:,} more in {result.report_paths['errors']}", soft_wrap=True
+        )
+    s = result.stats
+    table = Table(title="curation", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    table.add_row("records", f"{s['records']:,}")
+    for reason, n in s["dropped"].items():
+        if n:
+            table.add_row(f"  dropped: {reason}", f"{n:,}")
+    table.add_row("candidates", f"{s['candidates']:,}")
+    table.add_row("kept", f"{s['kept']:,}")
+    for name, n in s["splits"].items():
+        table.add_row(f"  {name}", f"{n:,}")
+    p = s["price"]["kept"]
+    if p.get("count"):
+        table.add_row("price median / mean", f"${p['median']:,.2f} / ${p['mean']:,.2f}")
+    table.add_row("records/second", f"{s['records_per_second'] or 0:,.0f}")
+    console.print(table)
+    for name, path in result.paths.items():
+        console.print(f"{name}: {escape(str(path))}", soft_wrap=True, highlight=False)
+    console.print(f"report: {escape(str(result.report_paths['markdown']))}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+def prompts(
+    split_file: Annotated[Path, typer.Argument(help="a split file (.jsonl, .jsonl.gz or .parquet)")],
+    model: Annotated[
+        str, typer.Option(help="tokenizer: a packaged model name, a folder or a hub id")
+    ] = "smollm2-135m",
+    max_tokens: Annotated[int, typer.Option(min=1, help="token budget of the text in the prompt")] = 160,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N items")] = None,
+    exact_cents: Annotated[
+        bool, typer.Option(help="completions with exact cents instead of whole dollars")
+    ] = False,
+    raw_text: Annotated[bool, typer.Option(help="use the raw text even where an item has a summary")] = False,
+) -> None:
+    """Token-count statistics of a split's prompts, and one example prompt and completion."""
+    from rich.panel import Panel
+
+    from appraiser.data.io import LoadReport, read_items
+    from appraiser.data.prompts import PromptConfig, make_completion, make_prompt, token_stats
+    from appraiser.models import ModelNotFound, load_tokenizer
+
+    with _user_errors():
+        report = LoadReport()
+        items = read_items(split_file, report, limit=limit)
+        for err in report.errors[:SHOWN_ERRORS]:
+            err_console.print(escape(str(err)), soft_wrap=True, highlight=False)
+        if not items:
+            raise DataError(f"{split_file}: no items to make prompts from")
+        try:
+            tokenizer = load_tokenizer(model)
+        except ModelNotFound as e:
+            raise DataError(str(e)) from None
+        except (OSError, ValueError) as e:
+            raise DataError(f"{model}: could not load its tokenizer ({type(e).__name__}: {e})") from None
+    cfg = PromptConfig(max_text_tokens=max_tokens, exact_cents=exact_cents, use_summary=not raw_text)
+    stats = token_stats(items, tokenizer, cfg)
+    table = Table(title=f"tokens: {escape(split_file.name)}, {stats['items']:,} items, model {escape(model)}")
+    table.add_column("")
+    for col in ("min", "median", "mean", "p95", "max"):
+        table.add_column(col, justify="right")
+    for key, label in (
+        ("text_tokens", "text"),
+        ("prompt_tokens", "prompt"),
+        ("completion_tokens", "completion"),
+    ):
+        row = stats[key]
+        table.add_row(label, *(f"{row[c]:g}" for c in ("min", "median", "mean", "p95", "max")))
+    console.print(table)
+    console.print(
+        f"texts over {max_tokens} tokens (truncated): {stats['truncated']:,} ({stats['truncated_share']:.1%})"
+    )
+    example = items[0]
+    console.print(Panel(escape(make_prompt(example, tokenizer, cfg)), title="example prompt"))
+    console.print(Panel(escape(make_completion(example.price, cfg)), title="completion"))
+
+
+@app.command()
+def stats(
+    source: Annotated[str, typer.Argument(help="a split file, a folder of splits, or a hub dataset id")],
+) -> None:
+    """Items, prices and categories of each split of a dataset."""
+    from collections import Counter
+
+    from appraiser.data.io import LoadReport, load_splits
+    from appraiser.data.report import summary
+
+    with _user_errors():
+        report = LoadReport()
+        splits = load_splits(source, report)
+    for err in report.errors[:SHOWN_ERRORS]:
+        err_console.print(escape(str(err)), soft_wrap=True, highlight=False)
+    table = Table(title=escape(source))
+    for col in ("split", "items", "min $", "median $", "mean $", "max $", "top categories"):
+        table.add_column(col, justify="left" if col in ("split", "top categories") else "right")
+    for name, items in splits.items():
+        p = summary([it.price for it in items])
+        cats = Counter(it.category or "(none)" for it in items).most_common(3)
+        table.add_row(
+            name,
+            f"{len(items):,}",
+            *(f"{p[k]:,.2f}" if k in p else "" for k in ("min", "median", "mean", "max")),
+            escape(", ".join(f"{c} {n:,}" for c, n in cats)),
+        )
+    console.print(table)
+    if report.skipped:
+        console.print(f"skipped {report.skipped:,} bad records")
