@@ -34,12 +34,16 @@ CREATE TABLE IF NOT EXISTS evaluations (
     created TEXT NOT NULL          -- ISO time, UTC
 );
 CREATE INDEX IF NOT EXISTS evaluations_fp ON evaluations (test_fingerprint, label);
+-- Titles and categories are stored once per item, not once per evaluation: they dominate a row's size.
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    title TEXT,
+    category TEXT
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS predictions (
     run_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
     idx INTEGER NOT NULL,
     item_id TEXT NOT NULL,
-    title TEXT,
-    category TEXT,
     truth REAL NOT NULL,
     guess REAL,                    -- NULL: the pricer failed on this item
     low REAL,
@@ -112,11 +116,11 @@ class LeaderboardStore:
             )
             run_id = int(cur.lastrowid)
             self._conn.executemany(
-                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (run_id, i, r.id, r.title, r.category, r.truth, r.guess, r.low, r.high, r.raw)
-                    for i, r in enumerate(result.results)
-                ],
+                "INSERT OR IGNORE INTO items VALUES (?, ?, ?)", [(r.id, r.title, r.category) for r in result.results]
+            )
+            self._conn.executemany(
+                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, i, r.id, r.truth, r.guess, r.low, r.high, r.raw) for i, r in enumerate(result.results)],
             )
         return run_id
 
@@ -185,8 +189,8 @@ class LeaderboardStore:
         return [
             ItemResult(*r)
             for r in self._conn.execute(
-                "SELECT item_id, title, category, truth, guess, low, high, raw FROM predictions "
-                "WHERE run_id = ? ORDER BY idx",
+                "SELECT p.item_id, i.title, i.category, p.truth, p.guess, p.low, p.high, p.raw "
+                "FROM predictions p LEFT JOIN items i ON i.item_id = p.item_id WHERE p.run_id = ? ORDER BY p.idx",
                 (run_id,),
             )
         ]

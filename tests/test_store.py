@@ -1,0 +1,130 @@
+"""The leaderboard store round trip, test-set separation, and paired comparisons."""
+
+from __future__ import annotations
+
+import pytest
+
+from appraiser.evaluation import LeaderboardStore, load_test_items
+from appraiser.evaluation.charts import leaderboard_chart
+from appraiser.evaluation.compare import paired_compare
+from appraiser.evaluation.evaluator import ItemResult, score
+from appraiser.evaluation.store import PredictionCache
+from appraiser.items import fingerprint
+from appraiser.pricers.base import Prediction
+
+
+@pytest.fixture(scope="module")
+def items(data_dir):
+    return load_test_items(data_dir / "validation.jsonl", size=40)
+
+
+def _result(items, name, factor, **kw):
+    preds = [Prediction(price=round(it.price * factor, 2), low=it.price, high=it.price * 2, raw="r") for it in items]
+    preds[0] = Prediction(price=None, raw="no idea")
+    return score(items, preds, name=name, config={"factor": factor}, seconds=1.5, **kw)
+
+
+def test_round_trip(items, tmp_path):
+    db = tmp_path / "lb.db"
+    store = LeaderboardStore(db)
+    r = _result(items, "half", 0.5, cost=0.12, pricer_name="scaler")
+    run_id = store.add(r)
+    store.close()
+
+    store = LeaderboardStore(db)  # reopened: it persisted
+    row = store.get(run_id)
+    assert (row.pricer, row.label, row.config) == ("scaler", "half", {"factor": 0.5})
+    assert row.test_fingerprint == fingerprint(items) and row.test_size == 40
+    assert row.metrics == r.metrics and row.seconds == 1.5 and row.cost == 0.12
+    assert store.predictions(run_id) == r.results
+    back = store.result(run_id)
+    assert back.results == r.results and back.metrics == r.metrics and back.run_id == run_id
+    assert store.latest("half").run_id == run_id and store.latest("nobody") is None
+    assert store.delete(run_id) and store.get(run_id) is None and store.predictions(run_id) == []
+    store.close()
+
+
+def test_rows_on_different_test_sets_are_never_mixed(items, tmp_path):
+    store = LeaderboardStore(tmp_path / "lb.db")
+    a, b = items[:20], items[20:]
+    ids = {
+        "a1": store.add(_result(a, "p", 0.5)),
+        "a2": store.add(_result(a, "q", 0.9)),
+        "b1": store.add(_result(b, "p", 0.5)),
+        "a3": store.add(_result(a, "p", 0.8)),  # a newer run of p on set a
+    }
+    fa, fb = fingerprint(a), fingerprint(b)
+    assert fa != fb
+    assert {r.run_id for r in store.rows(fa)} == {ids["a1"], ids["a2"], ids["a3"]}
+    assert [r.run_id for r in store.rows(fb)] == [ids["b1"]]
+    latest = store.rows(fa, latest_only=True)
+    assert [(r.label, r.run_id) for r in latest] == [("p", ids["a3"]), ("q", ids["a2"])]
+    assert store.latest("p", fb).run_id == ids["b1"] and store.latest("p", fa).run_id == ids["a3"]
+    fps = store.fingerprints()
+    assert [f[0] for f in fps] == [fa, fb] and fps[0][2] == 3  # newest set first, with its run count
+    with pytest.raises(ValueError):
+        leaderboard_chart(store.rows(), tmp_path)
+    paths = leaderboard_chart(latest, tmp_path / "charts", name="lb")
+    assert [p.name for p in paths] == ["lb.png", "lb.html"] and all(p.stat().st_size > 1000 for p in paths)
+    store.close()
+
+
+def test_bytes_per_row_stay_small(items, tmp_path):
+    db = tmp_path / "lb.db"
+    store = LeaderboardStore(db)
+    store.add(_result(items, "p", 0.5))
+    size1 = db.stat().st_size
+    for _ in range(20):
+        store.add(_result(items, "p", 0.5))
+    store.close()
+    per_run = (db.stat().st_size - size1) / 20
+    assert per_run < 100 * 40  # titles are stored once per item, so a prediction costs < 100 bytes
+
+
+def test_prediction_cache(tmp_path):
+    c = PredictionCache(tmp_path / "c.db")
+    c.put("p", "h1", [("id1", "t1", 10.0, None, None, "raw", 0.01), ("id2", "t2", None, None, None, None, 0.0)])
+    c.put("p", "h2", [("id1", "t1", 99.0, 1.0, 2.0, None, 0.0)])
+    assert c.lookup("p", "h1") == {
+        ("id1", "t1"): (10.0, None, None, "raw", 0.01),
+        ("id2", "t2"): (None, None, None, None, 0.0),
+    }
+    assert c.lookup("p", "h2")[("id1", "t1")][0] == 99.0
+    assert c.lookup("other", "h1") == {}
+    assert c.clear("p") == 3 and c.lookup("p", "h1") == {}
+    c.close()
+
+
+def _results(errors, truth=100.0):
+    return [ItemResult(f"i{k}", None, None, truth, None if e is None else truth + e) for k, e in enumerate(errors)]
+
+
+def test_paired_compare_hand_computed():
+    a = _results([1, 2, 3, 4, None])
+    b = _results([2, 2, -5, 1, 7])
+    c = paired_compare(a, b, "A", "B")
+    # d = |a| - |b| = [-1, 0, -2, 3] on the 4 items both priced; the failure is skipped.
+    assert c.n == 4 and c.skipped == 1
+    assert c.mae_a == pytest.approx(2.5) and c.mae_b == pytest.approx(2.5)
+    assert c.mean_diff == pytest.approx(0.0)
+    assert (c.a_better, c.b_better, c.ties) == (2, 1, 1)
+    assert c.p_value == pytest.approx(1.0)  # 2 of 3 is no evidence
+    assert c.ci_low <= 0 <= c.ci_high and "no significant" in c.verdict
+
+
+def test_paired_compare_detects_a_consistent_winner():
+    a = _results([10.0 + (k % 3) for k in range(30)])
+    b = _results([20.0 + (k % 5) for k in range(30)])
+    c = paired_compare(a, b, "A", "B")
+    assert c.a_better == 30 and c.p_value == pytest.approx(2 * 0.5**30)
+    assert c.ci_high < 0 and c.verdict.startswith("A is better")
+    flipped = paired_compare(b, a, "B", "A")
+    assert flipped.ci_low > 0 and flipped.verdict.startswith("A is better")
+
+
+def test_paired_compare_only_pairs_shared_items():
+    a = _results([1, 2, 3])
+    b = _results([5, 5, 5, 5, 5])[1:]  # i1..i4
+    c = paired_compare(a, b)
+    assert c.n == 2
+    assert paired_compare(a, []).n == 0
