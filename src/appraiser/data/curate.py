@@ -174,15 +174,16 @@ def is_noise_key(key: str, noise_keys: Sequence[str]) -> bool:
     return k.endswith("part number") or k in {_norm_key(n) for n in noise_keys}
 
 
-def details_text(details: dict[Any, Any], noise_keys: Sequence[str]) -> str:
-    """Details as "Key: value; Key: value", without the noise keys."""
+def details_text(details: dict[Any, Any], noise_keys: Sequence[str], part_number_min_len: int = 7) -> str:
+    """Details as "Key: value; Key: value", without the noise keys and without entries whose value
+    was nothing but a part number (a bare "UPC: " teaches nothing)."""
     parts = []
     for key, value in details.items():
         k = as_text(key)
         if not k or is_noise_key(k, noise_keys):
             continue
-        v = as_text(value)
-        if v.strip():
+        v = collapse_whitespace(strip_part_numbers(as_text(value), part_number_min_len))
+        if v:
             parts.append(f"{k}: {v}")
     return "; ".join(parts)
 
@@ -193,7 +194,7 @@ def build_text(record: dict[str, Any], details: dict[Any, Any], config: CurateCo
         as_text(record.get("title")),
         as_text(record.get("description")),
         as_text(record.get("features")),
-        details_text(details, config.noise_keys),
+        details_text(details, config.noise_keys, config.part_number_min_len),
     )
     text = "\n".join(c for f in fields if (c := clean_field(f, config)))
     return text[: config.max_text_chars].strip()
