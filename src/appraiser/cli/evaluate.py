@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from appraiser import config
@@ -43,7 +45,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except DataError as e:
-            err_console.print(f"[red]error:[/red] {e}")
+            err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -126,7 +128,7 @@ def eval_command(
             train_items = read_items(train_path)
             if not train_items:
                 raise DataError(f"{train_path}: no training items")
-            console.print(f"fitting {p.label} on {len(train_items):,} items from {train_path} …")
+            console.print(f"fitting {escape(p.label)} on {len(train_items):,} items from {train_path} …")
             start = time.perf_counter()
             p.fit(train_items)
             console.print(f"fitted in {time.perf_counter() - start:.1f} s")
@@ -167,16 +169,22 @@ def _whole(v: float | None) -> str:
 
 def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
     """Rows ranked as given; `wide` adds median error, R² and cost (they do not fit 80 columns)."""
-    t = Table(title=f"Leaderboard — test set {fp} ({rows[0].test_size if rows else 0} items), by MAE")
+    t = Table(
+        title=f"Leaderboard — test set {fp} ({rows[0].test_size if rows else 0} items), by MAE", box=box.SIMPLE_HEAD
+    )
     cols = ["#", "pricer", "MAE", "95% CI"] + (["median", "R²"] if wide else []) + ["RMSLE", "hit", "fail", "time"]
-    cols += (["cost"] if wide or any(r.cost for r in rows) else []) + ["run"]
+    cols += (["cost"] if wide or any(r.cost for r in rows) else []) + (["run"] if wide else [])
+    longest = max((len(r.label) for r in rows), default=6)
     for col in cols:
-        t.add_column(col, justify="left" if col == "pricer" else "right", no_wrap=col != "pricer")
+        if col == "pricer":  # the one column that must stay readable: others give way first
+            t.add_column(col, min_width=min(longest, 18), overflow="fold")
+        else:
+            t.add_column(col, justify="right", no_wrap=col != "95% CI", overflow="fold")
     for rank, r in enumerate(rows, start=1):
         m = r.metrics
         cells = {
             "#": str(rank),
-            "pricer": r.label,
+            "pricer": escape(r.label),
             "MAE": _fmt_money(m.get("mae")),
             "95% CI": f"{_whole(m.get('mae_ci_low'))}–{_whole(m.get('mae_ci_high'))}",
             "median": _fmt_money(m.get("median_ae")),
@@ -184,7 +192,7 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
             "RMSLE": f"{m.get('rmsle', float('nan')):.3f}",
             "hit": f"{m.get('hit_rate', 0):.1%}",
             "fail": str(int(m.get("failures", 0))),
-            "time": f"{r.seconds:,.1f}s",
+            "time": f"{r.seconds:,.1f}s" if r.seconds < 100 else f"{r.seconds:,.0f}s",
             "cost": f"${r.cost:,.2f}" if r.cost else "—",
             "run": str(r.run_id),
         }
@@ -258,21 +266,22 @@ def compare_command(
         ra = _find_run(store, a, fp)
         rb = _find_run(store, b, fp or ra.test_fingerprint)
         c = paired_compare(store.predictions(ra.run_id), store.predictions(rb.run_id), ra.label, rb.label)
-    t = Table(title=f"{ra.label} (run {ra.run_id}) vs {rb.label} (run {rb.run_id}) on {c.n} shared items")
+    la, lb = escape(ra.label), escape(rb.label)
+    t = Table(title=f"{la} (run {ra.run_id}) vs {lb} (run {rb.run_id}) on {c.n} shared items")
     t.add_column("")
     t.add_column("value", justify="right")
-    t.add_row(f"MAE {ra.label}", _fmt_money(c.mae_a))
-    t.add_row(f"MAE {rb.label}", _fmt_money(c.mae_b))
+    t.add_row(f"MAE {la}", _fmt_money(c.mae_a))
+    t.add_row(f"MAE {lb}", _fmt_money(c.mae_b))
     t.add_row("mean difference (A − B)", _fmt_money(c.mean_diff).replace("$-", "−$"))
     t.add_row("95% CI of the difference", f"{_fmt_money(c.ci_low)} … {_fmt_money(c.ci_high)}")
-    t.add_row(f"{ra.label} closer", str(c.a_better))
-    t.add_row(f"{rb.label} closer", str(c.b_better))
+    t.add_row(f"{la} closer", str(c.a_better))
+    t.add_row(f"{lb} closer", str(c.b_better))
     t.add_row("ties", str(c.ties))
     t.add_row("sign test p-value", f"{c.p_value:.4g}")
     if c.skipped:
         t.add_row("skipped (a failure on either side)", str(c.skipped))
     console.print(t)
-    console.print(c.verdict)
+    console.print(escape(c.verdict))
 
 
 # ---------------------------------------------------------------- imports and the human baseline

@@ -174,7 +174,7 @@ def item_line(i: int, r: ItemResult, width: int = 60) -> str:
 
 def summary_table(result: EvalResult) -> Table:
     m = result.metrics
-    t = Table(title=f"{result.pricer} on test set {result.test_fingerprint} ({int(m['n'])} items)")
+    t = Table(title=f"{escape(result.pricer)} on test set {result.test_fingerprint} ({int(m['n'])} items)")
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_row("MAE", f"${m['mae']:,.2f}  (95% CI ${m['mae_ci_low']:,.2f} – ${m['mae_ci_high']:,.2f})")
@@ -265,7 +265,7 @@ def evaluate(
     )
     start = time.perf_counter()
     with progress:
-        task = progress.add_task(label, total=n)
+        task = progress.add_task(escape(label), total=n)
         done_cached = [i for i in range(n) if preds[i] is not None]
         if done_cached:
             show_items(done_cached, [preds[i] for i in done_cached])
