@@ -37,6 +37,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import IO, Any
@@ -137,7 +138,7 @@ def strip_part_numbers(text: str, min_len: int = 7) -> str:
 
 
 def collapse_whitespace(text: str) -> str:
-    return _WS.sub(" ", text).strip()
+    return " ".join(text.split())
 
 
 def clean_field(text: str, config: CurateConfig) -> str:
@@ -168,10 +169,15 @@ def _norm_key(key: str) -> str:
     return _KEY_WS.sub(" ", key.lower()).strip()
 
 
+@lru_cache(maxsize=32)
+def _noise_set(noise_keys: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(_norm_key(n) for n in noise_keys)
+
+
 def is_noise_key(key: str, noise_keys: Sequence[str]) -> bool:
     """Case-insensitive match of a details key against the noise list; any "... part number" too."""
     k = _norm_key(key)
-    return k.endswith("part number") or k in {_norm_key(n) for n in noise_keys}
+    return k.endswith("part number") or k in _noise_set(tuple(noise_keys))
 
 
 def details_text(details: dict[Any, Any], noise_keys: Sequence[str], part_number_min_len: int = 7) -> str:
