@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from appraiser.evaluation import LeaderboardStore, load_test_items
@@ -69,16 +71,23 @@ def test_rows_on_different_test_sets_are_never_mixed(items, tmp_path):
     store.close()
 
 
+def _table_bytes(db):
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"))
+
+
 def test_bytes_per_row_stay_small(items, tmp_path):
     db = tmp_path / "lb.db"
     store = LeaderboardStore(db)
     store.add(_result(items, "p", 0.5))
-    size1 = db.stat().st_size
+    before = _table_bytes(db)
     for _ in range(20):
         store.add(_result(items, "p", 0.5))
     store.close()
-    per_run = (db.stat().st_size - size1) / 20
-    assert per_run < 100 * 40  # titles are stored once per item, so a prediction costs < 100 bytes
+    after = _table_bytes(db)
+    per_prediction = (after["predictions"] - before["predictions"]) / (20 * 40)
+    assert per_prediction < 100  # titles are stored once per item, not once per prediction
+    assert after["items"] == before["items"]
 
 
 def test_prediction_cache(tmp_path):
