@@ -38,6 +38,12 @@ class TextLengthPricer(Pricer):
     def config(self):
         return {"scale": self.scale}
 
+    def __getstate__(self):  # locks do not pickle
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
+
     def guess(self, item: Item) -> float:
         return round(len(item.text) * self.scale, 2)
 
@@ -153,6 +159,34 @@ def test_cache_is_keyed_by_config_and_item_text(items):
     r = evaluate(p, edited, show=False, record=False)
     assert p.seen == [items[0].id]  # only the edited item is predicted again
     assert r.results[0].guess == p.guess(edited[0])
+
+
+class FittedPricer(TextLengthPricer):
+    """Fits a random offset, so a refit model really is a different model with the same config."""
+
+    def fit(self, train, validation=None):
+        import random
+
+        self.offset = random.random()
+        self.fit_info = {"offset": self.offset, "seconds": 2.5}
+        return self
+
+    def guess(self, item):
+        return round(len(item.text) * self.scale + self.offset, 2)
+
+
+def test_a_refit_model_gets_a_fresh_cache_and_a_reloaded_one_keeps_it(items, tmp_path):
+    first = FittedPricer().fit(items)
+    r1 = evaluate(first, items[:8], show=False, record=False)
+    assert r1.fit_seconds == 2.5
+    refit = FittedPricer().fit(items)
+    r2 = evaluate(refit, items[:8], show=False, record=False)
+    assert len(refit.seen) == 8 and r2.cached == 0
+    assert [x.guess for x in r2.results] == [refit.guess(it) for it in items[:8]]
+    reloaded = Pricer.load(refit.save(tmp_path / "m.pkl"))
+    reloaded.seen = []
+    r3 = evaluate(reloaded, items[:8], show=False, record=False)
+    assert reloaded.seen == [] and r3.cached == 8
 
 
 def test_no_cache_predicts_everything(items):

@@ -46,6 +46,23 @@ def test_round_trip(items, tmp_path):
     store.close()
 
 
+def test_fit_seconds_round_trip_and_old_databases_upgrade(items, tmp_path):
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:  # the schema before fit times were recorded
+        conn.executescript(
+            "CREATE TABLE evaluations (id INTEGER PRIMARY KEY AUTOINCREMENT, pricer TEXT NOT NULL, "
+            "label TEXT NOT NULL, config TEXT NOT NULL, test_fingerprint TEXT NOT NULL, test_size INTEGER NOT NULL, "
+            "metrics TEXT NOT NULL, seconds REAL NOT NULL, cost REAL NOT NULL DEFAULT 0, created TEXT NOT NULL);"
+            "INSERT INTO evaluations VALUES (1, 'p', 'p', '{}', 'fp', 1, '{}', 1.0, 0, '2026-01-01T00:00:00Z');"
+        )
+    store = LeaderboardStore(db)
+    assert store.get(1).fit_seconds == 0.0
+    r = _result(items, "fitted", 0.5)
+    r.fit_seconds = 12.5
+    assert store.get(store.add(r)).fit_seconds == 12.5
+    store.close()
+
+
 def test_rows_on_different_test_sets_are_never_mixed(items, tmp_path):
     store = LeaderboardStore(tmp_path / "lb.db")
     a, b = items[:20], items[20:]

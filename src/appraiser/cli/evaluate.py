@@ -103,6 +103,7 @@ def eval_command(
     """Evaluate a pricer on a fixed test set: per-item lines, summary, charts, leaderboard row."""
     from appraiser.pricers.base import Pricer
 
+    fit_seconds = None
     if test is None:
         test = config.default_data_dir() / "validation.jsonl"
     items = load_test_items(test, _size(size), offset)
@@ -131,7 +132,8 @@ def eval_command(
             console.print(f"fitting {escape(p.label)} on {len(train_items):,} items from {train_path} …")
             start = time.perf_counter()
             p.fit(train_items)
-            console.print(f"fitted in {time.perf_counter() - start:.1f} s")
+            fit_seconds = time.perf_counter() - start
+            console.print(f"fitted in {fit_seconds:.1f} s")
     if save is not None:
         console.print(f"saved pricer to {p.save(save)}")
     with _store(db) as store:
@@ -146,6 +148,7 @@ def eval_command(
             charts_dir=charts,
             store=store,
             cost=cost,
+            fit_seconds=fit_seconds,
         )
     if predictions is not None:
         console.print(f"predictions: {predictions}")
@@ -167,12 +170,17 @@ def _whole(v: float | None) -> str:
     return "—" if v is None or math.isnan(v) else f"${v:,.0f}"
 
 
+def _secs(v: float) -> str:
+    return f"{v:,.1f}s" if v < 100 else f"{v:,.0f}s"
+
+
 def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
     """Rows ranked as given; `wide` adds median error, R² and cost (they do not fit 80 columns)."""
     t = Table(
         title=f"Leaderboard — test set {fp} ({rows[0].test_size if rows else 0} items), by MAE", box=box.SIMPLE_HEAD
     )
-    cols = ["#", "pricer", "MAE", "95% CI"] + (["median", "R²"] if wide else []) + ["RMSLE", "hit", "fail", "time"]
+    cols = ["#", "pricer", "MAE", "95% CI"] + (["median", "R²"] if wide else []) + ["RMSLE", "hit", "fail"]
+    cols += ["fit", "predict"] if wide else ["time"]
     cols += (["cost"] if wide or any(r.cost for r in rows) else []) + (["run"] if wide else [])
     longest = max((len(r.label) for r in rows), default=6)
     for col in cols:
@@ -192,7 +200,9 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
             "RMSLE": f"{m.get('rmsle', float('nan')):.3f}",
             "hit": f"{m.get('hit_rate', 0):.1%}",
             "fail": str(int(m.get("failures", 0))),
-            "time": f"{r.seconds:,.1f}s" if r.seconds < 100 else f"{r.seconds:,.0f}s",
+            "time": _secs(r.seconds + r.fit_seconds),
+            "fit": _secs(r.fit_seconds),
+            "predict": _secs(r.seconds),
             "cost": f"${r.cost:,.2f}" if r.cost else "—",
             "run": str(r.run_id),
         }

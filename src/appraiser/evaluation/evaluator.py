@@ -86,6 +86,7 @@ class EvalResult:
     pricer_name: str | None = None
     cached: int = 0
     charts: list[Path] = field(default_factory=list)
+    fit_seconds: float = 0.0
 
     @property
     def truths(self) -> list[float]:
@@ -184,7 +185,9 @@ def summary_table(result: EvalResult) -> Table:
     t.add_row("R²", f"{m['r2']:.3f}")
     t.add_row("hit rate (green)", f"{m['hit_rate']:.1%}")
     t.add_row("failures", f"{int(m['failures'])}  (coverage {m['coverage']:.1%})")
-    t.add_row("time", f"{result.seconds:,.1f} s" + (f"  ({result.cached} cached)" if result.cached else ""))
+    t.add_row("predict time", f"{result.seconds:,.1f} s" + (f"  ({result.cached} cached)" if result.cached else ""))
+    if result.fit_seconds:
+        t.add_row("fit time", f"{result.fit_seconds:,.1f} s")
     if result.cost:
         t.add_row("cost", f"${result.cost:,.4f}")
     return t
@@ -210,20 +213,28 @@ def evaluate(
     charts_dir: str | Path | None = None,
     store: LeaderboardStore | None = None,
     cost: float = 0.0,
+    fit_seconds: float | None = None,
 ) -> EvalResult:
     """Evaluate `pricer` on `items` (in order): predict, show, score, and optionally record.
 
     Pricers with `concurrency > 1` are called from a thread pool, one `batch_size` batch per task
     (API pricers use batch_size 1); others are called batch by batch. With `cache`, finished
-    batches are saved at once and reused on the next run with the same label, config and items.
+    batches are saved at once and reused on the next run with the same label, config, fitted
+    state and items. The fitted state is the pricer's `fit_info` dict when it has one (a refit
+    model is a new model: its cache starts empty; a saved-and-reloaded one keeps its cache).
     With `record`, the result is added to the leaderboard (`store`, default: the project's).
+    `fit_seconds` (default: `fit_info["seconds"]` when present) is recorded beside the predict time.
     """
     items = list(items)
     if not items:
         raise DataError("no test items to evaluate on")
     label = name or pricer.label
     cfg = pricer.config()
-    chash = config_hash(cfg)
+    fit_info = getattr(pricer, "fit_info", None)
+    fit_info = fit_info if isinstance(fit_info, dict) else {}
+    chash = config_hash({"config": cfg, "fit": fit_info} if fit_info else cfg)
+    if fit_seconds is None:
+        fit_seconds = float(fit_info.get("seconds") or 0.0)
     n = len(items)
     console = Console(quiet=not show, highlight=False)
 
@@ -311,6 +322,7 @@ def evaluate(
         pricer_name=pricer.name,
     )
     result.cached = cached
+    result.fit_seconds = fit_seconds
     if record:
         record_result(result, store)
     if predictions_path is not None:

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     metrics TEXT NOT NULL,         -- JSON of compute_metrics()
     seconds REAL NOT NULL,
     cost REAL NOT NULL DEFAULT 0,
-    created TEXT NOT NULL          -- ISO time, UTC
+    created TEXT NOT NULL,         -- ISO time, UTC
+    fit_seconds REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS evaluations_fp ON evaluations (test_fingerprint, label);
 -- Titles and categories are stored once per item, not once per evaluation: they dominate a row's size.
@@ -68,6 +69,7 @@ class Row:
     seconds: float
     cost: float
     created: str
+    fit_seconds: float = 0.0
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -92,6 +94,10 @@ class LeaderboardStore:
         self._conn = _connect(self.path)
         self._conn.execute("PRAGMA foreign_keys = ON")
         self._conn.executescript(SCHEMA)
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(evaluations)")}
+        if "fit_seconds" not in columns:  # a database from before fit times were recorded
+            with self._conn:
+                self._conn.execute("ALTER TABLE evaluations ADD COLUMN fit_seconds REAL NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._conn.close()
@@ -110,7 +116,7 @@ class LeaderboardStore:
         with self._conn:
             cur = self._conn.execute(
                 "INSERT INTO evaluations (pricer, label, config, test_fingerprint, test_size, metrics, seconds, "
-                "cost, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "cost, created, fit_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     result.pricer_name or result.pricer,
                     result.pricer,
@@ -121,6 +127,7 @@ class LeaderboardStore:
                     result.seconds,
                     result.cost,
                     created,
+                    result.fit_seconds,
                 ),
             )
             run_id = int(cur.lastrowid)
@@ -141,11 +148,11 @@ class LeaderboardStore:
 
     # ------------------------------------------------------------ reading
 
-    _COLUMNS = "id, pricer, label, config, test_fingerprint, test_size, metrics, seconds, cost, created"
+    _COLUMNS = "id, pricer, label, config, test_fingerprint, test_size, metrics, seconds, cost, created, fit_seconds"
 
     @staticmethod
     def _row(r: tuple) -> Row:
-        return Row(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], json.loads(r[6]), r[7], r[8], r[9])
+        return Row(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], json.loads(r[6]), r[7], r[8], r[9], r[10])
 
     def rows(self, test_fingerprint: str | None = None, latest_only: bool = False) -> list[Row]:
         """Evaluations, newest first; only those on one test set when `test_fingerprint` is given.
@@ -219,6 +226,7 @@ class LeaderboardStore:
             metrics=row.metrics,
             seconds=row.seconds,
             cost=row.cost,
+            fit_seconds=row.fit_seconds,
             run_id=run_id,
             pricer_name=row.pricer,
         )
