@@ -1,0 +1,380 @@
+"""Reading a price out of a causal LM, batched: greedy text, or the model's own distribution over prices.
+
+Prompts end with "Price is $", so the model's next tokens are the price. Three ways to read it:
+
+- **greedy**: batched `generate` (left padding, no sampling), parsed with `parse_price_text`.
+- **beam** (the "expected" method for digit-splitting tokenizers such as SmolLM2 and Gemma, which write
+  "123.00" as "1","2","3",".","0","0"): a beam over digit tokens. Each step keeps the `beam_width` most
+  probable unfinished numbers per item; a number finishes when the model writes "." or an end token
+  (the cents after "." carry no dollars for whole-dollar completions, and under $1 for exact ones, so
+  we stop there). All finished numbers are kept, giving a distribution over prices: its mean, median
+  and an `interval` quantile range. `mass` is the probability the kept numbers hold - how much of the
+  model's belief the distribution covers (low mass means the model wants to write something else).
+  One prefill per batch, then one token per live hypothesis per step, reusing the KV cache.
+- **topk** (the "expected" method for tokenizers with multi-digit number tokens, e.g. Llama 3's 0-999):
+  the course's trick, a probability-weighted average over the `beam_width` most likely number tokens
+  at the first position.
+
+`predict_prices` is what the pricer, the CLI and the trainer's probe call.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from appraiser.pricers.base import parse_price_text
+
+METHODS = ("expected", "greedy", "beam", "topk")
+#: Unfinished numbers less likely than this are dropped: they could add at most this much mass.
+_MIN_PROB = 1e-7
+_NUMBER_PIECE = re.compile(r"[\d.,]+")
+
+
+@dataclass
+class PriceDistribution:
+    """A price read from a model: point estimates, an interval, and how much probability backs them.
+
+    `support` lists the finished numbers the beam found as (digits, probability before renormalizing),
+    most probable first (empty for greedy).
+    """
+
+    mean: float
+    median: float
+    low: float
+    high: float
+    greedy: float | None
+    mass: float
+    raw: str
+    support: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def price(self) -> float:
+        return self.mean
+
+
+@dataclass(frozen=True)
+class NumberVocab:
+    """The tokens a price is written with, for one tokenizer."""
+
+    number_ids: list[int]  # tokens that are all ASCII digits ("0".."9", or "0".."999" for Llama 3)
+    number_text: list[str]
+    dot_id: int | None
+    end_ids: list[int]
+    multi_digit: bool  # the tokenizer writes "123" as one token
+
+
+def number_vocab(tokenizer: Any, model: Any = None) -> NumberVocab:
+    """Find the digit, "." and end tokens. A tokenizer that splits "1234567890" into single digits
+    only ever shows the model single-digit tokens, so only those take part in the beam."""
+    sample = tokenizer.encode("1234567890", add_special_tokens=False)
+    pieces = [tokenizer.decode([t]) for t in sample]
+    multi_digit = any(len(p.strip()) > 1 for p in pieces)
+    if multi_digit:
+        vocab = tokenizer.get_vocab()
+        pairs = sorted((i, s) for s, i in vocab.items() if s.isascii() and s.isdigit())
+    else:
+        pairs = []
+        for d in "0123456789":
+            ids = tokenizer.encode(d, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"tokenizer has no single token for digit {d!r}")
+            pairs.append((ids[0], d))
+    dot = tokenizer.encode(".", add_special_tokens=False)
+    end: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        end.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        end.update(int(e) for e in (gen_eos if isinstance(gen_eos, list | tuple) else [gen_eos]))
+    return NumberVocab(
+        number_ids=[i for i, _ in pairs],
+        number_text=[s for _, s in pairs],
+        dot_id=dot[0] if len(dot) == 1 else None,
+        end_ids=sorted(end),
+        multi_digit=multi_digit,
+    )
+
+
+# ------------------------------------------------------------------------------------ distributions
+
+
+def _quantile(values: list[float], cdf: list[float], q: float) -> float:
+    for v, c in zip(values, cdf, strict=True):
+        if c >= q - 1e-12:
+            return v
+    return values[-1]
+
+
+def summarize(support: dict[str, float], interval: float, greedy: float | None) -> PriceDistribution | None:
+    """Turn finished numbers (digit text -> probability) into a distribution, renormalized over the kept mass."""
+    by_value: dict[float, float] = {}
+    for text, p in support.items():
+        v = float(int(text))
+        by_value[v] = by_value.get(v, 0.0) + p
+    mass = sum(by_value.values())
+    if not by_value or mass <= 0:
+        return None
+    values = sorted(by_value)
+    probs = [by_value[v] / mass for v in values]
+    cdf, acc = [], 0.0
+    for p in probs:
+        acc += p
+        cdf.append(acc)
+    mean = sum(v * p for v, p in zip(values, probs, strict=True))
+    tail = (1 - interval) / 2
+    median = _quantile(values, cdf, 0.5)
+    low, high = _quantile(values, cdf, tail), _quantile(values, cdf, 1 - tail)
+    ranked = sorted(support.items(), key=lambda kv: -kv[1])
+    top = ", ".join(f"{int(t)} ({p / mass:.0%})" for t, p in ranked[:3])
+    raw = f"mean {mean:.2f}, median {median:g}, {interval:.0%} {low:g}-{high:g}, mass {mass:.2f}; top: {top}"
+    return PriceDistribution(mean, median, low, high, greedy, mass, raw, ranked)
+
+
+# ------------------------------------------------------------------------------------ batching
+
+
+def _batches(tokenizer: Any, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of prompts in batches of similar length (less padding), longest first."""
+    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _encode(tokenizer: Any, prompts: list[str], device: Any) -> tuple[Any, Any]:
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def _prefill(model: Any, input_ids: Any, attention_mask: Any) -> tuple[Any, Any, Any]:
+    """Run the prompts once; return next-token log-probs, the KV cache and the last positions.
+
+    Positions come from the attention mask, so a left-padded prompt sees the same positions as alone.
+    Only the last position's logits are computed (Gemma's vocabulary is 262k wide).
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1].float().log_softmax(-1), out.past_key_values, position_ids[:, -1]
+
+
+# ------------------------------------------------------------------------------------ methods
+
+
+def _beam_batch(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    vocab: NumberVocab,
+    *,
+    beam_width: int,
+    max_new_tokens: int,
+    interval: float,
+) -> list[PriceDistribution | None]:
+    import torch
+
+    device = input_ids.device
+    n_items = input_ids.shape[0]
+    logp, cache, last_pos = _prefill(model, input_ids, attention_mask)
+    num_ids = torch.tensor(vocab.number_ids, device=device)
+    term_ids = torch.tensor(vocab.end_ids + ([vocab.dot_id] if vocab.dot_id is not None else []), device=device)
+    id_to_col = {t: c for c, t in enumerate(vocab.number_ids)}
+    term_set = set(term_ids.tolist())
+    min_lp = math.log(_MIN_PROB)
+
+    # Live hypotheses ("rows"), grouped by item: item index, digits so far, log-prob, on the greedy path.
+    row_item = list(range(n_items))
+    row_text = [""] * n_items
+    row_score = torch.zeros(n_items, device=device)
+    row_greedy = [True] * n_items
+    finished: list[dict[str, float]] = [{} for _ in range(n_items)]
+    greedy: list[float | None] = [None] * n_items
+
+    for step in range(max_new_tokens):
+        num_lp = logp.index_select(1, num_ids)  # rows x numbers
+        best = logp.argmax(-1).tolist()
+        if step > 0:  # every row holds at least one digit: it may finish here
+            end_lp = (row_score + torch.logsumexp(logp.index_select(1, term_ids), -1)).tolist()
+            for r, item in enumerate(row_item):
+                finished[item][row_text[r]] = math.exp(end_lp[r])
+        greedy_child: dict[int, tuple[int, int]] = {}  # item -> (row, column) the greedy path extends with
+        for r, item in enumerate(row_item):
+            if row_greedy[r]:
+                if best[r] in id_to_col:
+                    greedy_child[item] = (r, id_to_col[best[r]])
+                elif best[r] in term_set and row_text[r]:
+                    greedy[item] = float(int(row_text[r]))
+        if step + 1 >= max_new_tokens:  # no room left for a terminator after another digit
+            break
+        cand = (row_score[:, None] + num_lp).cpu()
+        parents: list[int] = []
+        cols: list[int] = []
+        start = 0
+        while start < len(row_item):  # rows of one item are contiguous
+            item = row_item[start]
+            end = start
+            while end < len(row_item) and row_item[end] == item:
+                end += 1
+            block = cand[start:end].flatten()
+            k = min(beam_width, block.numel())
+            scores, flat = block.topk(k)
+            chosen = [
+                (start + int(f) // cand.shape[1], int(f) % cand.shape[1])
+                for s, f in zip(scores, flat, strict=True)
+                if float(s) > min_lp
+            ]
+            g = greedy_child.get(item)
+            if g is not None and g not in chosen:
+                chosen.append(g)
+            for r, c in chosen:
+                parents.append(r)
+                cols.append(c)
+            start = end
+        if not parents:
+            break
+        new_greedy = [greedy_child.get(row_item[r]) == (r, c) for r, c in zip(parents, cols, strict=True)]
+        idx = torch.tensor(parents, device=device)
+        col_t = torch.tensor(cols, device=device)
+        row_score = row_score[idx] + num_lp[idx, col_t]
+        row_text = [row_text[r] + vocab.number_text[c] for r, c in zip(parents, cols, strict=True)]
+        row_item = [row_item[r] for r in parents]
+        row_greedy = new_greedy
+        cache.reorder_cache(idx)
+        attention_mask = torch.cat([attention_mask[idx], attention_mask.new_ones(len(parents), 1)], dim=1)
+        last_pos = last_pos[idx] + 1
+        out = model(
+            input_ids=num_ids[col_t][:, None],
+            attention_mask=attention_mask,
+            position_ids=last_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        logp = out.logits[:, -1].float().log_softmax(-1)
+
+    return [summarize(finished[i], interval, greedy[i]) for i in range(n_items)]
+
+
+def _topk_batch(
+    model: Any, input_ids: Any, attention_mask: Any, vocab: NumberVocab, *, k: int, interval: float
+) -> list[PriceDistribution | None]:
+    """The course's method: weight the k most likely number tokens at the first position by probability."""
+    import torch
+
+    logp, _, _ = _prefill(model, input_ids, attention_mask)
+    num_ids = torch.tensor(vocab.number_ids, device=logp.device)
+    num_lp = logp.index_select(1, num_ids)
+    scores, cols = num_lp.topk(min(k, num_ids.numel()), dim=-1)
+    best = logp.argmax(-1).tolist()
+    id_to_text = dict(zip(vocab.number_ids, vocab.number_text, strict=True))
+    results = []
+    for i in range(logp.shape[0]):
+        support = {vocab.number_text[c]: math.exp(s) for s, c in zip(scores[i].tolist(), cols[i].tolist(), strict=True)}
+        g = id_to_text.get(best[i])
+        results.append(summarize(support, interval, None if g is None else float(int(g))))
+    return results
+
+
+def _greedy_batch(
+    model: Any, tokenizer: Any, input_ids: Any, attention_mask: Any, vocab: NumberVocab, *, max_new_tokens: int
+) -> list[PriceDistribution | None]:
+    """Batched greedy generation, parsed; `mass` is the probability of the generated text."""
+    import torch
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=vocab.end_ids or None,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    new = out.sequences[:, input_ids.shape[1] :]
+    logps = torch.stack([s.float().log_softmax(-1) for s in out.scores], dim=1)  # items x steps x vocab
+    tok_lp = logps.gather(-1, new[:, : logps.shape[1], None]).squeeze(-1)
+    ends = set(vocab.end_ids)
+    results: list[PriceDistribution | None] = []
+    for i in range(new.shape[0]):
+        ids = new[i].tolist()[: logps.shape[1]]
+        n = next((j + 1 for j, t in enumerate(ids) if t in ends), len(ids))
+        text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        value = parse_price_text(text)
+        if value is None:
+            results.append(None)
+            continue
+        # Probability of the number's own tokens (and an end token right after them), not of trailing text.
+        k = 0
+        while k < n and _NUMBER_PIECE.fullmatch(tokenizer.decode(ids[k : k + 1])):
+            k += 1
+        if k < n and ids[k] in ends:
+            k += 1
+        mass = math.exp(float(tok_lp[i, :k].sum()))
+        results.append(PriceDistribution(value, value, value, value, value, mass, text.strip()))
+    return results
+
+
+def predict_prices(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    method: str = "expected",
+    batch_size: int = 16,
+    beam_width: int = 8,
+    max_new_tokens: int = 8,
+    interval: float = 0.8,
+    progress: Any = None,
+) -> list[PriceDistribution | None]:
+    """One `PriceDistribution` per prompt (None where the model wrote no number), in order.
+
+    method: "expected" (the beam for digit-splitting tokenizers, the course's top-k otherwise),
+    "greedy", or "beam" / "topk" to force one. `progress(n_done)` is called after each batch.
+    """
+    import torch
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if not 0 < interval < 1:
+        raise ValueError("interval must be between 0 and 1")
+    vocab = number_vocab(tokenizer, model)
+    if method == "expected":
+        method = "topk" if vocab.multi_digit else "beam"
+    device = next(model.parameters()).device
+    results: list[PriceDistribution | None] = [None] * len(prompts)
+    done = 0
+    with torch.inference_mode():
+        for batch in _batches(tokenizer, prompts, batch_size):
+            input_ids, attention_mask = _encode(tokenizer, [prompts[i] for i in batch], device)
+            if method == "greedy":
+                got = _greedy_batch(model, tokenizer, input_ids, attention_mask, vocab, max_new_tokens=max_new_tokens)
+            elif method == "topk":
+                got = _topk_batch(model, input_ids, attention_mask, vocab, k=beam_width, interval=interval)
+            else:
+                got = _beam_batch(
+                    model,
+                    input_ids,
+                    attention_mask,
+                    vocab,
+                    beam_width=beam_width,
+                    max_new_tokens=max_new_tokens,
+                    interval=interval,
+                )
+            for i, r in zip(batch, got, strict=True):
+                results[i] = r
+            done += len(batch)
+            if progress is not None:
+                progress(done)
+    return results
