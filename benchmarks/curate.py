@@ -46,6 +46,11 @@ def peak_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
+def cpu_seconds(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def child_curate(path: str, out: str, workers: int) -> None:
     from appraiser.data.curate import CurateConfig, curate
 
@@ -62,6 +67,8 @@ def child_curate(path: str, out: str, workers: int) -> None:
                 "scan_seconds": s["scan_seconds"],
                 "main_mib": peak_mib(resource.RUSAGE_SELF),
                 "worker_mib": peak_mib(resource.RUSAGE_CHILDREN),
+                "main_cpu": cpu_seconds(resource.RUSAGE_SELF),
+                "worker_cpu": cpu_seconds(resource.RUSAGE_CHILDREN),
             }
         )
     )
@@ -95,7 +102,7 @@ def main() -> None:
 
     sizes = [int(x) for x in args.sizes.split(",")]
     workers = [int(x) for x in args.workers.split(",")]
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start")
     rows = []
     with tempfile.TemporaryDirectory(prefix="appraiser-bench-") as tmp:
         for n in sizes:
@@ -113,11 +120,12 @@ def main() -> None:
                 rows.append(r)
                 print(
                     f"  workers={w}: {r['seconds']:6.1f} s  {r['rate']:8,.0f} records/s  kept {r['kept']:,}  "
-                    f"peak main {r['main_mib']:,.0f} MiB, largest worker {r['worker_mib']:,.0f} MiB"
+                    f"peak main {r['main_mib']:,.0f} MiB, largest worker {r['worker_mib']:,.0f} MiB  "
+                    f"CPU main {r['main_cpu']:.1f} s, workers {r['worker_cpu']:.1f} s"
                 )
             os.unlink(path)
 
-    print("\nsummary")
+    print(f"\nsummary (load average {os.getloadavg()[0]:.2f} at the end: wall times depend on other load)")
     print(
         f"{'records':>9} {'workers':>7} {'seconds':>8} {'records/s':>10} {'main MiB':>9} {'worker MiB':>10}"
     )

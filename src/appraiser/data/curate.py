@@ -31,6 +31,7 @@ import json
 import math
 import re
 import shutil
+import sys
 import time
 from array import array
 from collections import Counter, deque
@@ -38,7 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import IO, Any
 
@@ -578,6 +580,15 @@ def _chunks(
                 pos += n_bytes
 
 
+def _mp_context() -> BaseContext:
+    """fork on Linux: workers start at once with the modules already imported, and scripts that call
+    `curate` need no `if __name__ == "__main__"` guard. The pool forks at the first submit, before
+    the progress bar starts its thread. Elsewhere, spawn (fork is unsafe on macOS)."""
+    if sys.platform.startswith("linux") and "fork" in get_all_start_methods():
+        return get_context("fork")
+    return get_context("spawn")
+
+
 def _collect(chunk: Chunk, future: Future[ChunkResult]) -> tuple[Chunk, ChunkResult]:
     result = future.result()
     chunk.lines = []  # only now: the pool pickles the chunk in a background thread
@@ -590,7 +601,7 @@ def _results(chunks: Iterator[Chunk], workers: int) -> Iterator[tuple[Chunk, Chu
         for chunk in chunks:
             yield chunk, process_chunk(chunk)
         return
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
     pending: deque[tuple[Chunk, Future[ChunkResult]]] = deque()
     try:
         for chunk in chunks:
