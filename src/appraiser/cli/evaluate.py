@@ -74,7 +74,9 @@ def _parse_options(options: list[str] | None) -> dict:
 
 
 def _fmt_money(v: float | None) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"${v:,.2f}"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"−${-v:,.2f}" if v < 0 else f"${v:,.2f}"
 
 
 # ---------------------------------------------------------------- eval
@@ -282,7 +284,7 @@ def compare_command(
     t.add_column("value", justify="right")
     t.add_row(f"MAE {la}", _fmt_money(c.mae_a))
     t.add_row(f"MAE {lb}", _fmt_money(c.mae_b))
-    t.add_row("mean difference (A − B)", _fmt_money(c.mean_diff).replace("$-", "−$"))
+    t.add_row("mean difference (A − B)", _fmt_money(c.mean_diff))
     t.add_row("95% CI of the difference", f"{_fmt_money(c.ci_low)} … {_fmt_money(c.ci_high)}")
     t.add_row(f"{la} closer", str(c.a_better))
     t.add_row(f"{lb} closer", str(c.b_better))

@@ -159,11 +159,14 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
     ax1, ax2 = fig.subplots(1, 2)
     ax1.bar(bands, [by_band[b][0] for b in bands], color="#1f77b4")
     ax1.set(xlabel="true price band", ylabel="mean absolute error ($)", title="error by price band")
+    ax1.tick_params(axis="x", labelrotation=30)
+    ax1.margins(y=0.1)
     for i, b in enumerate(bands):
         ax1.annotate(f"n={by_band[b][1]}", (i, by_band[b][0]), ha="center", va="bottom", fontsize=8)
     ax2.barh(cats, cat_maes, color="#9467bd")
     ax2.invert_yaxis()
     ax2.set(xlabel="mean absolute error ($)", title="error by category")
+    ax2.margins(x=0.15)
     for i, (m, c) in enumerate(zip(cat_maes, cat_counts, strict=True)):
         ax2.annotate(f" n={c}", (m, i), va="center", fontsize=8)
     fig.suptitle(title)
@@ -210,8 +213,9 @@ def leaderboard_chart(rows: Sequence[Row], folder: str | Path, name: str = "lead
     ax = fig.add_subplot()
     ax.barh(labels, mae, xerr=err, color="#1f77b4", capsize=3)
     ax.invert_yaxis()
-    for i, m in enumerate(mae):
-        ax.annotate(f" ${m:,.2f}", (m, i), va="center", fontsize=8)
+    for i, (m, hi) in enumerate(zip(mae, mae + err[1], strict=True)):
+        ax.annotate(f"  ${m:,.2f}", (hi, i), va="center", fontsize=8)
+    ax.margins(x=0.15)
     ax.set(xlabel="MAE ($), bars: 95% CI", title=title)
     paths = [_save_png(fig, folder / f"{name}.png")]
     pfig = go.Figure(
