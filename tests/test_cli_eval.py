@@ -29,6 +29,7 @@ class TrainMeanPricer(Pricer):
 
     def fit(self, train: Sequence[Item], validation=None):
         self.mean = sum(it.price for it in train) / len(train) * self.shrink
+        self.n_validation = len(validation) if validation is not None else None
         return self
 
     def config(self):
@@ -94,6 +95,8 @@ def test_eval_fits_evaluates_records_and_writes_files(files, tmp_path):
     assert row.metrics["mae"] == pytest.approx(sum(abs(it.price - mean) for it in test) / 20)
     store.close()
 
+    assert Pricer.load(saved).n_validation is None
+
     # The saved model evaluates again without fitting.
     r = run("eval", "--model", saved, "--test", files["test"], "--size", "20", "--name", "reloaded")
     assert r.exit_code == 0, r.output
@@ -122,6 +125,23 @@ def test_eval_options_and_no_record(files, tmp_path):
     assert r.exit_code == 0, r.output
     store = LeaderboardStore(db)
     assert store.rows()[0].label == "test-train-mean[shrink=0.5]" and store.rows()[0].config == {"shrink": 0.5}
+    r = run(
+        "eval",
+        "test-train-mean",
+        "--test",
+        files["test"],
+        "--size",
+        "10",
+        "--train",
+        files["train"],
+        "--validation",
+        files["train"],
+        "--save",
+        tmp_path / "m.pkl",
+        "--no-record",
+    )
+    assert r.exit_code == 0, r.output
+    assert Pricer.load(tmp_path / "m.pkl").n_validation == 300  # --validation reaches fit()
     r = run("eval", "test-length", "--test", files["test"], "--size", "10", "--db", db, "--no-record")
     assert r.exit_code == 0, r.output
     assert len(store.rows()) == 1

@@ -91,6 +91,9 @@ def eval_command(
     size: SizeOpt = DEFAULT_TEST_SIZE,
     offset: Annotated[int, typer.Option(help="Skip this many items at the start of the test file.")] = 0,
     train: Annotated[Path | None, typer.Option(help="Training split for pricers that fit (default: data dir).")] = None,
+    validation: Annotated[
+        Path | None, typer.Option(help="Validation split handed to fit (e.g. for distribution-matching weights).")
+    ] = None,
     model: Annotated[Path | None, typer.Option(help="A saved, fitted pricer file to evaluate instead.")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Pricer option key=value.")] = None,
     name: Annotated[str | None, typer.Option(help="Leaderboard name (default: the pricer's label).")] = None,
@@ -133,7 +136,7 @@ def eval_command(
                 raise DataError(f"{train_path}: no training items")
             console.print(f"fitting {escape(p.label)} on {len(train_items):,} items from {train_path} …")
             start = time.perf_counter()
-            p.fit(train_items)
+            p.fit(train_items, read_items(validation) if validation is not None else None)
             fit_seconds = time.perf_counter() - start
             console.print(f"fitted in {fit_seconds:.1f} s")
     if save is not None:
