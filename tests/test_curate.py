@@ -426,7 +426,7 @@ def test_parallel_equals_serial(raw_sample: Path, tmp_path: Path):
     outs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
-        curate([raw_sample], out, CurateConfig(workers=workers, chunk_lines=100, size=100), charts=False)
+        curate([raw_sample], out, CurateConfig(workers=workers, chunk_bytes=200_000, size=100), charts=False)
         outs[workers] = out
     for s in ("train", "validation", "test"):
         assert (outs[1] / f"{s}.jsonl").read_bytes() == (outs[2] / f"{s}.jsonl").read_bytes()
@@ -454,7 +454,7 @@ def test_malformed_lines_reported_and_good_records_kept(raw_sample: Path, tmp_pa
     path = tmp_path / "meta_Health_and_Personal_Care.jsonl"
     path.write_bytes(b"".join(out_lines))
     out = tmp_path / "out"
-    result = curate([path], out, CurateConfig(workers=2, chunk_lines=300), charts=False)
+    result = curate([path], out, CurateConfig(workers=2, chunk_bytes=300_000), charts=False)
     by_line = {int(e.split(":")[1]): e for e in result.error_examples}
     assert set(by_line) == {11, 502, 1004, 1501}  # the blank line inserted before them shifts the last two
     assert (
@@ -475,7 +475,7 @@ def test_malformed_lines_reported_and_good_records_kept(raw_sample: Path, tmp_pa
 
 def test_interrupted_run_resumes(raw_sample: Path, tmp_path: Path, curated: Path):
     out = tmp_path / "out"
-    config = CurateConfig(workers=1, chunk_lines=200)
+    config = CurateConfig(workers=1, chunk_bytes=500_000)
     calls = []
 
     def interrupt_after_three_chunks(done: int, total: int, records: int, kept: int) -> None:
@@ -488,12 +488,26 @@ def test_interrupted_run_resumes(raw_sample: Path, tmp_path: Path, curated: Path
     assert not (out / "train.jsonl").exists()
     assert (out / ".partial" / "checkpoints.jsonl").read_text().count("\n") == 3
     result = curate([raw_sample], out, config, charts=False)
-    assert result.stats["resumed_from_records"] == 600
+    assert 0 < calls[2] < 1714 and result.stats["resumed_from_records"] == calls[2]
     assert result.stats["records"] == 1714 and result.stats["kept"] == KEPT
     assert result.stats["dropped"] == stats_of(curated)["dropped"]
     for s in ("train", "validation", "test"):
         assert (out / f"{s}.jsonl").read_bytes() == (curated / f"{s}.jsonl").read_bytes()
     assert not (out / ".partial").exists()
+
+
+def test_blocks_cut_at_any_size_give_the_same_records(raw_sample: Path, tmp_path: Path, curated: Path):
+    """Blocks smaller than a line, CRLF line ends and no newline at the end of the file."""
+    data = raw_sample.read_bytes().replace(b"\n", b"\r\n").rstrip()
+    path = tmp_path / "meta_Health_and_Personal_Care.jsonl"
+    path.write_bytes(data)
+    result = curate([path], tmp_path / "out", CurateConfig(workers=1, chunk_bytes=1000), charts=False)
+    assert result.stats["records"] == 1714 and result.stats["kept"] == KEPT and result.n_errors == 0
+    for s in ("train", "validation", "test"):
+        assert [(it.id, it.source) for it in read_items(tmp_path / "out" / f"{s}.jsonl")] == [
+            (it.id, it.source.replace(raw_sample.name, path.name))
+            for it in read_items(curated / f"{s}.jsonl")
+        ]
 
 
 def test_changed_config_starts_fresh(raw_sample: Path, tmp_path: Path):
@@ -503,8 +517,10 @@ def test_changed_config_starts_fresh(raw_sample: Path, tmp_path: Path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        curate([raw_sample], out, CurateConfig(workers=1, chunk_lines=200), progress=stop, charts=False)
-    result = curate([raw_sample], out, CurateConfig(workers=1, chunk_lines=200, min_chars=300), charts=False)
+        curate([raw_sample], out, CurateConfig(workers=1, chunk_bytes=500_000), progress=stop, charts=False)
+    result = curate(
+        [raw_sample], out, CurateConfig(workers=1, chunk_bytes=500_000, min_chars=300), charts=False
+    )
     assert result.stats["resumed_from_records"] == 0
     assert result.stats["dropped"]["too_short"] < TOO_SHORT
 

@@ -98,7 +98,7 @@ def test_non_dicts_and_anything(value):
 def test_chunks_of_random_lines(lines):
     """A worker never raises on a chunk; every non-blank line is counted as kept, dropped or reported."""
     lines = [ln.replace(b"\n", b" ") + b"\n" for ln in lines]
-    chunk = Chunk(0, "fuzz.jsonl", "fuzz.jsonl", "Fuzz", 1, lines, CurateConfig(min_chars=0))
+    chunk = Chunk(0, "fuzz.jsonl", "fuzz.jsonl", "Fuzz", 1, b"".join(lines), CurateConfig(min_chars=0))
     out = process_chunk(chunk)
     assert out.records == sum(1 for ln in lines if ln.strip())
     assert out.records == sum(out.dropped.values()) + len(out.candidates)

@@ -72,7 +72,9 @@ def curate(
     category_weight: Annotated[
         list[str] | None, typer.Option(help="CATEGORY=WEIGHT sampling weight (repeatable; 0 leaves it out)")
     ] = None,
-    chunk_lines: Annotated[int, typer.Option(min=1, help="lines per work unit")] = 2000,
+    chunk_bytes: Annotated[
+        int, typer.Option(min=1, help="bytes of input per work unit", hidden=True)
+    ] = 4_000_000,
     fresh: Annotated[bool, typer.Option(help="ignore work left by an interrupted run")] = False,
     charts: Annotated[bool, typer.Option(help="draw the PNG charts")] = True,
 ) -> None:
@@ -94,7 +96,7 @@ def curate(
                 band_width=band_width,
                 flatten=flatten,
                 category_weights=_category_weights(category_weight or []),
-                chunk_lines=chunk_lines,
+                chunk_bytes=chunk_bytes,
             )
         except ValidationError as e:
             first = e.errors()[0]

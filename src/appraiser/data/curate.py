@@ -8,7 +8,7 @@ The pipeline, as the course does it but reusable and configurable (every thresho
    each field capped at 3,000 chars and the whole at 4,000; too-short texts dropped; weight in
    pounds from "Item Weight". A record that can't become an item gives a drop *reason*, never an
    exception, so one odd record never stops a 1.6M-record run.
-2. **Scan** (`scan`): stream the input in chunks of lines through a process pool (JSON parsing and
+2. **Scan** (`scan`): stream the input in blocks of whole lines through a process pool (JSON parsing and
    text cleaning are the cost, so they happen in the workers), take results back in input order
    and dedupe by title and by text in the parent. Only the kept items are stored, on disk
    (`<out>/.partial/kept.jsonl`), with a few numbers per item in memory, so memory stays flat
@@ -101,7 +101,7 @@ class CurateConfig(BaseModel):
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     # execution
     workers: int = Field(default=2, ge=1)
-    chunk_lines: int = Field(default=2000, ge=1)
+    chunk_bytes: int = Field(default=4_000_000, ge=1, description="bytes of whole lines per work unit")
 
     def record_stage(self) -> dict[str, Any]:
         """The fields that decide a record's fate: a resumed run must use the same ones."""
@@ -359,14 +359,15 @@ def resolve_sources(inputs: Sequence[str | Path], category: str | None = None) -
 
 @dataclass
 class Chunk:
-    """A run of consecutive lines of one source, sent to a worker."""
+    """A block of whole consecutive lines of one source, sent to a worker as one bytes object
+    (cheap to pickle: the parent only cuts blocks at newlines and counts them)."""
 
     source_index: int
     label: str
     item_source: str
     category: str | None
     first_line: int
-    lines: list[bytes]
+    data: bytes
     config: CurateConfig
     end_line: int = 0  # line number after the chunk
     end_byte: int = 0  # uncompressed offset after the chunk (where a resumed run seeks to)
@@ -395,7 +396,10 @@ class ChunkResult:
 def process_chunk(chunk: Chunk) -> ChunkResult:
     """Parse and curate one chunk of lines. Malformed lines become `file:line: reason` messages."""
     out = ChunkResult()
-    for offset, raw in enumerate(chunk.lines):
+    lines = chunk.data.split(b"\n")
+    if chunk.data.endswith(b"\n"):
+        lines.pop()
+    for offset, raw in enumerate(lines):
         if not raw.strip():
             continue
         lineno = chunk.first_line + offset
@@ -555,29 +559,32 @@ def _chunks(
             if si == start_source and start_byte:
                 reader.seek(start_byte)
                 line_no, pos = start_line, start_byte
+            carry = b""
             while True:
-                lines: list[bytes] = []
-                for line in reader:
-                    lines.append(line)
-                    if len(lines) >= config.chunk_lines:
-                        break
-                if not lines:
+                block = reader.read(config.chunk_bytes)
+                if not block and not carry:
                     break
-                n_bytes = sum(len(x) for x in lines)
+                data = carry + block
+                cut = data.rfind(b"\n") + 1 if block else len(data)  # at the end: a last, unterminated line
+                if cut == 0:
+                    carry = data  # no newline yet: a very long line, keep reading
+                    continue
+                body, carry = data[:cut], data[cut:]
+                n_lines = body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
                 yield Chunk(
                     si,
                     src.label,
                     item_source,
                     src.category,
                     line_no,
-                    lines,
+                    body,
                     config,
-                    end_line=line_no + len(lines),
-                    end_byte=pos + n_bytes,
+                    end_line=line_no + n_lines,
+                    end_byte=pos + len(body),
                     end_raw=base_raw[si] + raw.tell(),
                 )
-                line_no += len(lines)
-                pos += n_bytes
+                line_no += n_lines
+                pos += len(body)
 
 
 def _mp_context() -> BaseContext:
@@ -591,7 +598,7 @@ def _mp_context() -> BaseContext:
 
 def _collect(chunk: Chunk, future: Future[ChunkResult]) -> tuple[Chunk, ChunkResult]:
     result = future.result()
-    chunk.lines = []  # only now: the pool pickles the chunk in a background thread
+    chunk.data = b""  # only now: the pool pickles the chunk in a background thread
     return chunk, result
 
 
