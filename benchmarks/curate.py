@@ -127,20 +127,31 @@ def main() -> None:
 
     print(f"\nsummary (load average {os.getloadavg()[0]:.2f} at the end: wall times depend on other load)")
     print(
-        f"{'records':>9} {'workers':>7} {'seconds':>8} {'records/s':>10} {'main MiB':>9} {'worker MiB':>10}"
+        f"{'records':>9} {'workers':>7} {'seconds':>8} {'records/s':>10} {'main MiB':>9} {'worker MiB':>10} "
+        f"{'main CPU s':>10} {'worker CPU s':>12}"
     )
     for r in rows:
         print(
             f"{r['n']:>9,} {r['workers']:>7} {r['seconds']:>8.1f} {r['rate']:>10,.0f} "
-            f"{r['main_mib']:>9,.0f} {r['worker_mib']:>10,.0f}"
+            f"{r['main_mib']:>9,.0f} {r['worker_mib']:>10,.0f} "
+            f"{r['main_cpu']:>10.1f} {r['worker_cpu']:>12.1f}"
         )
     for n in sizes:
         by_w = {r["workers"]: r for r in rows if r["n"] == n}
-        if 1 in by_w and len(by_w) > 1:
-            for w, r in by_w.items():
-                if w != 1:
-                    speedup = by_w[1]["seconds"] / r["seconds"]
-                    print(f"speedup at {n:,} records, {w} workers vs 1: {speedup:.2f}x")
+        if 1 not in by_w:
+            continue
+        serial_cpu = by_w[1]["main_cpu"]
+        for w, r in by_w.items():
+            if w == 1:
+                continue
+            # With free cores the run can't be faster than its busiest process: the parent or a worker.
+            bound = max(r["main_cpu"], r["worker_cpu"] / w)
+            wall = by_w[1]["seconds"] / r["seconds"]
+            print(
+                f"speedup at {n:,} records, {w} workers vs 1: {wall:.2f}x wall clock; "
+                f"CPU-time bound on idle cores {serial_cpu / bound:.2f}x (1 worker {serial_cpu:.1f} CPU s; "
+                f"{w} workers: parent {r['main_cpu']:.1f} s, workers {r['worker_cpu']:.1f} s)"
+            )
     if len(sizes) > 1:
         small, big = min(sizes), max(sizes)
         for w in workers:
