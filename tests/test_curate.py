@@ -525,6 +525,20 @@ def test_changed_config_starts_fresh(raw_sample: Path, tmp_path: Path):
     assert result.stats["dropped"]["too_short"] < TOO_SHORT
 
 
+def test_damaged_work_folder_starts_over(raw_sample: Path, tmp_path: Path, curated: Path):
+    out = tmp_path / "out"
+
+    def stop(done: int, total: int, records: int, kept: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        curate([raw_sample], out, CurateConfig(workers=1, chunk_bytes=500_000), progress=stop, charts=False)
+    (out / ".partial" / "errors.txt").unlink()
+    result = curate([raw_sample], out, CurateConfig(workers=1, chunk_bytes=500_000), charts=False)
+    assert result.stats["resumed_from_records"] == 0 and result.stats["kept"] == KEPT
+    assert (out / "train.jsonl").read_bytes() == (curated / "train.jsonl").read_bytes()
+
+
 def test_report_files(raw_sample: Path, tmp_path: Path):
     result = curate([raw_sample], tmp_path, CurateConfig(workers=1))
     report = tmp_path / "report"

@@ -8,12 +8,12 @@ The pipeline, as the course does it but reusable and configurable (every thresho
    each field capped at 3,000 chars and the whole at 4,000; too-short texts dropped; weight in
    pounds from "Item Weight". A record that can't become an item gives a drop *reason*, never an
    exception, so one odd record never stops a 1.6M-record run.
-2. **Scan** (`scan`): stream the input in blocks of whole lines through a process pool (JSON parsing and
-   text cleaning are the cost, so they happen in the workers), take results back in input order
-   and dedupe by title and by text in the parent. Only the kept items are stored, on disk
-   (`<out>/.partial/kept.jsonl`), with a few numbers per item in memory, so memory stays flat
-   however big the input is. After each chunk a checkpoint is appended; an interrupted run resumes
-   from the last one.
+2. **Scan** (`scan`): stream the input in blocks of whole lines through a process pool (JSON
+   parsing and text cleaning are the cost, so they happen in the workers), take results back in
+   input order and dedupe by title and by text in the parent. Only the kept items are stored, on
+   disk (`<out>/.partial/kept.jsonl`), with a few numbers per kept item in memory, so memory does
+   not grow with the input, only (slowly) with what is kept. After each chunk a checkpoint is
+   appended; an interrupted run resumes from the last one.
 3. **Sample and split** (`sample_indices`, `split_counts`): a seeded weighted sample that flattens
    the price distribution (and weights categories), then a seeded train/validation/test split.
 4. **Write** (`curate`): the splits (atomically) and a stats report (`appraiser.data.report`).
@@ -28,6 +28,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import math
 import re
 import shutil
@@ -50,6 +51,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from appraiser.data.clean import parse_details, parse_price, weight_from_details
 from appraiser.data.io import JSONL_SUFFIXES, DataError, write_items
 from appraiser.items import MAX_PRICE, MIN_PRICE, Item, make_id
+
+log = logging.getLogger(__name__)
 
 HUB_REPO = "McAuley-Lab/Amazon-Reviews-2023"
 HUB_PREFIX = "hub:"
@@ -83,7 +86,7 @@ class CurateConfig(BaseModel):
     max_price: float = MAX_PRICE
     min_chars: int = Field(default=600, ge=0, description="drop items whose text is shorter than this")
     max_field_chars: int = Field(
-        default=3000, ge=1, description="cap on each of description/features/details"
+        default=3000, ge=1, description="cap on each field: title, description, features, details"
     )
     max_text_chars: int = Field(default=4000, ge=1, description="cap on the whole text")
     noise_keys: tuple[str, ...] = DEFAULT_NOISE_KEYS
@@ -664,21 +667,28 @@ def scan(
     dropped: dict[str, Counter[str]] = {}
     n_errors, examples = 0, []
     start = (0, 1, 0)
+    errors_file: IO[bytes] | None = None
     ckpt = None
-    if resume and manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == fp:
-        ckpt = _last_checkpoint(ckpt_path)
-    if ckpt is not None:
-        store.open(truncate_to=ckpt["kept_bytes"])
-        with open(errors_path, "r+b") as ef:
-            ef.truncate(ckpt["errors_bytes"])
-        with open(errors_path, encoding="utf-8") as ef:
-            examples = [line.rstrip("\n") for _, line in zip(range(MAX_ERROR_EXAMPLES), ef, strict=False)]
-        errors_file = open(errors_path, "ab")
-        records.update(ckpt["records"])
-        dropped = {k: Counter(v) for k, v in ckpt["dropped"].items()}
-        n_errors = ckpt["errors"]
-        start = (ckpt["source"], ckpt["line"], ckpt["byte"])
-    else:
+    try:
+        if resume and manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") == fp:
+            ckpt = _last_checkpoint(ckpt_path)
+        if ckpt is not None:
+            store.open(truncate_to=ckpt["kept_bytes"])
+            with open(errors_path, "r+b") as ef:
+                ef.truncate(ckpt["errors_bytes"])
+            with open(errors_path, encoding="utf-8") as ef:
+                examples = [ln.rstrip("\n") for _, ln in zip(range(MAX_ERROR_EXAMPLES), ef, strict=False)]
+            errors_file = open(errors_path, "ab")
+            records.update(ckpt["records"])
+            dropped = {k: Counter(v) for k, v in ckpt["dropped"].items()}
+            n_errors = ckpt["errors"]
+            start = (ckpt["source"], ckpt["line"], ckpt["byte"])
+    except (OSError, ValueError, KeyError, TypeError) as e:  # damaged work folder: start over
+        log.warning("%s: cannot resume (%s: %s); starting over", work_dir, type(e).__name__, e)
+        store.close()
+        store = KeptStore(work_dir / "kept.jsonl")
+        records, dropped, n_errors, examples, start, ckpt = Counter(), {}, 0, [], (0, 1, 0), None
+    if ckpt is None:
         for p in (ckpt_path, errors_path):
             p.unlink(missing_ok=True)
         manifest.write_text(
@@ -686,6 +696,7 @@ def scan(
         )
         store.open()
         errors_file = open(errors_path, "wb")
+    assert errors_file is not None
     resumed_from = sum(records.values())
 
     sizes = [s.path.stat().st_size for s in sources]
@@ -758,7 +769,9 @@ def sampling_weights(
     counts = np.bincount(bands)
     w = counts[bands].astype(np.float64) ** -config.flatten
     if config.category_weights:
-        cw = np.array([config.category_weights.get(str(c), 1.0) for c in categories], dtype=np.float64)
+        cw = np.array(
+            [config.category_weights.get(category_key(c), 1.0) for c in categories], dtype=np.float64
+        )
         w *= cw
     return w
 
