@@ -1,0 +1,94 @@
+"""Everything that defines a fine-tuning run, in one validated object saved beside the run.
+
+Saved as `RUN/config.json`, it is what `--resume` reloads, so a resumed run trains exactly the run
+that was started. Defaults suit the embedded SmolLM2 on a 2-core CPU; on a GPU raise the batch, the
+text budget and `n_train`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from appraiser.data.prompts import PromptConfig
+
+Weighting = Literal["none", "price_flat", "validation"]
+ProbeMethod = Literal["expected", "greedy"]
+
+
+class TrainConfig(BaseModel):
+    """A LoRA / QLoRA prompt-completion fine-tune of a causal LM on price prompts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # What to train
+    model: str = Field("smollm2-135m", description="a named model, a local folder or a hub id")
+    train: Path | None = Field(None, description="training items; default <data dir>/train.jsonl")
+    validation: Path | None = Field(
+        None, description="validation items (probe set); default <data dir>/validation.jsonl"
+    )
+    n_train: int | None = Field(2000, ge=1, description="items drawn from the training pool (None: all)")
+    weighting: Weighting = Field(
+        "none",
+        description="how the n_train items are drawn: uniformly, flat over log-price bins, or to match the "
+        "validation price histogram",
+    )
+    name: str | None = None
+
+    # Prompts (see data.prompts.PromptConfig)
+    max_text_tokens: int = Field(100, ge=1, description="description budget in tokens (CPU-friendly default)")
+    exact_cents: bool = False
+    use_summary: bool = True
+    max_length: int | None = Field(None, ge=8, description="refuse examples longer than this many tokens")
+
+    # LoRA
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    load_in_4bit: bool = Field(False, description="QLoRA: NF4 base weights (needs bitsandbytes)")
+
+    # Optimisation
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_scheduler: str = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, ge=0)
+    seed: int = 42
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+    length_grouping: bool = Field(True, description="batch items of similar length together (less padding)")
+
+    # Watching
+    probe_every: int = Field(50, ge=0, description="score the probe set every N steps (0: never)")
+    probe_size: int = Field(100, ge=1)
+    probe_method: ProbeMethod = "expected"
+    probe_batch_size: int = Field(16, ge=1)
+    save_every: int = Field(50, ge=1, description="checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (best/ is kept apart)")
+    patience: int | None = Field(None, ge=1, description="stop after N probes without a better probe MAE")
+    report_to: list[str] = Field(default_factory=list, description="wandb, trackio, mlflow, tensorboard ...")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module")
+        return self
+
+    def prompt_config(self) -> PromptConfig:
+        return PromptConfig(
+            max_text_tokens=self.max_text_tokens, exact_cents=self.exact_cents, use_summary=self.use_summary
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
