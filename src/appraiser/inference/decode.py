@@ -355,26 +355,33 @@ def predict_prices(
     device = next(model.parameters()).device
     results: list[PriceDistribution | None] = [None] * len(prompts)
     done = 0
-    with torch.inference_mode():
-        for batch in _batches(tokenizer, prompts, batch_size):
-            input_ids, attention_mask = _encode(tokenizer, [prompts[i] for i in batch], device)
-            if method == "greedy":
-                got = _greedy_batch(model, tokenizer, input_ids, attention_mask, vocab, max_new_tokens=max_new_tokens)
-            elif method == "topk":
-                got = _topk_batch(model, input_ids, attention_mask, vocab, k=beam_width, interval=interval)
-            else:
-                got = _beam_batch(
-                    model,
-                    input_ids,
-                    attention_mask,
-                    vocab,
-                    beam_width=beam_width,
-                    max_new_tokens=max_new_tokens,
-                    interval=interval,
-                )
-            for i, r in zip(batch, got, strict=True):
-                results[i] = r
-            done += len(batch)
-            if progress is not None:
-                progress(done)
+    was_training = model.training
+    model.eval()  # no dropout while reading prices (the trainer's probe may call this mid-training)
+    try:
+        with torch.inference_mode():
+            for batch in _batches(tokenizer, prompts, batch_size):
+                input_ids, attention_mask = _encode(tokenizer, [prompts[i] for i in batch], device)
+                if method == "greedy":
+                    got = _greedy_batch(
+                        model, tokenizer, input_ids, attention_mask, vocab, max_new_tokens=max_new_tokens
+                    )
+                elif method == "topk":
+                    got = _topk_batch(model, input_ids, attention_mask, vocab, k=beam_width, interval=interval)
+                else:
+                    got = _beam_batch(
+                        model,
+                        input_ids,
+                        attention_mask,
+                        vocab,
+                        beam_width=beam_width,
+                        max_new_tokens=max_new_tokens,
+                        interval=interval,
+                    )
+                for i, r in zip(batch, got, strict=True):
+                    results[i] = r
+                done += len(batch)
+                if progress is not None:
+                    progress(done)
+    finally:
+        model.train(was_training)
     return results
