@@ -144,12 +144,15 @@ def main() -> None:
         for w, r in by_w.items():
             if w == 1:
                 continue
-            # With free cores the run can't be faster than its busiest process: the parent or a worker.
-            bound = max(r["main_cpu"], r["worker_cpu"] / w)
+            # On otherwise idle cores a run can't be faster than its busiest process (the parent or a
+            # worker), nor than all its CPU time spread over this machine's cores.
+            cores = os.cpu_count() or 1
+            bound = max(r["main_cpu"], r["worker_cpu"] / w, (r["main_cpu"] + r["worker_cpu"]) / cores)
             wall = by_w[1]["seconds"] / r["seconds"]
             print(
                 f"speedup at {n:,} records, {w} workers vs 1: {wall:.2f}x wall clock; "
-                f"CPU-time bound on idle cores {serial_cpu / bound:.2f}x (1 worker {serial_cpu:.1f} CPU s; "
+                f"best case on {cores} idle cores (from CPU times) {serial_cpu / bound:.2f}x "
+                f"(1 worker {serial_cpu:.1f} CPU s; "
                 f"{w} workers: parent {r['main_cpu']:.1f} s, workers {r['worker_cpu']:.1f} s)"
             )
     if len(sizes) > 1:
