@@ -23,7 +23,7 @@ def _register() -> None:
     from appraiser.cli import data as data_cli
 
     app.add_typer(data_cli.app, name="data", help="Curate raw metadata into splits; inspect datasets and prompts.")
-    for module_name in ("evaluate", "baseline", "train", "predict"):
+    for module_name in ("evaluate", "baseline", "train", "predict", "demo"):
         try:
             module = __import__(f"appraiser.cli.{module_name}", fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -1,0 +1,79 @@
+"""`appraiser demo`: baselines, zero-shot, a short LoRA fine-tune and its evaluation, in one report folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from appraiser.cli import console
+
+
+def demo_command(
+    data: Annotated[
+        str | None, typer.Option(help="a data folder (train.jsonl + validation/test) or a hub dataset id")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="the report folder")] = Path("appraiser-demo"),
+    model: Annotated[str | None, typer.Option(help="smollm2-135m (default), a local folder or a hub id")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="a few items and steps: the whole path in minutes")] = False,
+    test_size: Annotated[int | None, typer.Option(help="test items (the first N of the test split)")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="fine-tuning steps")] = None,
+    n_train: Annotated[int | None, typer.Option(help="training items drawn for the fine-tune")] = None,
+    seed: Annotated[int, typer.Option(help="seed of sampling and training")] = 42,
+) -> None:
+    """Run the whole job on the embedded model: baselines, zero-shot, LoRA fine-tune, leaderboard, charts."""
+    from appraiser import config
+    from appraiser.cli.train import _ProgressView, _quiet_libraries, _user_errors
+    from appraiser.demo import DemoConfig, run_demo
+    from appraiser.models import DEFAULT_MODEL
+
+    with _user_errors():
+        _quiet_libraries()
+        source = data or str(config.default_data_dir())
+        name = model or DEFAULT_MODEL
+        cfg = DemoConfig.quick_config(source, out, name) if quick else DemoConfig(data=source, out=out, model=name)
+        cfg.seed = seed
+        for key, value in (("test_size", test_size), ("max_steps", max_steps), ("n_train", n_train)):
+            if value is not None:
+                setattr(cfg, key, value)
+        view = _ProgressView()
+
+        def stage(msg: str) -> None:
+            console.rule(f"[bold]{msg}")
+
+        def train_stage(msg: str) -> None:
+            view.stage(msg)
+
+        class _Live:
+            """Open the progress display only while the fine-tune runs."""
+
+            def __call__(self, step: int, total: int, values: dict[str, float]) -> None:
+                if not view.progress.live.is_started:
+                    view.progress.start()
+                view(step, total, values)
+
+        try:
+            result = run_demo(
+                cfg,
+                stage=stage,
+                train_listeners=(_Live(),),
+                train_progress=None,
+                train_stage=train_stage,
+            )
+        finally:
+            if view.progress.live.is_started:
+                view.progress.stop()
+    console.rule("[bold green]done")
+    for r in sorted(result.results, key=lambda r: r.metrics.get("mae", float("inf"))):
+        m = r.metrics
+        console.print(
+            f"{r.pricer:<40} MAE ${m['mae']:>8,.2f}  (95% CI ${m['mae_ci_low']:,.0f}–${m['mae_ci_high']:,.0f})  "
+            f"hit rate {m['hit_rate']:.0%}",
+            soft_wrap=True,
+        )
+    console.print(f"report: {result.index}  ({result.seconds / 60:.1f} min)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_command)

@@ -1,0 +1,239 @@
+"""`appraiser demo`: the whole course capstone in one command, on the embedded small model.
+
+Baselines → zero-shot base model → a short LoRA fine-tune (live progress) → the fine-tuned model,
+all on one fixed test set, with a leaderboard and charts written to one report folder whose
+`index.html` links everything. The same code runs on a GPU with a large model (`--model`).
+
+The test set is the first `test_size` items of the data's test split (or of validation, when the
+data has no test split, as the shared data does). The fine-tune's probe set — which picks the best
+checkpoint — is taken from the items *after* the test set, so no checkpoint is chosen on test items.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appraiser.data.io import DataError, load_splits, write_items
+from appraiser.evaluation.charts import leaderboard_chart, slug
+from appraiser.evaluation.evaluator import EvalResult, evaluate
+from appraiser.evaluation.store import LeaderboardStore
+from appraiser.items import Item, fingerprint
+from appraiser.models import DEFAULT_MODEL
+from appraiser.pricers import registry
+
+
+@dataclass
+class DemoConfig:
+    """What the demo does. `quick` shrinks every stage to a few items and steps (CI runs it)."""
+
+    data: str
+    out: Path = Path("appraiser-demo")
+    model: str = DEFAULT_MODEL
+    test_size: int = 100
+    baseline: str = "tfidf-ridge"
+    n_train: int = 1200
+    max_steps: int = 150
+    batch_size: int = 8
+    max_text_tokens: int = 100
+    learning_rate: float = 2e-4
+    probe_size: int = 50
+    probe_every: int = 50
+    weighting: str = "validation"
+    seed: int = 42
+    method: str = "expected"
+    quick: bool = False
+    baseline_train_limit: int | None = None
+
+    @classmethod
+    def quick_config(cls, data: str, out: Path, model: str = DEFAULT_MODEL) -> DemoConfig:
+        return cls(
+            data=data,
+            out=out,
+            model=model,
+            test_size=8,
+            n_train=32,
+            max_steps=6,
+            batch_size=4,
+            max_text_tokens=48,
+            probe_size=4,
+            probe_every=3,
+            quick=True,
+            baseline_train_limit=2000,
+        )
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    index: Path
+    results: list[EvalResult] = field(default_factory=list)
+    run_id: str | None = None
+    seconds: float = 0.0
+
+
+def split_test_and_probe(splits: dict[str, list[Item]], test_size: int, probe_size: int):
+    """(train, test, probe): test = first `test_size` of test (or validation); probe = the items after it."""
+    if "train" not in splits:
+        raise DataError("the data has no train split (train.jsonl): the demo needs items to learn from")
+    held = splits.get("test") or splits.get("validation")
+    if not held:
+        raise DataError("the data has neither a test nor a validation split to evaluate on")
+    if len(held) < test_size + 1:
+        raise DataError(f"the evaluation split has {len(held)} items; the demo needs more than {test_size}")
+    test = held[:test_size]
+    probe = held[test_size : test_size + max(probe_size, 1)]
+    # Items that appear in the held-out split must not be trained on.
+    held_ids = {it.id for it in held}
+    train = [it for it in splits["train"] if it.id not in held_ids]
+    return train, test, probe
+
+
+def run_demo(
+    cfg: DemoConfig,
+    *,
+    show: bool = True,
+    stage: Callable[[str], None] = lambda msg: None,
+    train_listeners: tuple = (),
+    train_progress: Callable[[int], None] | None = None,
+    train_stage: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Run every stage and write the report folder. Returns where it is and what was measured."""
+    from appraiser.pricers.llm import LLMPricer
+    from appraiser.training import trainer
+    from appraiser.training.config import TrainConfig
+
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = LeaderboardStore(out / "leaderboard.db")
+    splits = load_splits(cfg.data)
+    train, test, probe = split_test_and_probe(splits, cfg.test_size, cfg.probe_size)
+    data_dir = out / "data"
+    write_items(train, data_dir / "train.jsonl")
+    write_items(test, data_dir / "test.jsonl")
+    write_items(probe, data_dir / "probe.jsonl")
+    results: list[EvalResult] = []
+
+    def run_eval(pricer, name: str) -> EvalResult:
+        s = slug(name)
+        r = evaluate(
+            pricer,
+            test,
+            name=name,
+            show=show,
+            store=store,
+            predictions_path=out / "predictions" / f"{s}.jsonl",
+            charts_dir=out / "charts" / s,
+        )
+        results.append(r)
+        return r
+
+    # 1. Traditional baselines.
+    baseline_train = train[: cfg.baseline_train_limit] if cfg.baseline_train_limit else train
+    for name in ("constant-mean", cfg.baseline):
+        stage(f"baseline {name}: fitting on {len(baseline_train):,} items")
+        pricer = registry.create(name)
+        pricer.fit(baseline_train)
+        run_eval(pricer, name)
+
+    # 2. The base model, zero-shot.
+    stage(f"zero-shot {cfg.model}")
+    run_eval(LLMPricer(cfg.model, method=cfg.method, max_text_tokens=cfg.max_text_tokens), f"{cfg.model} zero-shot")
+
+    # 3. A short LoRA fine-tune.
+    stage(f"fine-tuning {cfg.model} with LoRA for {cfg.max_steps} steps")
+    tcfg = TrainConfig(
+        model=cfg.model,
+        train=data_dir / "train.jsonl",
+        validation=data_dir / "probe.jsonl",
+        n_train=min(cfg.n_train, len(train)),
+        weighting=cfg.weighting,
+        max_text_tokens=cfg.max_text_tokens,
+        max_steps=cfg.max_steps,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        probe_every=cfg.probe_every,
+        probe_size=len(probe),
+        save_every=cfg.probe_every,
+        seed=cfg.seed,
+        name=f"demo-{cfg.model}",
+    )
+    trained = trainer.start(tcfg, listeners=train_listeners, data_progress=train_progress, on_stage=train_stage)
+
+    # 4. The fine-tuned model.
+    stage(f"fine-tuned {cfg.model} (run {trained.run_id})")
+    run_eval(
+        LLMPricer(str(trained.best or trained.final), method=cfg.method),
+        f"{cfg.model} LoRA {trained.run_id}",
+    )
+
+    rows = [store.get(r.run_id) for r in results if r.run_id is not None]
+    chart_paths = leaderboard_chart(rows, out / "charts", name="leaderboard")
+    index = write_index(out, cfg, results, chart_paths, trained)
+    return DemoResult(out, index, results, trained.run_id, time.perf_counter() - t0)
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def write_index(out: Path, cfg: DemoConfig, results: list[EvalResult], chart_paths: list[Path], trained: Any) -> Path:
+    """A plain static `index.html` linking the leaderboard, every chart and every predictions file."""
+    rows = sorted(results, key=lambda r: r.metrics.get("mae", float("inf")))
+    fp = results[0].test_fingerprint if results else fingerprint([])
+
+    def cell(v: float | None, fmt: str) -> str:
+        return "–" if v is None or v != v else fmt.format(v)
+
+    table = "\n".join(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+            html.escape(r.pricer),
+            cell(r.metrics.get("mae"), "${:,.2f}"),
+            f"${r.metrics['mae_ci_low']:,.0f}–${r.metrics['mae_ci_high']:,.0f}" if "mae_ci_low" in r.metrics else "–",
+            cell(r.metrics.get("rmsle"), "{:.3f}"),
+            cell(r.metrics.get("hit_rate"), "{:.0%}"),
+            int(r.metrics.get("failures", 0)),
+            f"{r.seconds:,.1f}s",
+            " ".join(
+                f'<a href="{html.escape(_rel(p, out))}">{html.escape(p.suffix[1:] + ":" + p.stem)}</a>'
+                for p in r.charts
+            )
+            + f' <a href="predictions/{slug(r.pricer)}.jsonl">predictions</a>',
+        )
+        for r in rows
+    )
+    board = " ".join(f'<a href="{html.escape(_rel(p, out))}">{html.escape(p.name)}</a>' for p in chart_paths)
+    png = next((p for p in chart_paths if p.suffix == ".png"), None)
+    img = f'<p><img src="{html.escape(_rel(png, out))}" style="max-width:100%"></p>' if png else ""
+    run_line = (
+        f"<p>Fine-tune: run <code>{html.escape(trained.run_id)}</code>, {trained.steps} steps, "
+        f"adapter <code>{html.escape(str(trained.best or trained.final))}</code>. "
+        f"See <code>appraiser runs events {html.escape(trained.run_id)}</code>.</p>"
+    )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Appraiser demo</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 10px;text-align:left}}
+tr:nth-child(even){{background:#f4f4f4}}</style></head>
+<body><h1>Appraiser demo</h1>
+<p>Data: <code>{html.escape(str(cfg.data))}</code>; test set: {len(results[0].results) if results else 0} items
+(fingerprint <code>{fp}</code>); model <code>{html.escape(cfg.model)}</code>{" (quick mode)" if cfg.quick else ""}.</p>
+<h2>Leaderboard</h2>
+<table><tr><th>pricer</th><th>MAE</th><th>95% CI</th><th>RMSLE</th><th>hit rate</th><th>failures</th>
+<th>time</th><th>charts</th></tr>
+{table}
+</table>
+<p>Leaderboard chart: {board}</p>{img}
+{run_line}
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
