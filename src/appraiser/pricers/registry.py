@@ -37,6 +37,7 @@ def register(name: str, description: str, kind: str = "baseline", needs_fit: boo
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
     import appraiser.pricers.baselines  # noqa: F401
+    import appraiser.pricers.llm  # noqa: F401
 
 
 def names(kind: str | None = None) -> list[str]:

@@ -1,0 +1,150 @@
+"""A local causal LM as a pricer: zero-shot on a base model, or a fine-tuned LoRA adapter from a run.
+
+The model writes the number after "Price is $"; `inference.decode` reads it either greedily or as the
+model's own distribution over prices (mean as the guess, with an 80% interval). `model` is a packaged
+name (`smollm2-135m`, `gemma3-270m`), a hub id, a local model folder, an adapter folder, or a training
+run folder (its `best/` adapter, else `final/`). A fine-tuned model is prompted exactly as it was
+trained: the prompt settings come from the run's `appraiser.json`.
+
+The model loads on first use and is never pickled (a saved pricer stores only its settings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from appraiser.data.prompts import PromptConfig, make_prompt
+from appraiser.inference.decode import METHODS, PriceDistribution, predict_prices
+from appraiser.items import Item
+from appraiser.models import DEFAULT_MODEL, find_adapter, finetune_info, load_model
+from appraiser.pricers.base import Prediction, Pricer
+from appraiser.pricers.registry import register
+
+_PROMPT_FIELDS = set(PromptConfig.__dataclass_fields__)
+
+
+def _file_digest(folder: Path) -> str:
+    """A short hash of an adapter's weights, so a retrained `best/` never reuses cached predictions."""
+    h = hashlib.sha1()
+    for f in sorted(folder.glob("adapter_model.*")):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+@register(
+    "llm",
+    "A local causal LM read as a price distribution: a packaged/hub model zero-shot, or a fine-tuned run",
+    kind="llm",
+    needs_fit=False,
+)
+class LLMPricer(Pricer):
+    name: ClassVar[str] = "llm"
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        method: str = "expected",
+        max_text_tokens: int | None = None,
+        batch_size: int = 16,
+        beam_width: int = 8,
+        max_new_tokens: int = 8,
+        interval: float = 0.8,
+        load_in_4bit: bool = False,
+        device: str | None = None,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        self.model = str(model)
+        self.method = method
+        self.batch_size = int(batch_size)
+        self.beam_width = int(beam_width)
+        self.max_new_tokens = int(max_new_tokens)
+        self.interval = float(interval)
+        self.load_in_4bit = bool(load_in_4bit)
+        self.device = device
+        self.adapter = find_adapter(self.model)
+        info = finetune_info(self.adapter) if self.adapter is not None else {}
+        prompt = {k: v for k, v in (info.get("prompt") or {}).items() if k in _PROMPT_FIELDS}
+        if max_text_tokens is not None:
+            prompt["max_text_tokens"] = int(max_text_tokens)
+        self.prompt_config = PromptConfig(**prompt)
+        self.base_model = info.get("base_model") if self.adapter is not None else self.model
+        self.fit_info: dict[str, Any] = {"adapter_digest": _file_digest(self.adapter)} if self.adapter else {}
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    # ------------------------------------------------------------ identity
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": str(self.adapter) if self.adapter is not None else self.model,
+            "base_model": self.base_model,
+            "method": self.method,
+            "beam_width": self.beam_width,
+            "max_new_tokens": self.max_new_tokens,
+            "interval": self.interval,
+            "load_in_4bit": self.load_in_4bit,
+            "prompt": vars(self.prompt_config),
+        }
+
+    @property
+    def label(self) -> str:
+        """`llm[MODEL]`, with the run's name for fine-tuned models and the method when not the default."""
+        if self.adapter is not None:
+            run = self.adapter.parent if self.adapter.name in ("best", "final") else self.adapter
+            what = f"{run.name}/{self.adapter.name}" if run != self.adapter else self.adapter.name
+        else:
+            what = self.model
+        extra = "" if self.method == "expected" else f",{self.method}"
+        return f"{self.name}[{what}{extra}]"
+
+    # ------------------------------------------------------------ model
+
+    def model_and_tokenizer(self) -> tuple[Any, Any]:
+        """The (model, tokenizer), loaded on first use."""
+        if self._model is None:
+            self._model, self._tokenizer = load_model(self.model, load_in_4bit=self.load_in_4bit, device=self.device)
+        return self._model, self._tokenizer
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_model"] = None
+        state["_tokenizer"] = None
+        return state
+
+    # ------------------------------------------------------------ predict
+
+    def distributions(self, items: Sequence[Item], progress: Any = None) -> list[PriceDistribution | None]:
+        """The full price distribution per item (None where the model wrote no number)."""
+        model, tokenizer = self.model_and_tokenizer()
+        prompts = [make_prompt(it, tokenizer, self.prompt_config) for it in items]
+        return predict_prices(
+            model,
+            tokenizer,
+            prompts,
+            method=self.method,
+            batch_size=self.batch_size,
+            beam_width=self.beam_width,
+            max_new_tokens=self.max_new_tokens,
+            interval=self.interval,
+            progress=progress,
+        )
+
+    def predict(self, items: Sequence[Item]) -> list[Prediction]:
+        if not items:
+            return []
+        out = []
+        for d in self.distributions(items):
+            if d is None:
+                out.append(Prediction(price=None, raw="no number"))
+            elif self.method == "greedy":
+                out.append(Prediction(price=d.greedy, raw=d.raw))
+            else:
+                out.append(Prediction(price=d.mean, low=d.low, high=d.high, raw=d.raw))
+        return out

@@ -1,0 +1,123 @@
+"""The `llm` pricer and `appraiser predict` on the real SmolLM2 (zero-shot and with a LoRA run folder)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from appraiser.cli import app
+from appraiser.data.io import read_items
+from appraiser.evaluation.evaluator import evaluate
+from appraiser.models import FINETUNE_INFO, load_model
+from appraiser.pricers import registry
+from appraiser.pricers.base import Pricer
+from appraiser.pricers.llm import LLMPricer
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def items(data_dir):
+    return read_items(data_dir / "validation.jsonl", limit=5)
+
+
+@pytest.fixture(scope="module")
+def pricer():
+    return LLMPricer(max_text_tokens=20, batch_size=5, max_new_tokens=5)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A training run folder as the trainer leaves it: `best/` holds a LoRA adapter and `appraiser.json`."""
+    from peft import LoraConfig, get_peft_model
+
+    base, _ = load_model("smollm2-135m")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    run = tmp_path_factory.mktemp("runs") / "mug-run"
+    peft_model.save_pretrained(str(run / "best"))
+    info = {"base_model": "smollm2-135m", "prompt": {"max_text_tokens": 20, "exact_cents": False}}
+    (run / "best" / FINETUNE_INFO).write_text(json.dumps(info))
+    return run
+
+
+def test_registered_as_an_llm_pricer_that_needs_no_fit():
+    entry = registry.get("llm")
+    assert entry.kind == "llm" and entry.needs_fit is False
+    assert "llm" in registry.names(kind="llm")
+    p = registry.create("llm", method="greedy")
+    assert isinstance(p, LLMPricer) and p.label == "llm[smollm2-135m,greedy]"
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method must be one of"):
+        LLMPricer(method="mode")
+
+
+def test_evaluates_five_validation_items(pricer, items):
+    result = evaluate(pricer, items, show=False, record=False, cache=False)
+    assert len(result.results) == 5
+    for r in result.results:
+        assert r.guess is not None and r.guess > 0
+        assert r.low <= r.high
+        assert "mass" in r.raw
+    assert result.metrics["mae"] >= 0
+
+
+def test_greedy_predictions_are_the_parsed_text(pricer, items):
+    greedy = LLMPricer(max_text_tokens=20, method="greedy", max_new_tokens=5)
+    greedy._model, greedy._tokenizer = pricer.model_and_tokenizer()  # share the loaded weights
+    preds = greedy.predict(items[:2])
+    assert all(p.price is not None and p.low is None for p in preds)
+
+
+def test_saved_pricer_keeps_settings_not_weights(pricer, items, tmp_path):
+    pricer.model_and_tokenizer()
+    path = pricer.save(tmp_path / "llm.pkl")
+    assert path.stat().st_size < 100_000  # settings only, not 500 MB of weights
+    again = Pricer.load(path)
+    assert isinstance(again, LLMPricer) and again._model is None
+    assert again.config() == pricer.config()
+    assert again.predict(items[:1])[0].price == pytest.approx(pricer.predict(items[:1])[0].price, rel=1e-4)
+
+
+def test_run_folder_uses_best_adapter_and_its_prompt_settings(run_folder, items, pricer):
+    p = LLMPricer(model=str(run_folder), max_new_tokens=5)
+    assert p.adapter == run_folder / "best"
+    assert p.prompt_config.max_text_tokens == 20  # from the run's appraiser.json
+    assert p.label == "llm[mug-run/best]"
+    assert p.fit_info["adapter_digest"]  # a retrained adapter gets a fresh prediction cache
+    assert p.predict(items[:1])[0].price is not None
+    tuned = dict(p._model.named_parameters())
+    base = dict(pricer.model_and_tokenizer()[0].named_parameters())
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(tuned[name], base[name])  # the adapter is merged into the weights
+    assert torch.equal(tuned["model.layers.0.self_attn.k_proj.weight"], base["model.layers.0.self_attn.k_proj.weight"])
+
+
+def test_cli_predict_json():
+    res = runner.invoke(app, ["predict", "Stainless steel travel mug, 16 oz", "--json", "--max-text-tokens", "16"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["price"] > 0 and 0 < out["mass"] <= 1
+    assert out["low"] <= out["median"] <= out["high"]
+    assert out["model"] == "llm[smollm2-135m]"
+
+
+def test_cli_predict_sentence_and_greedy():
+    res = runner.invoke(app, ["predict", "Travel mug, 16 oz", "--method", "greedy", "--max-text-tokens", "16"])
+    assert res.exit_code == 0, res.output
+    assert "$" in res.stdout and "greedy" in res.stdout
+
+
+def test_cli_predict_bad_input_is_one_clear_line():
+    res = runner.invoke(app, ["predict", "a mug", "--model", "no-such-model"])
+    assert res.exit_code == 2
+    assert "unknown model 'no-such-model'" in res.output
+    res = runner.invoke(app, ["predict", "a mug", "--method", "mode"])
+    assert res.exit_code == 2 and "unknown method" in res.output
