@@ -1,0 +1,279 @@
+"""Traditional baselines on a small real slice: shapes, sane prices, determinism, save/load, and
+that learning something beats guessing at random."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from appraiser.data.io import read_items
+from appraiser.items import MAX_PRICE, MIN_PRICE, Item
+from appraiser.pricers import registry
+from appraiser.pricers.base import Pricer
+from appraiser.pricers.baselines import Baseline, EmbeddingCache, _weighted_median
+from appraiser.pricers.features import (
+    from_target,
+    items_frame,
+    sample_weights,
+    weight_pounds,
+    weighted_histogram,
+)
+
+BASELINES = [
+    "random",
+    "constant-mean",
+    "constant-median",
+    "linear",
+    "bow-lr",
+    "tfidf-ridge",
+    "random-forest",
+    "xgboost",
+    "knn-embed",
+    "mlp",
+]
+
+# Small model sizes keep the whole file quick on two shared cores.
+SMALL = {
+    "tfidf-ridge": {"max_features": 20_000},
+    "random-forest": {"n_estimators": 20, "svd_components": 20, "tfidf_features": 5_000},
+    "xgboost": {"n_estimators": 60, "svd_components": 20, "tfidf_features": 5_000},
+    "mlp": {"n_features": 2**14, "hidden": 32, "epochs": 3},
+    "knn-embed": {"k": 5, "max_tokens": 64},
+}
+KNN_TRAIN = 150  # embedding is the slow part: the kNN test fits on fewer items
+
+
+@pytest.fixture(scope="module")
+def train(data_dir) -> list[Item]:
+    items = read_items(data_dir / "train.jsonl")
+    return items[::10]  # ~1,565 items spread over every source and category
+
+
+@pytest.fixture(scope="module")
+def validation(data_dir) -> list[Item]:
+    return read_items(data_dir / "validation.jsonl", limit=100)
+
+
+@pytest.fixture(scope="module")
+def embed_dir(tmp_path_factory):
+    """One embedding cache for the module, so refits in the determinism test reuse vectors."""
+    return tmp_path_factory.mktemp("embeddings")
+
+
+def make(name: str, embed_dir, **opts) -> Baseline:
+    extra = {"cache_dir": embed_dir} if name == "knn-embed" else {}
+    return registry.create(name, **SMALL.get(name, {}), **extra, **opts)
+
+
+def fit(name: str, train, validation, embed_dir, **opts) -> Baseline:
+    pricer = make(name, embed_dir, **opts)
+    return pricer.fit(train[:KNN_TRAIN] if name == "knn-embed" else train, validation)
+
+
+@pytest.fixture(scope="module")
+def fitted(train, validation, embed_dir):
+    """name -> (fitted pricer, its prices on the validation slice), fitted once per module."""
+    cache: dict[str, tuple[Baseline, list[float]]] = {}
+
+    def get(name: str):
+        if name not in cache:
+            pricer = fit(name, train, validation, embed_dir)
+            cache[name] = (pricer, [p.price for p in pricer.predict(validation)])
+        return cache[name]
+
+    return get
+
+
+def mae(prices, items) -> float:
+    return float(np.mean([abs(p - it.price) for p, it in zip(prices, items, strict=True)]))
+
+
+# ---------------------------------------------------------------- every baseline
+
+
+def test_registry_lists_every_baseline():
+    assert set(BASELINES) <= set(registry.names("baseline"))
+    for name in BASELINES:
+        assert registry.get(name).description
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_predicts_one_positive_finite_price_per_item(name, fitted, validation):
+    pricer, prices = fitted(name)
+    assert len(prices) == len(validation)
+    assert all(p is not None for p in prices)
+    assert all(math.isfinite(p) and MIN_PRICE <= p <= MAX_PRICE for p in prices)
+    assert pricer.fit_info["n_train"] > 0
+    assert pricer.config()["name"] == name
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_same_seed_same_predictions(name, fitted, train, validation, embed_dir):
+    _, prices = fitted(name)
+    again = fit(name, train, validation, embed_dir)
+    assert [p.price for p in again.predict(validation)] == prices
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_save_load_round_trip(name, fitted, validation, tmp_path):
+    pricer, prices = fitted(name)
+    path = pricer.save(tmp_path / f"{name}.pkl")
+    loaded = Pricer.load(path)
+    assert loaded.config() == pricer.config()
+    assert loaded.label == pricer.label
+    assert [p.price for p in loaded.predict(validation)] == prices
+
+
+@pytest.mark.parametrize("name", [n for n in BASELINES if n not in ("random", "constant-mean", "constant-median")])
+def test_learned_models_beat_random(name, fitted, validation):
+    _, random_prices = fitted("random")
+    _, prices = fitted(name)
+    assert mae(prices, validation) < mae(random_prices, validation)
+
+
+def test_predictions_vary_with_the_item(fitted):
+    # A model that learned nothing from the text would give one price for everything.
+    for name in ("linear", "tfidf-ridge", "xgboost", "mlp", "knn-embed"):
+        _, prices = fitted(name)
+        assert len(set(prices)) > 10, name
+
+
+# ---------------------------------------------------------------- options and behaviour
+
+
+def test_random_is_per_item_and_independent_of_batching(fitted, validation):
+    pricer, prices = fitted("random")
+    one_by_one = [pricer.predict([it])[0].price for it in validation[:20]]
+    assert one_by_one == prices[:20]
+    other_seed = registry.create("random", seed=1).fit([*validation[:1]] * 2 + validation[1:50])
+    assert [p.price for p in other_seed.predict(validation[:20])] != prices[:20]
+
+
+def test_random_log_scale_guesses_lower(train, validation):
+    uniform = registry.create("random").fit(train)
+    log = registry.create("random", target="log").fit(train)
+    assert np.median([p.price for p in log.predict(validation)]) < np.median(
+        [p.price for p in uniform.predict(validation)]
+    )
+
+
+def test_constants_match_hand_computed_values(train):
+    prices = np.array([it.price for it in train])
+    mean = registry.create("constant-mean").fit(train)
+    geo = registry.create("constant-mean", target="log").fit(train)
+    median = registry.create("constant-median").fit(train)
+    assert mean.predict(train[:1])[0].price == pytest.approx(prices.mean())
+    assert geo.predict(train[:1])[0].price == pytest.approx(np.exp(np.log(prices).mean()))
+    assert median.predict(train[:1])[0].price in set(prices)
+    assert abs(median.predict(train[:1])[0].price - np.median(prices)) < 1.0
+
+
+def test_weighted_median():
+    assert _weighted_median(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 1.0])) == 2.0
+    assert _weighted_median(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 10.0])) == 3.0
+
+
+def test_label_and_config_show_non_default_settings():
+    p = registry.create("tfidf-ridge", weighting="match", target="price", alpha=3.0)
+    assert p.label == "tfidf-ridge[target=price,weighting=match,alpha=3.0]"
+    assert p.config()["alpha"] == 3.0 and p.config()["weighting"] == "match"
+    assert registry.create("tfidf-ridge").label == "tfidf-ridge"
+
+
+def test_bad_options_fail_clearly():
+    with pytest.raises(TypeError, match="unknown option"):
+        registry.create("xgboost", n_trees=5)
+    with pytest.raises(ValueError, match="target"):
+        registry.create("linear", target="sqrt")
+    with pytest.raises(ValueError, match="weighting"):
+        registry.create("linear", weighting="flat")
+
+
+def test_predict_before_fit_is_an_error(validation):
+    with pytest.raises(RuntimeError, match="fit"):
+        registry.create("linear").predict(validation[:2])
+
+
+def test_match_weighting_needs_validation(train):
+    with pytest.raises(ValueError, match="validation"):
+        registry.create("constant-mean", weighting="match").fit(train)
+
+
+def test_match_weighting_moves_the_constant_towards_validation_prices(train, validation):
+    plain = registry.create("constant-median").fit(train, validation)
+    matched = registry.create("constant-median", weighting="match").fit(train, validation)
+    val_median = float(np.median([it.price for it in validation]))
+    assert abs(matched.predict(train[:1])[0].price - val_median) < abs(plain.predict(train[:1])[0].price - val_median)
+
+
+def test_off_category_weight_zero_filters_training_items(train, validation):
+    p = registry.create("constant-mean", off_category_weight=0.0).fit(train, validation)
+    val_categories = {it.category for it in validation}
+    kept = [it for it in train if it.category is None or it.category in val_categories]
+    assert p.fit_info["n_train"] == len(kept) < len(train)
+    assert p.predict(train[:1])[0].price == pytest.approx(np.mean([it.price for it in kept]))
+
+
+# ---------------------------------------------------------------- features and weights
+
+
+def test_match_weights_reproduce_the_validation_price_histogram(train, validation):
+    w = sample_weights(train, "match", validation, max_weight=float("inf"))
+    assert w[w > 0].mean() == pytest.approx(1.0)
+    val_hist = weighted_histogram([it.price for it in validation])
+    train_hist = weighted_histogram([it.price for it in train], w)
+    covered = weighted_histogram([it.price for it in train]) > 0
+    assert val_hist[~covered].sum() == 0  # every validation bin has training items on this slice
+    np.testing.assert_allclose(train_hist, val_hist, atol=1e-9)
+
+
+def test_price_flat_weights_give_every_occupied_bin_the_same_mass(train):
+    w = sample_weights(train, "price_flat", max_weight=float("inf"))
+    hist = weighted_histogram([it.price for it in train], w)
+    occupied = hist[hist > 0]
+    np.testing.assert_allclose(occupied, occupied[0])
+
+
+def test_weights_are_capped(train):
+    capped = sample_weights(train, "price_flat", max_weight=5.0)
+    uncapped = sample_weights(train, "price_flat", max_weight=float("inf"))
+    assert capped.max() == 5.0 < uncapped.max()
+    np.testing.assert_array_equal(capped, np.minimum(uncapped, 5.0))
+
+
+def test_from_target_clips_and_never_returns_zero():
+    out = from_target(np.array([-50.0, 0.0, 20.0, 5000.0, np.nan]), "price")
+    assert list(out[:4]) == [MIN_PRICE, MIN_PRICE, 20.0, MAX_PRICE]
+    assert np.isnan(out[4])
+    assert from_target(np.array([np.log(30.0), 50.0]), "log") == pytest.approx([30.0, MAX_PRICE])
+
+
+def test_weight_pounds_prefers_the_field_then_reads_the_text():
+    def item(text, weight=None):
+        return Item(id="x", text=text, price=10.0, weight=weight)
+
+    assert weight_pounds(item("a 3 pounds box", weight=2.0)) == 2.0
+    assert weight_pounds(item("Item Weight 8 ounces")) == 0.5
+    assert weight_pounds(item("weighs 1.5 lbs")) == 1.5
+    assert weight_pounds(item("no weight here")) is None
+
+
+def test_items_frame_features(validation):
+    frame = items_frame(validation[:5])
+    assert len(frame) == 5
+    assert frame["weight_missing"].isin([0.0, 1.0]).all()
+    assert (frame["log_text_len"] > 0).all()
+    assert frame["category"].notna().all()
+
+
+def test_embedding_cache_serves_vectors_without_the_model(tmp_path):
+    texts = ["a red bicycle bell", "stainless steel socket set", "a red bicycle bell"]
+    first = EmbeddingCache(tmp_path).embed(texts)
+    assert first.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(first[0], first[2])
+    again = EmbeddingCache(tmp_path)
+    np.testing.assert_array_equal(again.embed(texts), first)
+    assert again._model is None  # everything came from disk
