@@ -36,6 +36,15 @@ def tokenizer():
     return load_tokenizer("smollm2-135m")
 
 
+@pytest.fixture()
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads wait on each other (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def train_items(data_dir):
     return read_items(data_dir / "train.jsonl", limit=300)
@@ -184,7 +193,7 @@ def test_weighting_reshapes_the_price_distribution(data_dir, validation_items):
 # ------------------------------------------------------------------------------------------ loss
 
 
-def test_completion_loss_equals_the_models_own_loss_and_trains_lora(tokenizer, train_items):
+def test_completion_loss_equals_the_models_own_loss_and_trains_lora(tokenizer, train_items, one_thread):
     from appraiser.training.trainer import build_model, completion_loss
 
     model, tok = build_model(TrainConfig(model="smollm2-135m"))
@@ -316,3 +325,28 @@ def test_cli_train_rejects_bad_input_with_one_line(tiny_files, tmp_path):
     assert "no such file" in missing.output
     unknown = runner.invoke(app, ["train", "--resume", "no-such-run"])
     assert unknown.exit_code == 2 and "no run 'no-such-run'" in unknown.output
+
+
+def test_a_failed_audit_refuses_to_start_and_creates_no_run(tiny_files):
+    train, validation = tiny_files
+    cfg = TrainConfig(train=train, validation=validation, n_train=4, max_length=20, probe_every=0)
+    with pytest.raises(LabelAuditError, match="truncation would cut the completion away"):
+        start(cfg)
+    assert RunStore().list() == []
+
+
+def test_resume_uses_only_complete_checkpoints_and_refuses_finished_runs(tmp_path):
+    from appraiser.training.trainer import checkpoints
+
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert [s for s, _ in checkpoints(tmp_path)] == [2, 4]  # checkpoint-6 was cut short by a kill
+
+    store = RunStore()
+    done = store.create(name="finished", status="succeeded")
+    out = runner.invoke(app, ["train", "--resume", "finished"])
+    assert out.exit_code == 2 and f"run {done.id} already finished" in out.output

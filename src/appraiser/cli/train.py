@@ -317,21 +317,29 @@ def list_command(
         console.print("no runs yet (start one with `appraiser train`)")
         return
     table = Table(box=None, header_style="bold")
-    for col in ("id", "name", "kind", "status", "model", "step", "best", "created", "updated"):
-        table.add_column(col, justify="right" if col in ("step", "best") else "left")
+    for col in ("id", "name", "status", "model", "step", "best", "created"):
+        table.add_column(
+            col,
+            justify="right" if col in ("step", "best") else "left",
+            no_wrap=col in ("id", "status", "step"),
+        )
     for r in runs:
         status_text = r.display_status
-        best = f"{r.best_metric}={r.best_value:,.2f} @{r.best_step}" if r.best_value is not None else "-"
+        best = "-"
+        if r.best_value is not None:
+            value = f"${r.best_value:,.2f}" if r.best_metric == "probe_mae" else f"{r.best_value:.4g}"
+            best = f"{value} @{r.best_step}"
+        model_name = r.model or "-"
+        if r.kind == "hosted":
+            model_name += " (hosted)"
         table.add_row(
             r.id,
             r.name or "",
-            r.kind,
             f"[{_STATUS_STYLE.get(status_text, '')}]{status_text}[/]",
-            Path(r.model).name if r.model and "/" in r.model and Path(r.model).exists() else (r.model or "-"),
+            Path(model_name).name if "/" in model_name and Path(model_name).exists() else model_name,
             f"{r.step}/{r.max_steps}" if r.max_steps else str(r.step),
             best,
-            _when(r.created),
-            _when(r.updated),
+            datetime.fromtimestamp(r.created).strftime("%m-%d %H:%M"),
         )
     console.print(table)
 

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -527,35 +526,32 @@ def _set_threads(cfg: TrainConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
+def _prepare(
+    cfg: TrainConfig, data_progress: Callable[[int], None] | None, stage: Callable[[str], None]
+) -> PreparedData:
+    """Data for a run, audited: a failed audit raises before any run or model exists."""
+    from appraiser.models import load_tokenizer
+
+    stage("preparing data")
+    data = prepare_data(cfg, load_tokenizer(cfg.model), progress=data_progress)
+    data.audit.raise_if_failed()
+    return data
+
+
 def _run(
     store: RunStore,
     run: Run,
     cfg: TrainConfig,
+    data: PreparedData,
     *,
     resume_from: Path | None,
     listeners: Sequence[Listener],
-    data_progress: Callable[[int], None] | None,
-    on_stage: Callable[[str], None] | None,
+    stage: Callable[[str], None],
 ) -> TrainResult:
-    from appraiser.models import load_tokenizer
-
     folder = Path(run.folder)  # type: ignore[arg-type]
-    stage = on_stage or (lambda _msg: None)
     threads = torch.get_num_threads()
     try:
         _set_threads(cfg)
-        stage("preparing data")
-        data = prepare_data(cfg, load_tokenizer(cfg.model), progress=data_progress)
-        store.add_event(run.id, data.audit.summary())
-        data.audit.raise_if_failed()
-        expected = run.config.get("data_fingerprint")
-        if expected and expected != data.fingerprint:
-            raise DataError(
-                f"the training data changed since run {run.id} started (fingerprint {data.fingerprint}, "
-                f"was {expected}); resume needs the same files"
-            )
-        if not expected:
-            store.update(run.id, config={**run.config, "data_fingerprint": data.fingerprint})
         stage("loading model")
         model, tokenizer = build_model(cfg)
         info = finetune_info(cfg, run.id)
@@ -582,7 +578,9 @@ def _run(
         )
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
-        store.set_status(run.id, "running", message="Training started" if resume_from is None else None)
+        store.set_status(
+            run.id, "running", message="Training started" if resume_from is None else "Training resumed"
+        )
         stage("training")
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         step = trainer.state.global_step
@@ -630,10 +628,13 @@ def start(
     on_stage: Callable[[str], None] | None = None,
     on_created: Callable[[Run], None] | None = None,
 ) -> TrainResult:
-    """Create a run for `cfg` in the store and train it to the end."""
+    """Audit the data, create a run for `cfg` in the store and train it to the end."""
     store = store or RunStore()
+    stage = on_stage or (lambda _msg: None)
     cfg = resolve_paths(cfg)
-    run = store.create(kind="local", name=cfg.name, model=cfg.model, config=cfg.model_dump(mode="json"))
+    data = _prepare(cfg, data_progress, stage)
+    config = {**cfg.model_dump(mode="json"), "data_fingerprint": data.fingerprint}
+    run = store.create(kind="local", name=cfg.name, model=cfg.model, config=config)
     folder = Path(run.folder)  # type: ignore[arg-type]
     cfg.save(folder / "config.json")
     (folder / FINETUNE_INFO).write_text(
@@ -642,11 +643,10 @@ def start(
     store.add_event(
         run.id, f"Run created: {cfg.model}, LoRA r={cfg.lora_r} on {','.join(cfg.target_modules)}"
     )
+    store.add_event(run.id, data.audit.summary())
     if on_created is not None:
         on_created(run)
-    return _run(
-        store, run, cfg, resume_from=None, listeners=listeners, data_progress=data_progress, on_stage=on_stage
-    )
+    return _run(store, run, cfg, data, resume_from=None, listeners=listeners, stage=stage)
 
 
 def resume(
@@ -659,6 +659,7 @@ def resume(
 ) -> TrainResult:
     """Continue a killed, failed or cancelled run from its newest complete checkpoint (same data order)."""
     store = store or RunStore()
+    stage = on_stage or (lambda _msg: None)
     run = store.get(ref)
     if run.kind != "local" or run.folder is None:
         raise DataError(f"run {run.id} is not a local training run")
@@ -670,6 +671,13 @@ def resume(
     if not (folder / "config.json").exists():
         raise DataError(f"{folder}: no config.json; cannot resume run {run.id}")
     cfg = TrainConfig.load(folder / "config.json")
+    data = _prepare(cfg, data_progress, stage)
+    expected = run.config.get("data_fingerprint")
+    if expected and expected != data.fingerprint:
+        raise DataError(
+            f"the training data changed since run {run.id} started (fingerprint {data.fingerprint}, "
+            f"was {expected}); resume needs the same files"
+        )
     complete = checkpoints(folder)
     for p in folder.glob(f"{CHECKPOINT_PREFIX}*"):  # half-written by the killed run
         if p.is_dir() and p not in {c for _, c in complete}:
@@ -687,13 +695,5 @@ def resume(
         store.discard_after(run.id, 0)
         store.add_event(run.id, "No complete checkpoint; restarting from step 0")
         resume_from = None
-    store.update(run.id, pid=os.getpid(), error=None)
-    return _run(
-        store,
-        run,
-        cfg,
-        resume_from=resume_from,
-        listeners=listeners,
-        data_progress=data_progress,
-        on_stage=on_stage,
-    )
+    store.update(run.id, error=None)
+    return _run(store, run, cfg, data, resume_from=resume_from, listeners=listeners, stage=stage)
