@@ -173,3 +173,19 @@ def test_multi_digit_tokenizer_uses_top_k_over_the_first_token(multi_digit_lm):
         expected_mean = sum(val * float(p) for val, p in zip(values, top_p, strict=True)) / float(top_p.sum())
         assert dist.mean == pytest.approx(expected_mean, rel=1e-4)
         assert len(dist.support) == 5
+
+
+def test_tree_attention_matches_one_cache_row_per_hypothesis(smol, prompts):
+    """Both ways of running the beam (shared prompt cache + tree mask, or a cache copy per hypothesis)."""
+    from appraiser.inference.decode import _beam_batch, _encode
+
+    model, tok = smol
+    v = number_vocab(tok, model)
+    ids, mask = _encode(tok, prompts[1:3], model.device)
+    with torch.inference_mode():
+        tree = _beam_batch(model, ids, mask, v, beam_width=4, max_new_tokens=5, interval=0.8, tree=True)
+        copy = _beam_batch(model, ids, mask, v, beam_width=4, max_new_tokens=5, interval=0.8, tree=False)
+    for a, b in zip(tree, copy, strict=True):
+        assert [t for t, _ in a.support] == [t for t, _ in b.support]
+        assert [p for _, p in a.support] == pytest.approx([p for _, p in b.support], rel=1e-4)
+        assert (a.median, a.low, a.high, a.greedy) == (b.median, b.low, b.high, b.greedy)

@@ -172,6 +172,100 @@ def _prefill(model: Any, input_ids: Any, attention_mask: Any) -> tuple[Any, Any,
 # ------------------------------------------------------------------------------------ methods
 
 
+class _CopyCache:
+    """Each live hypothesis is its own batch row holding its own copy of its item's prompt cache.
+
+    Works with any attention implementation; costs a copy of every row's cache at every step.
+    """
+
+    def __init__(self, model: Any, cache: Any, attention_mask: Any, last_pos: Any):
+        self.model, self.cache, self.attention_mask, self.last_pos = model, cache, attention_mask, last_pos
+
+    def advance(self, parents: list[int], items: list[int], token_ids: Any) -> Any:
+        import torch
+
+        idx = torch.tensor(parents, device=token_ids.device)
+        self.cache.reorder_cache(idx)
+        mask = self.attention_mask[idx]
+        self.attention_mask = torch.cat([mask, mask.new_ones(len(parents), 1)], dim=1)
+        self.last_pos = self.last_pos[idx] + 1
+        out = self.model(
+            input_ids=token_ids[:, None],
+            attention_mask=self.attention_mask,
+            position_ids=self.last_pos[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        return out.logits[:, -1].float().log_softmax(-1)
+
+
+class _TreeCache:
+    """One batch row per item: its prompt cache is kept once, and each step appends one slot per live
+    hypothesis; a custom 4D attention mask lets a slot see the prompt, its own ancestors and itself
+    (tree attention). No cache is copied per hypothesis, which on a CPU is a third of the decoding time.
+    """
+
+    def __init__(self, model: Any, cache: Any, attention_mask: Any, last_pos: Any):
+        import torch
+
+        self.model, self.cache, self.last_pos = model, cache, last_pos
+        dtype = next(model.parameters()).dtype
+        self.dtype = dtype if dtype.is_floating_point else torch.float32
+        self.min = torch.finfo(self.dtype).min
+        self.prompt_mask = torch.zeros(attention_mask.shape, dtype=self.dtype, device=attention_mask.device)
+        self.prompt_mask.masked_fill_(attention_mask == 0, self.min)
+        self.kv_len = attention_mask.shape[1]
+        self.ancestors: list[list[int]] = [[] for _ in range(attention_mask.shape[0])]  # cache columns per row
+
+    def advance(self, parents: list[int], items: list[int], token_ids: Any) -> Any:
+        import torch
+
+        device = token_ids.device
+        n_items = self.prompt_mask.shape[0]
+        slot: list[int] = []
+        counts = [0] * n_items
+        for item in items:
+            slot.append(counts[item])
+            counts[item] += 1
+        k = max(counts)
+        ancestors = [self.ancestors[p] + [self.kv_len + s] for p, s in zip(parents, slot, strict=True)]
+        item_t = torch.tensor(items, device=device)
+        slot_t = torch.tensor(slot, device=device)
+        ids = torch.zeros((n_items, k), dtype=token_ids.dtype, device=device)
+        ids[item_t, slot_t] = token_ids
+        depth = torch.tensor([len(a) for a in ancestors], device=device)
+        pos = (self.last_pos[:, None] + 1).repeat(1, k)
+        pos[item_t, slot_t] = self.last_pos[item_t] + depth
+        mask = torch.full((n_items, 1, k, self.kv_len + k), self.min, dtype=self.dtype, device=device)
+        mask[:, 0, :, : self.prompt_mask.shape[1]] = self.prompt_mask[:, None, :]
+        diag = torch.arange(k, device=device)
+        mask[:, 0, diag, self.kv_len + diag] = 0  # every slot sees itself (unused slots too: no empty rows)
+        rows = [i for i, a in enumerate(ancestors) for _ in a]
+        cols = [c for a in ancestors for c in a]
+        r_t = torch.tensor(rows, device=device)
+        mask[item_t[r_t], 0, slot_t[r_t], torch.tensor(cols, device=device)] = 0
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.cache, use_cache=True
+        )
+        self.cache = out.past_key_values
+        self.kv_len += k
+        self.ancestors = ancestors
+        return out.logits[item_t, slot_t].float().log_softmax(-1)
+
+
+def _tree_ok(model: Any, prompt_len: int, beam_width: int, max_new_tokens: int) -> bool:
+    """Tree attention needs an attention that takes custom 4D masks, and a cache that never drops columns
+    (a sliding window longer than the whole decode)."""
+    cfg = getattr(model, "config", None)
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    if impl not in ("eager", "sdpa"):
+        return False
+    cfg = getattr(cfg, "text_config", None) or cfg
+    window = getattr(cfg, "sliding_window", None)
+    return window is None or prompt_len + (beam_width + 1) * max_new_tokens < window
+
+
 def _beam_batch(
     model: Any,
     input_ids: Any,
@@ -181,12 +275,18 @@ def _beam_batch(
     beam_width: int,
     max_new_tokens: int,
     interval: float,
+    tree: bool | None = None,
 ) -> list[PriceDistribution | None]:
+    """The digit beam for one batch of prompts. `tree`: tree attention (default where it is safe) or
+    one cache row per hypothesis; both give the same numbers."""
     import torch
 
     device = input_ids.device
     n_items = input_ids.shape[0]
     logp, cache, last_pos = _prefill(model, input_ids, attention_mask)
+    if tree is None:
+        tree = _tree_ok(model, input_ids.shape[1], beam_width, max_new_tokens)
+    state = (_TreeCache if tree else _CopyCache)(model, cache, attention_mask, last_pos)
     num_ids = torch.tensor(vocab.number_ids, device=device)
     term_ids = torch.tensor(vocab.end_ids + ([vocab.dot_id] if vocab.dot_id is not None else []), device=device)
     id_to_col = {t: c for c, t in enumerate(vocab.number_ids)}
@@ -227,8 +327,7 @@ def _beam_batch(
             while end < len(row_item) and row_item[end] == item:
                 end += 1
             block = cand[start:end].flatten()
-            k = min(beam_width, block.numel())
-            scores, flat = block.topk(k)
+            scores, flat = block.topk(min(beam_width, block.numel()))
             chosen = [
                 (start + int(f) // cand.shape[1], int(f) % cand.shape[1])
                 for s, f in zip(scores, flat, strict=True)
@@ -243,25 +342,13 @@ def _beam_batch(
             start = end
         if not parents:
             break
-        new_greedy = [greedy_child.get(row_item[r]) == (r, c) for r, c in zip(parents, cols, strict=True)]
+        row_greedy = [greedy_child.get(row_item[r]) == (r, c) for r, c in zip(parents, cols, strict=True)]
         idx = torch.tensor(parents, device=device)
         col_t = torch.tensor(cols, device=device)
         row_score = row_score[idx] + num_lp[idx, col_t]
         row_text = [row_text[r] + vocab.number_text[c] for r, c in zip(parents, cols, strict=True)]
         row_item = [row_item[r] for r in parents]
-        row_greedy = new_greedy
-        cache.reorder_cache(idx)
-        attention_mask = torch.cat([attention_mask[idx], attention_mask.new_ones(len(parents), 1)], dim=1)
-        last_pos = last_pos[idx] + 1
-        out = model(
-            input_ids=num_ids[col_t][:, None],
-            attention_mask=attention_mask,
-            position_ids=last_pos[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache = out.past_key_values
-        logp = out.logits[:, -1].float().log_softmax(-1)
+        logp = state.advance(parents, row_item, num_ids[col_t])
 
     return [summarize(finished[i], interval, greedy[i]) for i in range(n_items)]
 
