@@ -21,7 +21,6 @@ from appraiser.training.dataset import (
     LengthGroupedSampler,
     choose_items,
     encode_items,
-    sample_weights,
     token_view,
 )
 
@@ -170,24 +169,25 @@ def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
     assert padding(first) < 0.8 * padding(shuffled)
 
 
-def test_weighting_reshapes_the_price_distribution(data_dir, validation_items):
+def test_weighting_draws_a_seeded_sample_shaped_like_validation(data_dir, validation_items):
     pool = read_items(data_dir / "train.jsonl", limit=3000)
-    prices = [it.price for it in pool]
-    w = sample_weights(prices, "none")
-    assert w.sum() == pytest.approx(1.0) and len(set(w.round(12))) == 1
     plain = choose_items(pool, 500, "none", seed=1)
-    matched = choose_items(pool, 500, "validation", seed=1, reference=validation_items)
+    matched = choose_items(pool, 500, "match", seed=1, reference=validation_items)
     flat = choose_items(pool, 500, "price_flat", seed=1)
     assert [it.id for it in matched] == [
-        it.id for it in choose_items(pool, 500, "validation", 1, validation_items)
+        it.id for it in choose_items(pool, 500, "match", 1, validation_items)
+    ]
+    assert [it.id for it in matched] != [
+        it.id for it in choose_items(pool, 500, "match", 2, validation_items)
     ]
     assert len({it.id for it in matched}) == 500  # without replacement
-    med = {k: statistics.median(it.price for it in v) for k, v in (("plain", plain), ("matched", matched))}
+    median = {k: statistics.median(it.price for it in v) for k, v in (("plain", plain), ("matched", matched))}
     val_median = statistics.median(it.price for it in validation_items)
-    assert abs(med["matched"] - val_median) < abs(med["plain"] - val_median)
-    assert statistics.median(it.price for it in flat) > med["plain"]
-    with pytest.raises(ValueError, match="unknown weighting"):
-        sample_weights(prices, "bogus")
+    assert abs(median["matched"] - val_median) < 0.5 * abs(median["plain"] - val_median)
+    assert statistics.median(it.price for it in flat) > median["plain"]
+    assert choose_items(pool, None) == pool
+    with pytest.raises(ValueError, match="weighting"):
+        choose_items(pool, 10, "bogus")
 
 
 # ------------------------------------------------------------------------------------------ loss
@@ -222,13 +222,13 @@ def test_training_run_logs_probes_and_saves_loadable_adapters(tiny_files):
         train=train,
         validation=validation,
         n_train=8,
-        max_steps=4,
+        max_steps=3,
         batch_size=2,
         max_text_tokens=12,
-        probe_every=2,
+        probe_every=2,  # at step 2, and at the end (step 3)
         probe_size=2,
         probe_method="greedy",
-        save_every=2,
+        save_every=1,
         keep_checkpoints=1,
         name="tiny",
         threads=1,
@@ -237,25 +237,25 @@ def test_training_run_logs_probes_and_saves_loadable_adapters(tiny_files):
     result = start(cfg, listeners=[lambda step, total, values: seen.append((step, total, set(values)))])
     store = RunStore()
     run = store.get("tiny")
-    assert run.id == result.run_id and run.status == "succeeded" and run.step == 4 and run.max_steps == 4
+    assert run.id == result.run_id and run.status == "succeeded" and run.step == 3 and run.max_steps == 3
     steps, losses = store.series(run.id, "loss")
-    assert steps == [1, 2, 3, 4] and all(0 < v < 20 for v in losses)
+    assert steps == [1, 2, 3] and all(0 < v < 20 for v in losses)
     latest = store.latest(run.id)
     assert {"lr", "grad_norm", "tokens_per_s", "eta_s", "probe_mae", "probe_hit_rate", "eval_loss"} <= set(
         latest
     )
     assert latest["tokens_per_s"] > 0 and latest["eta_s"] == 0
-    assert store.series(run.id, "probe_mae")[0] == [2, 4]
-    assert (2, 4, {"probe_mae", "probe_hit_rate", "probe_failures", "eval_loss"}) in seen
+    assert store.series(run.id, "probe_mae")[0] == [2, 3]
+    assert (2, 3, {"probe_mae", "probe_hit_rate", "probe_failures", "eval_loss"}) in seen
     messages = [e.message for e in store.events(run.id)]
-    assert "Step 4/4: training loss=" in " ".join(messages)
+    assert "Step 3/3: training loss=" in " ".join(messages)
     assert any(m.startswith("Probe at step 2: MAE $") for m in messages)
-    assert run.best_metric == "probe_mae" and run.best_step in (2, 4)
+    assert run.best_metric == "probe_mae" and run.best_step in (2, 3)
     assert result.best_probe_mae == pytest.approx(run.best_value)
 
     folder = run.folder
     checkpoints = sorted(p.name for p in folder.glob("checkpoint-*"))
-    assert checkpoints == ["checkpoint-4"]  # rotation kept one checkpoint ...
+    assert checkpoints == ["checkpoint-3"]  # rotation kept one checkpoint ...
     best = json.loads((folder / "best" / "metrics.json").read_text())
     assert best["step"] == run.best_step  # ... and best/ apart from it
     for sub in ("best", "final"):
@@ -264,7 +264,7 @@ def test_training_run_logs_probes_and_saves_loadable_adapters(tiny_files):
         assert info["prompt"]["max_text_tokens"] == 12
         assert (folder / sub / "adapter_config.json").exists()
     saved = TrainConfig.load(folder / "config.json")
-    assert saved.train == train.resolve() and saved.max_steps == 4
+    assert saved.train == train.resolve() and saved.max_steps == 3
 
     model, tok = load_finetuned(folder / "final")
     dists = predict_prices(

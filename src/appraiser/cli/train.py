@@ -135,6 +135,8 @@ class _ProgressView:
 
     def stage(self, message: str) -> None:
         self.progress.update(self.task, description=message)
+        if self.data_task is not None and message != "preparing data":
+            self.progress.update(self.data_task, visible=False)
 
     def data(self, n: int) -> None:
         if self.data_task is None:
@@ -167,7 +169,7 @@ def train_command(
     ] = None,
     n_train: Annotated[int | None, typer.Option(help="items drawn from the training pool")] = None,
     weighting: Annotated[
-        str | None, typer.Option(help="none | price_flat | validation (match the validation price histogram)")
+        str | None, typer.Option(help="none | price_flat | match (the validation price histogram)")
     ] = None,
     max_steps: Annotated[int | None, typer.Option(help="optimizer steps (overrides --epochs)")] = None,
     epochs: Annotated[float | None, typer.Option(help="passes over the drawn items")] = None,
@@ -499,6 +501,8 @@ def watch_command(
                 if current.finished or current.alive() is False:
                     break
                 time.sleep(interval)
+    if not console.is_terminal:
+        console.print()  # the last live frame ends without a newline when output is not a terminal
     console.print(f"run {r.id} is {store.get(r.id).display_status}")
 
 

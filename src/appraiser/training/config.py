@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appraiser.data.prompts import PromptConfig
 
-Weighting = Literal["none", "price_flat", "validation"]
+Weighting = Literal["none", "price_flat", "match"]
 ProbeMethod = Literal["expected", "greedy"]
 
 
@@ -33,7 +33,7 @@ class TrainConfig(BaseModel):
     n_train: int | None = Field(2000, ge=1, description="items drawn from the training pool (None: all)")
     weighting: Weighting = Field(
         "none",
-        description="how the n_train items are drawn: uniformly, flat over log-price bins, or to match the "
+        description="how the n_train items are drawn: uniformly, flat over $50 price bins, or to match the "
         "validation price histogram",
     )
     name: str | None = None

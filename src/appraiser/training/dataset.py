@@ -346,54 +346,6 @@ class LengthGroupedSampler(Sampler[int]):
 # ------------------------------------------------------------------------------------------ weighting
 
 
-def _log_bins(prices: np.ndarray, bins: int) -> np.ndarray:
-    lo, hi = max(float(prices.min()), 0.01), float(prices.max())
-    return np.geomspace(lo, hi * 1.000001, bins + 1)
-
-
-def _bin_index(prices: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    return np.clip(np.digitize(prices, edges) - 1, 0, len(edges) - 2)
-
-
-def sample_weights(
-    prices: Sequence[float],
-    weighting: str,
-    reference: Sequence[float] | None = None,
-    *,
-    band: float = 50.0,
-    bins: int = 20,
-) -> np.ndarray:
-    """Sampling weights (summing to 1) over a training pool, by price.
-
-    - `none`: uniform.
-    - `price_flat`: every `band`-dollar price band equally likely, as the benchmark's curation
-      flattens prices (the pool is mostly cheap items; the benchmark is not).
-    - `validation`: the pool's price histogram (over `bins` log-spaced bins, fine at the cheap end)
-      reshaped to the `reference` prices' (the validation set, curated like the benchmark).
-    """
-    p = np.asarray(prices, dtype=float)
-    if weighting == "none":
-        return np.full(p.size, 1.0 / p.size)
-    if weighting == "price_flat":
-        idx = np.floor(p / band).astype(int)
-        counts = np.bincount(idx).astype(float)
-        w = 1.0 / counts[idx]
-    elif weighting == "validation":
-        if reference is None or len(reference) == 0:
-            raise ValueError("weighting 'validation' needs the validation prices")
-        r = np.asarray(reference, dtype=float)
-        edges = _log_bins(np.concatenate([p, r]), bins)
-        idx = _bin_index(p, edges)
-        counts = np.bincount(idx, minlength=bins).astype(float)
-        target = np.bincount(_bin_index(r, edges), minlength=bins).astype(float) / r.size
-        w = target[idx] / counts[idx]
-        if w.sum() == 0:
-            raise ValueError("the training pool has no prices in the validation set's range")
-    else:
-        raise ValueError(f"unknown weighting {weighting!r}; use none, price_flat or validation")
-    return w / w.sum()
-
-
 def choose_items(
     pool: Sequence[Item],
     n: int | None,
@@ -401,15 +353,22 @@ def choose_items(
     seed: int = 42,
     reference: Sequence[Item] | None = None,
 ) -> list[Item]:
-    """`n` items of the pool drawn by price weight (seeded; without replacement while the pool allows)."""
+    """`n` items of the pool drawn by price weight (seeded; without replacement while the pool allows).
+
+    The weights are the baselines' (`pricers.features.sample_weights`): `none`, `price_flat` (every
+    $50 price bin counts the same, like the benchmark's flattened prices) or `match` (the validation
+    set's price histogram), so a fine-tune and a baseline trained "the same way" see the same mix.
+    """
+    from appraiser.pricers.features import sample_weights
+
     if not pool:
         raise DataError("the training pool is empty")
     if n is None or (n >= len(pool) and weighting == "none"):
         return list(pool)
-    ref_prices = [it.price for it in reference] if reference is not None else None
-    w = sample_weights([it.price for it in pool], weighting, ref_prices)
-    rng = np.random.default_rng(seed)
+    w = sample_weights(pool, weighting, reference)
+    if w.sum() <= 0:
+        raise DataError(f"weighting {weighting!r} leaves no training item with a weight above 0")
     available = int((w > 0).sum())
-    replace = n > available
-    idx = rng.choice(len(pool), size=n, replace=replace, p=w)
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(pool), size=n, replace=n > available, p=w / w.sum())
     return [pool[i] for i in idx]

@@ -108,10 +108,8 @@ def prepare_data(
     validation: list[Item] = []
     if cfg.validation is not None:
         validation = read_items(cfg.validation)
-    elif cfg.weighting == "validation" or cfg.probe_every:
-        raise DataError(
-            "no validation file given (--validation): it is needed for probes and --weighting validation"
-        )
+    elif cfg.weighting == "match" or cfg.probe_every:
+        raise DataError("no validation file given (--validation): probes and --weighting match need it")
     train_items = choose_items(pool, cfg.n_train, cfg.weighting, cfg.seed, validation or None)
     prompt = cfg.prompt_config()
     examples = encode_items(train_items, tokenizer, prompt, progress=progress)
@@ -212,8 +210,9 @@ class PriceTrainer(Trainer):
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         if self.accelerator.unwrap_model(model) is not model:
-            # Wrapped for distributed training: the wrapper's forward does the gradient sync, so use it.
-            outputs = model(**inputs)
+            # Wrapped for distributed training: the wrapper's forward does the gradient sync, so use it
+            # (full logits; the loss still sums over the step's tokens like ours).
+            outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         if num_items_in_batch is None:  # not counted by the Trainer: mean over this micro-batch's tokens
             n = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum() * self.current_gradient_accumulation_steps
