@@ -350,3 +350,15 @@ def test_resume_uses_only_complete_checkpoints_and_refuses_finished_runs(tmp_pat
     done = store.create(name="finished", status="succeeded")
     out = runner.invoke(app, ["train", "--resume", "finished"])
     assert out.exit_code == 2 and f"run {done.id} already finished" in out.output
+
+
+def test_probe_state_is_restored_from_the_store_at_the_resume_step():
+    from appraiser.training.trainer import ProbeCallback
+
+    store = RunStore()
+    run = store.create(name="probed")
+    for step, mae in ((2, 150.0), (4, 120.0), (6, 130.0), (8, 110.0)):
+        store.log_metrics(run.id, step, {"probe_mae": mae})
+    probe = ProbeCallback(TrainConfig(patience=2), [], [], None, store, run, {})
+    probe.restore(6)  # resuming from checkpoint-6: the probe at step 8 is in the future again
+    assert (probe.best, probe.best_step, probe.since_best, probe.last_step) == (120.0, 4, 1, 6)
