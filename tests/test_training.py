@@ -362,3 +362,15 @@ def test_probe_state_is_restored_from_the_store_at_the_resume_step():
     probe = ProbeCallback(TrainConfig(patience=2), [], [], None, store, run, {})
     probe.restore(6)  # resuming from checkpoint-6: the probe at step 8 is in the future again
     assert (probe.best, probe.best_step, probe.since_best, probe.last_step) == (120.0, 4, 1, 6)
+
+
+def test_probe_items_come_from_the_end_of_validation(tokenizer, tiny_files):
+    """The eval test set is the START of a split file; the probe that picks checkpoints must not overlap it."""
+    from appraiser.training.trainer import prepare_data, resolve_paths
+
+    train, validation = tiny_files
+    cfg = resolve_paths(TrainConfig(train=train, validation=validation, n_train=4, probe_every=1, probe_size=2))
+    data = prepare_data(cfg, tokenizer)
+    ids = [it.id for it in read_items(validation)]
+    assert [it.id for it in data.probe_items] == ids[-2:]
+    assert not {it.id for it in data.probe_items} & set(ids[:2])

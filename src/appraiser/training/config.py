@@ -67,7 +67,7 @@ class TrainConfig(BaseModel):
 
     # Watching
     probe_every: int = Field(50, ge=0, description="score the probe set every N steps (0: never)")
-    probe_size: int = Field(100, ge=1)
+    probe_size: int = Field(100, ge=1, description="validation items probed: the LAST N of the file")
     probe_method: ProbeMethod = "expected"
     probe_batch_size: int = Field(16, ge=1)
     save_every: int = Field(50, ge=1, description="checkpoint every N steps")

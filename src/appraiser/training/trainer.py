@@ -116,7 +116,10 @@ def prepare_data(
     report = audit(
         train_items, examples, tokenizer, prompt, max_length=cfg.max_length, batch_size=cfg.batch_size
     )
-    probe_items = validation[: cfg.probe_size] if cfg.probe_every else []
+    # The probe picks the best checkpoint, so it comes from the END of the validation file: the fixed
+    # test set that `appraiser eval` scores is the START of a split file (first 250 items by default),
+    # and a checkpoint chosen on test items would flatter itself.
+    probe_items = validation[-cfg.probe_size :] if cfg.probe_every else []
     return PreparedData(train_items, examples, probe_items, report, prompt, fingerprint(train_items))
 
 
