@@ -373,17 +373,21 @@ class RandomForest(SklearnBaseline):
 
 @register("xgboost", "gradient-boosted trees (XGBoost) on TF-IDF→SVD components + simple features")
 class XGBoost(SklearnBaseline):
-    """XGBoost on dense SVD features: on the raw sparse TF-IDF matrix it is ~20× slower for no gain."""
+    """XGBoost on dense SVD features: on the raw sparse TF-IDF matrix it is ~20× slower for no gain.
+
+    Sizes are capped for two CPU cores (about a minute on the 15.6k training items); 400 trees on
+    150 components scored the same on validation within its confidence interval at 3× the time.
+    """
 
     name = "xgboost"
     default_params = {
-        "n_estimators": 400,
-        "learning_rate": 0.08,
+        "n_estimators": 300,
+        "learning_rate": 0.1,
         "max_depth": 6,
         "subsample": 0.8,
         "colsample_bytree": 0.5,
-        "svd_components": 150,
-        "tfidf_features": 100_000,
+        "svd_components": 100,
+        "tfidf_features": 50_000,
         "n_jobs": 2,
     }
 
@@ -546,9 +550,9 @@ class HashedMLP(Baseline):
     default_params = {
         "n_features": 2**16,
         "hidden": 128,
-        "epochs": 6,
-        "batch": 64,
-        "lr": 2e-3,
+        "epochs": 5,
+        "batch": 128,
+        "lr": 3e-3,
         "weight_decay": 1e-5,
         "dropout": 0.2,
         "threads": 2,
