@@ -154,13 +154,14 @@ def ensure_converted(name: str) -> Path:
         (tmp / _MARKER).write_text(
             json.dumps({"name": name, "package": m.package, "gguf": gguf, "license": m.license}, indent=2)
         )
-        if target.exists():  # a stale, unmarked folder (an old killed run): replace it
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / _MARKER).exists():
-                raise
+        if not (target / _MARKER).exists():  # else another process finished first: keep its folder
+            if target.exists():  # a stale, unmarked folder (an old killed conversion)
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                tmp.rename(target)
+            except OSError:
+                if not (target / _MARKER).exists():
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if m.chunked:  # the assembled GGUF was only needed for the conversion

@@ -67,6 +67,17 @@ class NumberVocab:
     multi_digit: bool  # the tokenizer writes "123" as one token
 
 
+def _token_for(tokenizer: Any, text: str, required: bool = True) -> int | None:
+    """The token that writes `text` inside a number ("12.00"): SentencePiece tokenizers may add a "▁"
+    piece when `text` is encoded alone, so look for the piece that decodes to exactly `text`."""
+    for t in tokenizer.encode(f"12{text}00" if text == "." else text, add_special_tokens=False):
+        if tokenizer.decode([t]) == text:
+            return int(t)
+    if required:
+        raise ValueError(f"tokenizer has no single token for {text!r}")
+    return None
+
+
 def number_vocab(tokenizer: Any, model: Any = None) -> NumberVocab:
     """Find the digit, "." and end tokens. A tokenizer that splits "1234567890" into single digits
     only ever shows the model single-digit tokens, so only those take part in the beam."""
@@ -77,13 +88,7 @@ def number_vocab(tokenizer: Any, model: Any = None) -> NumberVocab:
         vocab = tokenizer.get_vocab()
         pairs = sorted((i, s) for s, i in vocab.items() if s.isascii() and s.isdigit())
     else:
-        pairs = []
-        for d in "0123456789":
-            ids = tokenizer.encode(d, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ValueError(f"tokenizer has no single token for digit {d!r}")
-            pairs.append((ids[0], d))
-    dot = tokenizer.encode(".", add_special_tokens=False)
+        pairs = [(_token_for(tokenizer, d), d) for d in "0123456789"]
     end: set[int] = set()
     if tokenizer.eos_token_id is not None:
         end.add(int(tokenizer.eos_token_id))
@@ -93,7 +98,7 @@ def number_vocab(tokenizer: Any, model: Any = None) -> NumberVocab:
     return NumberVocab(
         number_ids=[i for i, _ in pairs],
         number_text=[s for _, s in pairs],
-        dot_id=dot[0] if len(dot) == 1 else None,
+        dot_id=_token_for(tokenizer, ".", required=False),
         end_ids=sorted(end),
         multi_digit=multi_digit,
     )
@@ -436,6 +441,8 @@ def predict_prices(
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if not 0 < interval < 1:
         raise ValueError("interval must be between 0 and 1")
+    if not prompts:
+        return []
     vocab = number_vocab(tokenizer, model)
     if method == "expected":
         method = "topk" if vocab.multi_digit else "beam"
