@@ -43,7 +43,7 @@ class DemoConfig:
     learning_rate: float = 2e-4
     probe_size: int = 50
     probe_every: int = 50
-    weighting: str = "validation"
+    weighting: str = "match"
     seed: int = 42
     method: str = "expected"
     quick: bool = False
