@@ -57,6 +57,16 @@ def test_registered_as_an_llm_pricer_that_needs_no_fit():
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="method must be one of"):
         LLMPricer(method="mode")
+    with pytest.raises(ValueError, match="point must be one of"):
+        LLMPricer(point="mode")
+
+
+def test_median_point_uses_the_distribution_median(pricer, items):
+    med = LLMPricer(max_text_tokens=20, batch_size=5, max_new_tokens=5, point="median")
+    med._model, med._tokenizer = pricer.model_and_tokenizer()  # share the loaded weights
+    assert med.label == "llm[smollm2-135m,median]"
+    d = med.distributions(items[:1])[0]
+    assert med.predict(items[:1])[0].price == d.median
 
 
 def test_evaluates_five_validation_items(pricer, items):

@@ -38,8 +38,11 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a sentence.")] = False,
 ) -> None:
     """Price one product description with a local model: a packaged base model (zero-shot) or a fine-tuned run."""
+    from transformers.utils import logging as hf_logging
+
     from appraiser.pricers.llm import LLMPricer
 
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one line of output
     if text == "-":
         text = sys.stdin.read()
     if not text.strip():

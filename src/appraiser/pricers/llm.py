@@ -24,6 +24,9 @@ from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.registry import register
 
 _PROMPT_FIELDS = set(PromptConfig.__dataclass_fields__)
+#: Which summary of the price distribution is the guess: the mean (the expected price; best for MAE when the
+#: model is calibrated) or the median (robust to the long tail of absurd prices a zero-shot model spreads).
+POINTS = ("mean", "median")
 
 
 def _file_digest(folder: Path) -> str:
@@ -56,9 +59,13 @@ class LLMPricer(Pricer):
         interval: float = 0.8,
         load_in_4bit: bool = False,
         device: str | None = None,
+        point: str = "mean",
     ):
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        if point not in POINTS:
+            raise ValueError(f"point must be one of {', '.join(POINTS)}, not {point!r}")
+        self.point = point
         self.model = str(model)
         self.method = method
         self.batch_size = int(batch_size)
@@ -89,6 +96,7 @@ class LLMPricer(Pricer):
             "beam_width": self.beam_width,
             "max_new_tokens": self.max_new_tokens,
             "interval": self.interval,
+            "point": self.point,
             "load_in_4bit": self.load_in_4bit,
             "prompt": vars(self.prompt_config),
         }
@@ -102,6 +110,7 @@ class LLMPricer(Pricer):
         else:
             what = self.model
         extra = "" if self.method == "expected" else f",{self.method}"
+        extra += "" if self.point == "mean" or self.method == "greedy" else f",{self.point}"
         return f"{self.name}[{what}{extra}]"
 
     # ------------------------------------------------------------ model
@@ -146,5 +155,6 @@ class LLMPricer(Pricer):
             elif self.method == "greedy":
                 out.append(Prediction(price=d.greedy, raw=d.raw))
             else:
-                out.append(Prediction(price=d.mean, low=d.low, high=d.high, raw=d.raw))
+                price = d.median if self.point == "median" else d.mean
+                out.append(Prediction(price=price, low=d.low, high=d.high, raw=d.raw))
         return out
