@@ -334,6 +334,10 @@ def load_finetuned(
     if not base:
         raise ModelNotFound(f"{adapter}: cannot tell the base model (no {FINETUNE_INFO} with base_model)")
     model, tokenizer = _load_base(base, load_in_4bit=load_in_4bit, dtype=dtype, device=device)
+    if info.get("head"):  # a regression head: its (trained) weights come with the adapter
+        from appraiser.inference.head import attach_head
+
+        attach_head(model)
     model = PeftModel.from_pretrained(model, str(adapter))
     if not load_in_4bit:
         model = model.merge_and_unload()

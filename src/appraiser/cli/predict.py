@@ -29,8 +29,13 @@ def predict(
         ),
     ] = DEFAULT_MODEL,
     method: Annotated[
-        str, typer.Option("--method", help="expected (price distribution) or greedy (the text the model writes).")
-    ] = "expected",
+        str,
+        typer.Option(
+            "--method",
+            help="auto (the regression head if the run has one, else expected), expected (price distribution), "
+            "greedy (the text the model writes) or head.",
+        ),
+    ] = "auto",
     max_text_tokens: Annotated[
         int | None, typer.Option("--max-text-tokens", help="Cut the text to this many tokens (default: the run's).")
     ] = None,
@@ -47,7 +52,7 @@ def predict(
         text = sys.stdin.read()
     if not text.strip():
         raise _fail("empty description")
-    if method not in METHODS:
+    if method not in (*METHODS, "auto"):
         raise _fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if beam_width < 1:
         raise _fail("--beam-width must be at least 1")
@@ -59,6 +64,7 @@ def predict(
             dist = pricer.distributions([item])[0]
     except (ModelNotFound, OSError, ValueError) as e:
         raise _fail(str(e)) from None
+    method = pricer.method
 
     price = None if dist is None else (dist.greedy if method == "greedy" else dist.mean)
     if as_json:
@@ -83,6 +89,8 @@ def predict(
         raise typer.Exit(1)
     if method == "greedy":
         console.print(f"[bold]${price:,.2f}[/bold]  (greedy; the model wrote {escape(repr(dist.raw))})")
+    elif dist.low is None or dist.high is None:
+        console.print(f"[bold]${price:,.2f}[/bold]  (the fine-tune's regression head)")
     else:
         console.print(
             f"[bold]${price:,.2f}[/bold]  (median ${dist.median:,.0f}, {pricer.interval:.0%} interval "

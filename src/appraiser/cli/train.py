@@ -171,6 +171,9 @@ def train_command(
     weighting: Annotated[
         str | None, typer.Option(help="none | price_flat | match (the validation price histogram)")
     ] = None,
+    off_category_weight: Annotated[
+        float | None, typer.Option(help="weight of items outside the validation categories (0: drop)")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="optimizer steps (overrides --epochs)")] = None,
     epochs: Annotated[float | None, typer.Option(help="passes over the drawn items")] = None,
     batch_size: Annotated[int | None, typer.Option(help="items per micro-batch")] = None,
@@ -184,6 +187,13 @@ def train_command(
         str | None, typer.Option(help="comma-separated modules, e.g. q_proj,k_proj,v_proj,o_proj,gate_proj")
     ] = None,
     max_text_tokens: Annotated[int | None, typer.Option(help="description budget in tokens")] = None,
+    head_weight: Annotated[
+        float | None, typer.Option(help="add a regression head on log price with this loss weight (0: none)")
+    ] = None,
+    lm_weight: Annotated[
+        float | None, typer.Option(help="weight of the completion cross-entropy (0: train the head only)")
+    ] = None,
+    head_lr: Annotated[float | None, typer.Option(help="learning rate of the regression head")] = None,
     load_in_4bit: Annotated[bool | None, typer.Option("--4bit/--no-4bit", help="QLoRA: NF4 base")] = None,
     probe_every: Annotated[
         int | None, typer.Option(help="score the probe set every N steps (0: never)")
@@ -227,6 +237,7 @@ def train_command(
                 "validation": validation,
                 "n_train": n_train,
                 "weighting": weighting,
+                "off_category_weight": off_category_weight,
                 "max_steps": max_steps,
                 "epochs": epochs,
                 "batch_size": batch_size,
@@ -240,6 +251,9 @@ def train_command(
                 if target_modules
                 else None,
                 "max_text_tokens": max_text_tokens,
+                "head_weight": head_weight,
+                "lm_weight": lm_weight,
+                "head_lr": head_lr,
                 "load_in_4bit": load_in_4bit,
                 "probe_every": probe_every,
                 "probe_size": probe_size,

@@ -28,7 +28,7 @@ from typing import Any
 
 from appraiser.pricers.base import parse_price_text
 
-METHODS = ("expected", "greedy", "beam", "topk")
+METHODS = ("expected", "greedy", "beam", "topk", "head")
 #: Unfinished numbers less likely than this are dropped: they could add at most this much mass.
 _MIN_PROB = 1e-7
 _NUMBER_PIECE = re.compile(r"[\d.,]+")
@@ -44,8 +44,8 @@ class PriceDistribution:
 
     mean: float
     median: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     greedy: float | None
     mass: float
     raw: str
@@ -433,7 +433,8 @@ def predict_prices(
     """One `PriceDistribution` per prompt (None where the model wrote no number), in order.
 
     method: "expected" (the beam for digit-splitting tokenizers, the course's top-k otherwise),
-    "greedy", or "beam" / "topk" to force one. `progress(n_done)` is called after each batch.
+    "greedy", "beam" / "topk" to force one, or "head": the model's regression head (`inference.head`;
+    one forward pass, a point price without interval). `progress(n_done)` is called after each batch.
     """
     import torch
 
@@ -443,7 +444,14 @@ def predict_prices(
         raise ValueError("interval must be between 0 and 1")
     if not prompts:
         return []
-    vocab = number_vocab(tokenizer, model)
+    if method == "head":
+        from appraiser.inference.head import find_head
+
+        if find_head(model) is None:
+            raise ValueError("method 'head' needs a model fine-tuned with a regression head (--head-weight)")
+        vocab = None
+    else:
+        vocab = number_vocab(tokenizer, model)
     if method == "expected":
         method = "topk" if vocab.multi_digit else "beam"
     device = next(model.parameters()).device
@@ -455,7 +463,14 @@ def predict_prices(
         with torch.inference_mode():
             for batch in _batches(tokenizer, prompts, batch_size):
                 input_ids, attention_mask = _encode(tokenizer, [prompts[i] for i in batch], device)
-                if method == "greedy":
+                if method == "head":
+                    from appraiser.inference.head import predict_with_head
+
+                    got = [
+                        PriceDistribution(p, p, None, None, None, 1.0, f"{p:.2f}")
+                        for p in predict_with_head(model, input_ids, attention_mask).tolist()
+                    ]
+                elif method == "greedy":
                     got = _greedy_batch(
                         model, tokenizer, input_ids, attention_mask, vocab, max_new_tokens=max_new_tokens
                     )

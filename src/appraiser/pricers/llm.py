@@ -1,7 +1,8 @@
 """A local causal LM as a pricer: zero-shot on a base model, or a fine-tuned LoRA adapter from a run.
 
 The model writes the number after "Price is $"; `inference.decode` reads it either greedily or as the
-model's own distribution over prices (mean as the guess, with an 80% interval). `model` is a packaged
+model's own distribution over prices (mean as the guess, with an 80% interval). A run fine-tuned with a
+regression head (`inference.head`) is read through that head by default (`method="auto"`). `model` is a packaged
 name (`smollm2-135m`, `gemma3-270m`), a hub id, a local model folder, an adapter folder, or a training
 run folder (its `best/` adapter, else `final/`). A fine-tuned model is prompted exactly as it was
 trained: the prompt settings come from the run's `appraiser.json`.
@@ -51,7 +52,7 @@ class LLMPricer(Pricer):
     def __init__(
         self,
         model: str = DEFAULT_MODEL,
-        method: str = "expected",
+        method: str = "auto",
         max_text_tokens: int | None = None,
         batch_size: int = 16,
         beam_width: int = 8,
@@ -61,13 +62,12 @@ class LLMPricer(Pricer):
         device: str | None = None,
         point: str = "mean",
     ):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        if method not in (*METHODS, "auto"):
+            raise ValueError(f"method must be one of auto, {', '.join(METHODS)}, not {method!r}")
         if point not in POINTS:
             raise ValueError(f"point must be one of {', '.join(POINTS)}, not {point!r}")
         self.point = point
         self.model = str(model)
-        self.method = method
         self.batch_size = int(batch_size)
         self.beam_width = int(beam_width)
         self.max_new_tokens = int(max_new_tokens)
@@ -76,6 +76,11 @@ class LLMPricer(Pricer):
         self.device = device
         self.adapter = find_adapter(self.model)
         info = finetune_info(self.adapter) if self.adapter is not None else {}
+        if method == "auto":  # a fine-tune's regression head when it has one: trained for exactly this
+            method = "head" if info.get("head") else "expected"
+        elif method == "head" and not info.get("head"):
+            raise ValueError(f"{self.model}: method 'head' needs a run fine-tuned with a regression head")
+        self.method = method
         prompt = {k: v for k, v in (info.get("prompt") or {}).items() if k in _PROMPT_FIELDS}
         if max_text_tokens is not None:
             prompt["max_text_tokens"] = int(max_text_tokens)
@@ -109,8 +114,8 @@ class LLMPricer(Pricer):
             what = f"{run.name}/{self.adapter.name}" if run != self.adapter else self.adapter.name
         else:
             what = self.model
-        extra = "" if self.method == "expected" else f",{self.method}"
-        extra += "" if self.point == "mean" or self.method == "greedy" else f",{self.point}"
+        extra = "" if self.method in ("expected", "head") else f",{self.method}"
+        extra += "" if self.point == "mean" or self.method in ("greedy", "head") else f",{self.point}"
         return f"{self.name}[{what}{extra}]"
 
     # ------------------------------------------------------------ model

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from appraiser.data.prompts import PromptConfig
 
 Weighting = Literal["none", "price_flat", "match"]
-ProbeMethod = Literal["expected", "greedy"]
+ProbeMethod = Literal["expected", "greedy", "head"]
 
 
 class TrainConfig(BaseModel):
@@ -36,6 +36,11 @@ class TrainConfig(BaseModel):
         description="how the n_train items are drawn: uniformly, flat over $50 price bins, or to match the "
         "validation price histogram",
     )
+    off_category_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of items whose category is not among the validation categories (0: drop them)",
+    )
     name: str | None = None
 
     # Prompts (see data.prompts.PromptConfig)
@@ -50,6 +55,20 @@ class TrainConfig(BaseModel):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     load_in_4bit: bool = Field(False, description="QLoRA: NF4 base weights (needs bitsandbytes)")
+
+    # Regression head (inference.head): log price from the hidden state at the end of the prompt
+    head_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of a regression head's Huber loss on the standardised log price, trained with "
+        "the adapters (0: no head)",
+    )
+    lm_weight: float = Field(
+        1.0, ge=0, description="weight of the completion cross-entropy (0 with a head: train the head's path only)"
+    )
+    head_lr: float | None = Field(
+        1e-3, gt=0, description="learning rate of the head (it starts from zero; None: the adapters' rate)"
+    )
 
     # Optimisation
     learning_rate: float = Field(2e-4, gt=0)
@@ -79,7 +98,17 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if not self.target_modules:
             raise ValueError("target_modules must name at least one module")
+        if self.lm_weight == 0 and self.head_weight == 0:
+            raise ValueError("lm_weight and head_weight are both 0: nothing to train")
+        if self.probe_method == "head" and not self.head_weight:
+            raise ValueError("probe_method 'head' needs a regression head (head_weight > 0)")
+        if self.lm_weight == 0 and self.probe_method != "head":
+            self.probe_method = "head"  # the LM's own answer is not trained
         return self
+
+    @property
+    def has_head(self) -> bool:
+        return self.head_weight > 0
 
     def prompt_config(self) -> PromptConfig:
         return PromptConfig(

@@ -42,6 +42,7 @@ class Example:
     labels: list[int]
     prompt_len: int
     completion: str  # the completion text, without EOS
+    price: float = float("nan")  # the true price (the regression head's target)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -67,7 +68,7 @@ def encode(item: Item, tokenizer: Any, config: PromptConfig) -> Example:
         full.append(tokenizer.eos_token_id)
     n = len(p_ids)
     labels = [IGNORE_INDEX] * n + full[n:]
-    return Example(item.id, full, labels, n, completion)
+    return Example(item.id, full, labels, n, completion, float(item.price))
 
 
 def encode_items(
@@ -90,9 +91,9 @@ class ExampleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
+    def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.examples[i]
-        return {"input_ids": ex.input_ids, "labels": ex.labels}
+        return {"input_ids": ex.input_ids, "labels": ex.labels, "price": ex.price}
 
     @property
     def lengths(self) -> list[int]:
@@ -108,11 +109,12 @@ class Collator:
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
-    def __call__(self, features: Sequence[dict[str, list[int]] | Example]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: Sequence[dict[str, Any] | Example]) -> dict[str, torch.Tensor]:
         rows = [
             (f.input_ids, f.labels) if isinstance(f, Example) else (f["input_ids"], f["labels"])
             for f in features
         ]
+        prices = [f.price if isinstance(f, Example) else f.get("price", float("nan")) for f in features]
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -121,7 +123,12 @@ class Collator:
             input_ids[i, : len(ids)] = torch.tensor(ids)
             labels[i, : len(labs)] = torch.tensor(labs)
             attention[i, : len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
+            "prices": torch.tensor(prices, dtype=torch.float32),
+        }
 
 
 # ------------------------------------------------------------------------------------------ audit
@@ -352,6 +359,7 @@ def choose_items(
     weighting: str = "none",
     seed: int = 42,
     reference: Sequence[Item] | None = None,
+    off_category_weight: float = 1.0,
 ) -> list[Item]:
     """`n` items of the pool drawn by price weight (seeded; without replacement while the pool allows).
 
@@ -363,12 +371,16 @@ def choose_items(
 
     if not pool:
         raise DataError("the training pool is empty")
-    if n is None or (n >= len(pool) and weighting == "none"):
+    if n is None and weighting == "none" and off_category_weight == 1.0:
         return list(pool)
-    w = sample_weights(pool, weighting, reference)
+    w = sample_weights(pool, weighting, reference, off_category_weight=off_category_weight)
     if w.sum() <= 0:
         raise DataError(f"weighting {weighting!r} leaves no training item with a weight above 0")
     available = int((w > 0).sum())
+    if n is None:
+        n = available
+    if weighting == "none" and n >= available:
+        return [it for it, wi in zip(pool, w, strict=True) if wi > 0]
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(pool), size=n, replace=n > available, p=w / w.sum())
     return [pool[i] for i in idx]

@@ -41,6 +41,7 @@ from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCall
 from appraiser import config as app_config
 from appraiser.data.io import DataError, read_items
 from appraiser.data.prompts import PromptConfig, make_prompt
+from appraiser.inference.head import HEAD_MODULE, find_head, head_module, last_prompt_positions, log_stats
 from appraiser.items import Item, fingerprint
 from appraiser.runs.store import Run, RunStore
 from appraiser.training.config import TrainConfig
@@ -108,9 +109,11 @@ def prepare_data(
     validation: list[Item] = []
     if cfg.validation is not None:
         validation = read_items(cfg.validation)
-    elif cfg.weighting == "match" or cfg.probe_every:
+    elif cfg.weighting == "match" or cfg.probe_every or cfg.off_category_weight != 1.0:
         raise DataError("no validation file given (--validation): probes and --weighting match need it")
-    train_items = choose_items(pool, cfg.n_train, cfg.weighting, cfg.seed, validation or None)
+    train_items = choose_items(
+        pool, cfg.n_train, cfg.weighting, cfg.seed, validation or None, cfg.off_category_weight
+    )
     prompt = cfg.prompt_config()
     examples = encode_items(train_items, tokenizer, prompt, progress=progress)
     report = audit(
@@ -133,8 +136,12 @@ def device_and_dtype() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
-def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
-    """(PEFT model with fresh LoRA adapters, tokenizer); the base optionally in 4-bit (QLoRA)."""
+def build_model(cfg: TrainConfig, head_stats: tuple[float, float] | None = None) -> tuple[Any, Any]:
+    """(PEFT model with fresh LoRA adapters, tokenizer); the base optionally in 4-bit (QLoRA).
+
+    With `cfg.head_weight > 0` the model gets a regression head (`inference.head`), centred and scaled
+    by `head_stats` (the training prices' log mean and deviation), trained and saved with the adapter.
+    """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
@@ -145,6 +152,10 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
     if cfg.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     set_seed(cfg.seed)  # LoRA's A matrices are drawn from the global RNG
+    if cfg.has_head:
+        from appraiser.inference.head import attach_head
+
+        attach_head(model, *(head_stats or (0.0, 1.0)))
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -152,6 +163,7 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
         target_modules=list(cfg.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
+        modules_to_save=[HEAD_MODULE] if cfg.has_head else None,
     )
     model = get_peft_model(model, lora)
     model.config.use_cache = False
@@ -176,21 +188,55 @@ def completion_loss(
     Trainer counts tokens across accumulated micro-batches), at a fraction of the cost: the head is
     the largest matrix product of a small model, and only ~7 of ~100 positions per row are trained.
     """
+    return price_loss(model, input_ids, attention_mask, labels, num_items)
+
+
+def price_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    num_items: torch.Tensor | int | None = None,
+    *,
+    prices: torch.Tensor | None = None,
+    lm_weight: float = 1.0,
+    head_weight: float = 0.0,
+    rows_in_step: int | None = None,
+) -> torch.Tensor:
+    """`lm_weight` x completion cross-entropy + `head_weight` x the regression head's Huber loss.
+
+    One pass of the transformer serves both: the LM head is applied at labelled positions only, the
+    regression head at the last prompt position of each row (on the standardised log price, so an
+    error of 10% costs the same at $5 as at $500). `rows_in_step` (rows in the whole accumulated
+    step) scales the Huber mean like `num_items` scales the cross-entropy.
+    """
     lm = _causal_lm(model)
     hidden = lm.get_decoder()(
         input_ids=input_ids, attention_mask=attention_mask, use_cache=False
     ).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    cap = getattr(lm.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    loss = F.cross_entropy(logits, targets[keep], reduction="sum")
-    denom = num_items if num_items is not None else keep.sum().clamp(min=1)
-    if isinstance(denom, torch.Tensor):
-        denom = denom.to(loss.device)
-    return loss / denom
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    if lm_weight:
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        ce = F.cross_entropy(logits, targets[keep], reduction="sum")
+        denom = num_items if num_items is not None else keep.sum().clamp(min=1)
+        if isinstance(denom, torch.Tensor):
+            denom = denom.to(ce.device)
+        loss = loss + lm_weight * ce / denom
+    if head_weight:
+        if prices is None:
+            raise ValueError("the regression head needs the batch's prices")
+        rows = torch.arange(len(labels), device=hidden.device)
+        at = last_prompt_positions(labels).to(hidden.device)
+        z = find_head(model)(hidden[rows, at]).float()
+        target = head_module(model).standardise(prices.to(hidden.device))
+        huber = F.huber_loss(z, target, reduction="sum", delta=1.0) / (rows_in_step or len(labels))
+        loss = loss + head_weight * huber
+    return loss
 
 
 class PriceTrainer(Trainer):
@@ -199,9 +245,33 @@ class PriceTrainer(Trainer):
     # compute_loss already divides by the token count of the whole accumulated step.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, group_by_length: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        group_by_length: bool = True,
+        lm_weight: float = 1.0,
+        head_weight: float = 0.0,
+        head_lr: float | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.group_by_length = group_by_length
+        self.lm_weight = lm_weight
+        self.head_weight = head_weight
+        self.head_lr = head_lr
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The stock AdamW, with the regression head (if any) in its own group at `head_lr`."""
+        optimizer = super().create_optimizer(model)
+        if self.head_weight and self.head_lr:
+            head = {id(p) for n, p in self.model.named_parameters() if HEAD_MODULE in n and p.requires_grad}
+            moved = []
+            for group in optimizer.param_groups:
+                moved += [p for p in group["params"] if id(p) in head]
+                group["params"] = [p for p in group["params"] if id(p) not in head]
+            if moved:
+                optimizer.add_param_group({"params": moved, "lr": self.head_lr, "weight_decay": 0.0})
+        return optimizer
 
     def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -212,9 +282,12 @@ class PriceTrainer(Trainer):
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
+        prices = inputs.pop("prices", None)
         if self.accelerator.unwrap_model(model) is not model:
             # Wrapped for distributed training: the wrapper's forward does the gradient sync, so use it
-            # (full logits; the loss still sums over the step's tokens like ours).
+            # (full logits; the loss still sums over the step's tokens like ours; no regression head).
+            if self.head_weight:
+                raise NotImplementedError("the regression head is not supported with a wrapped (distributed) model")
             outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
             return (outputs.loss, outputs) if return_outputs else outputs.loss
         if num_items_in_batch is None:  # not counted by the Trainer: mean over this micro-batch's tokens
@@ -226,8 +299,16 @@ class PriceTrainer(Trainer):
             else contextlib.nullcontext()
         )
         with autocast:
-            loss = completion_loss(
-                model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"], num_items_in_batch
+            loss = price_loss(
+                model,
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                inputs["labels"],
+                num_items_in_batch,
+                prices=prices,
+                lm_weight=self.lm_weight,
+                head_weight=self.head_weight,
+                rows_in_step=len(inputs["labels"]) * self.current_gradient_accumulation_steps,
             )
         return (loss, None) if return_outputs else loss
 
@@ -236,8 +317,11 @@ class PriceTrainer(Trainer):
 
 
 def finetune_info(cfg: TrainConfig, run_id: str | None = None, step: int | None = None) -> dict[str, Any]:
-    """What `models.load_finetuned` needs to use an adapter: the base model and the prompt settings."""
+    """What `models.load_finetuned` needs to use an adapter: the base model, the prompt settings and
+    whether it has a regression head (attached to the base before the adapter loads)."""
     info: dict[str, Any] = {"base_model": cfg.model, "prompt": dataclasses.asdict(cfg.prompt_config())}
+    if cfg.has_head:
+        info["head"] = True
     if run_id is not None:
         info["run_id"] = run_id
     if step is not None:
@@ -555,7 +639,8 @@ def _run(
     try:
         _set_threads(cfg)
         stage("loading model")
-        model, tokenizer = build_model(cfg)
+        head_stats = log_stats([it.price for it in data.train_items]) if cfg.has_head else None
+        model, tokenizer = build_model(cfg, head_stats)
         info = finetune_info(cfg, run.id)
         store_cb = StoreCallback(store, run.id, listeners)
         probe_cb = ProbeCallback(
@@ -577,6 +662,9 @@ def _run(
             data_collator=Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
             callbacks=[store_cb, probe_cb],
             group_by_length=cfg.length_grouping,
+            lm_weight=cfg.lm_weight,
+            head_weight=cfg.head_weight,
+            head_lr=cfg.head_lr,
         )
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)

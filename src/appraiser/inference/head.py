@@ -1,0 +1,102 @@
+"""A regression head: log price read straight from the model's hidden state at the end of the prompt.
+
+Why: the tokenizers of the embedded models write a price digit by digit, so the LM's answer is a chain
+of ten-way classifications in which "$99" and "$100" share nothing. A linear head on the hidden state
+where the model is about to write the price ("... Price is $") sees the whole description and is
+trained on a loss that knows $99 is close to $100 (Huber on the standardised log price). It is trained
+jointly with the LoRA adapters and the usual completion cross-entropy (`TrainConfig.head_weight`), so
+the same fine-tune can still write its price; prediction is one forward pass, no decoding.
+
+The head is attached to the causal LM as the module `price_head` and declared in LoRA's
+`modules_to_save`, so PEFT saves, reloads and resumes it with the adapter, and `merge_and_unload`
+keeps it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+HEAD_MODULE = "price_head"
+
+
+class PriceHead(nn.Module):
+    """z = w·h + b, with log1p(price) = center + scale · z (center/scale: the training prices' log stats)."""
+
+    def __init__(self, hidden_size: int, center: float = 0.0, scale: float = 1.0):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.proj.weight)  # starts at the mean log price: no random first guesses
+        nn.init.zeros_(self.proj.bias)
+        self.register_buffer("center", torch.tensor(float(center)))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Standardised log price z per row of `hidden` (…, hidden_size) → (…)."""
+        return self.proj(hidden.to(self.proj.weight.dtype)).squeeze(-1)
+
+    def standardise(self, prices: torch.Tensor) -> torch.Tensor:
+        return (torch.log1p(prices.float()) - self.center) / self.scale
+
+    def to_price(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.expm1(self.center + self.scale * z.float()).clamp(min=0.0)
+
+
+def log_stats(prices: list[float]) -> tuple[float, float]:
+    """(mean, standard deviation) of log1p(price): the head's centre and scale."""
+    logs = [math.log1p(p) for p in prices]
+    mean = sum(logs) / len(logs)
+    var = sum((x - mean) ** 2 for x in logs) / max(len(logs) - 1, 1)
+    return mean, max(math.sqrt(var), 1e-3)
+
+
+def attach_head(causal_lm: Any, center: float = 0.0, scale: float = 1.0) -> PriceHead:
+    """Give a transformers causal LM a fresh `price_head` (before PEFT wraps it)."""
+    hidden = causal_lm.config.get_text_config().hidden_size
+    param = next(causal_lm.parameters())
+    dtype = param.dtype if param.dtype.is_floating_point else torch.float32
+    head = PriceHead(hidden, center, scale).to(device=param.device, dtype=dtype)
+    setattr(causal_lm, HEAD_MODULE, head)
+    return head
+
+
+def find_head(model: Any) -> Any:
+    """The model's price head (PEFT's wrapper forwards to the trained copy), or None."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(lm, HEAD_MODULE, None)
+
+
+def head_module(model: Any) -> PriceHead:
+    """The PriceHead itself (inside PEFT's modules_to_save wrapper when there is one), for its buffers."""
+    head = find_head(model)
+    if head is None:
+        raise ValueError("this model has no price head")
+    if isinstance(head, PriceHead):
+        return head
+    inner = getattr(head, "modules_to_save", None)
+    if inner is not None:
+        return next(iter(inner.values())) if len(inner) else head.original_module
+    return head  # pragma: no cover
+
+
+def last_prompt_positions(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Per row, the position just before the first labelled token: where the model is about to write the price."""
+    labelled = labels != ignore_index
+    first = labelled.float().argmax(dim=1)
+    if not bool(labelled.any(dim=1).all()):
+        raise ValueError("a training row has no labelled token")
+    return (first - 1).clamp(min=0)
+
+
+def predict_with_head(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Prices for left-padded prompts: one forward pass of the decoder, the head at the last position."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = lm.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    head = find_head(model)
+    return head_module(model).to_price(head(hidden[:, -1]))
