@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from appraiser.data.io import DataError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
     name="appraiser",
@@ -17,6 +25,44 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """DataError (bad input, unknown run, failed label audit) → one red line on stderr and exit code 2.
+
+    Commands use it themselves because typer's test runner bypasses `main()`.
+    """
+    try:
+        yield
+    except DataError as e:
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def friendly(fn: F) -> F:
+    """`user_errors` as a decorator for a whole command."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with user_errors():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_options(options: list[str] | None) -> dict[str, Any]:
+    """`-o key=value` pairs; values are read as JSON when they parse (numbers, true, lists), else text."""
+    out: dict[str, Any] = {}
+    for opt in options or []:
+        key, sep, value = opt.partition("=")
+        if not sep or not key:
+            raise DataError(f"bad option {opt!r}: use -o key=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _register() -> None:

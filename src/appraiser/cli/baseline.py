@@ -17,8 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from appraiser import config
-from appraiser.cli import console
-from appraiser.cli.evaluate import _parse_options, friendly
+from appraiser.cli import console, friendly, parse_options
 from appraiser.data.io import DataError, read_items
 from appraiser.evaluation.evaluator import DEFAULT_TEST_SIZE, evaluate, load_test_items
 from appraiser.evaluation.store import LeaderboardStore
@@ -88,7 +87,7 @@ def baseline_command(
     if name not in registry.names("baseline"):
         raise DataError(f"unknown baseline {name!r}; known: {', '.join(registry.names('baseline'))}")
 
-    opts = {"weighting": weighting, "seed": seed, **_parse_options(option)}
+    opts = {"weighting": weighting, "seed": seed, **parse_options(option)}
     if target is not None:
         opts["target"] = target
     try:

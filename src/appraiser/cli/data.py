@@ -6,8 +6,6 @@ and exit code 2; malformed lines inside a file are listed as `file:line: reason`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -15,22 +13,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from appraiser.cli import console, err_console
+from appraiser.cli import console, err_console, user_errors
 from appraiser.data.io import DataError
 
 app = typer.Typer(no_args_is_help=True)
 
 SHOWN_ERRORS = 10
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """DataError → one red line on stderr and exit code 2 (also under typer's test runner)."""
-    try:
-        yield
-    except DataError as e:
-        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
-        raise typer.Exit(2) from None
 
 
 def _category_weights(pairs: list[str]) -> dict[str, float]:
@@ -85,7 +73,7 @@ def curate(
     from appraiser.data.curate import CurateConfig, parse_split
     from appraiser.data.curate import curate as run_curate
 
-    with _user_errors():
+    with user_errors():
         try:
             config = CurateConfig(
                 min_chars=min_chars,
@@ -183,7 +171,7 @@ def prompts(
     from appraiser.data.prompts import PromptConfig, make_completion, make_prompt, token_stats
     from appraiser.models import ModelNotFound, load_tokenizer
 
-    with _user_errors():
+    with user_errors():
         report = LoadReport()
         items = read_items(split_file, report, limit=limit)
         for err in report.errors[:SHOWN_ERRORS]:
@@ -228,7 +216,7 @@ def stats(
     from appraiser.data.io import LoadReport, load_splits
     from appraiser.data.report import summary
 
-    with _user_errors():
+    with user_errors():
         report = LoadReport()
         splits = load_splits(source, report)
     for err in report.errors[:SHOWN_ERRORS]:

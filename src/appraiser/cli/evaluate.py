@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from appraiser import config
-from appraiser.cli import console, err_console
+from appraiser.cli import console, err_console, friendly, parse_options
 from appraiser.data.io import DataError, read_items
 from appraiser.evaluation.evaluator import (
     DEFAULT_TEST_SIZE,
@@ -37,40 +35,12 @@ SizeOpt = Annotated[int, typer.Option("--size", help="Number of test items, from
 DbOpt = Annotated[Path | None, typer.Option("--db", help="Leaderboard database (default: .appraiser/leaderboard.db).")]
 
 
-def friendly(fn):
-    """Turn bad input into one red line and exit code 2 (also under CliRunner, which bypasses main())."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DataError as e:
-            err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 def _size(size: int) -> int | None:
     return None if size <= 0 else size
 
 
 def _store(db: Path | None) -> LeaderboardStore:
     return LeaderboardStore(db)
-
-
-def _parse_options(options: list[str] | None) -> dict:
-    """`-o key=value` pairs; values are read as JSON when they parse (numbers, true, lists), else text."""
-    out = {}
-    for opt in options or []:
-        key, sep, value = opt.partition("=")
-        if not sep or not key:
-            raise DataError(f"bad option {opt!r}: use -o key=value")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _fmt_money(v: float | None) -> str:
@@ -128,7 +98,7 @@ def eval_command(
             entry = registry.get(pricer)
         except KeyError as e:
             raise DataError(str(e.args[0])) from None
-        p = entry.factory(**_parse_options(option))
+        p = entry.factory(**parse_options(option))
         if entry.needs_fit:
             train_path = train or config.default_data_dir() / "train.jsonl"
             train_items = read_items(train_path)

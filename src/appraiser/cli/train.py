@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,20 +21,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from appraiser.cli import console, err_console
+from appraiser.cli import console, err_console, user_errors
 from appraiser.data.io import DataError
 
 runs_app = typer.Typer(no_args_is_help=True, help="Training runs: list them, read their log, watch one live.")
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """DataError (bad input, unknown run, failed label audit) → a red message on stderr, exit code 2."""
-    try:
-        yield
-    except DataError as e:
-        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
-        raise typer.Exit(2) from None
 
 
 def _quiet_libraries() -> None:
@@ -222,7 +210,7 @@ def train_command(
     """Fine-tune a model with LoRA on price prompts (loss on the price and EOS only)."""
     from appraiser.training import trainer
 
-    with _user_errors():
+    with user_errors():
         _quiet_libraries()
         view = _ProgressView()
         if resume is not None:
@@ -327,7 +315,7 @@ def list_command(
     limit: Annotated[int, typer.Option(help="newest N runs")] = 50,
 ) -> None:
     """Runs, newest first."""
-    with _user_errors():
+    with user_errors():
         runs = _store().list(kind=kind, status=status, limit=limit)
     if not runs:
         console.print("no runs yet (start one with `appraiser train`)")
@@ -369,7 +357,7 @@ def events_command(
     ] = False,
 ) -> None:
     """The run's event log, like a hosted job's ("Step 118/500: training loss=1.92")."""
-    with _user_errors():
+    with user_errors():
         store = _store()
         r = store.get(run)
         events = store.events(r.id)
@@ -398,7 +386,7 @@ def events_command(
 @runs_app.command("show")
 def show_command(run: Annotated[str, typer.Argument(help="run id, id prefix, name, or 'last'")]) -> None:
     """A run's status, progress, latest metrics, files and configuration."""
-    with _user_errors():
+    with user_errors():
         store = _store()
         r = store.get(run)
         latest = store.latest(r.id)
@@ -498,7 +486,7 @@ def watch_command(
     width: Annotated[int, typer.Option(help="chart width in characters")] = 70,
 ) -> None:
     """A live chart of the raw and smoothed training loss; exits when the run ends."""
-    with _user_errors():
+    with user_errors():
         store = _store()
         r = store.get(run)
         if not 0 < alpha <= 1:
