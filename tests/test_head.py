@@ -105,6 +105,9 @@ def test_head_run_learns_saves_and_prices_through_the_pricer(items, data_dir, tm
 
     pricer = LLMPricer(model=str(Path(run.folder) / "final"))
     assert pricer.method == "head"
+    # A run of the store is named by its name (or id), with best/ preferred, or /final explicitly.
+    assert LLMPricer(model="head/final").adapter == pricer.adapter
+    assert LLMPricer(model="head").adapter == Path(run.folder) / "best"
     val = read_items(validation)
     preds = pricer.predict(val)
     assert all(p.price is not None and p.price > 0 and p.low is None for p in preds)

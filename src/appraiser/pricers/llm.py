@@ -3,8 +3,9 @@
 The model writes the number after "Price is $"; `inference.decode` reads it either greedily or as the
 model's own distribution over prices (mean as the guess, with an 80% interval). A run fine-tuned with a
 regression head (`inference.head`) is read through that head by default (`method="auto"`). `model` is a packaged
-name (`smollm2-135m`, `gemma3-270m`), a hub id, a local model folder, an adapter folder, or a training
-run folder (its `best/` adapter, else `final/`). A fine-tuned model is prompted exactly as it was
+name (`smollm2-135m`, `gemma3-270m`), a hub id, a local model folder, an adapter folder, a training
+run folder (its `best/` adapter, else `final/`), or a run of the run store by id or name (`RUN`,
+`RUN/final`). A fine-tuned model is prompted exactly as it was
 trained: the prompt settings come from the run's `appraiser.json`.
 
 The model loads on first use and is never pickled (a saved pricer stores only its settings).
@@ -38,6 +39,27 @@ def _file_digest(folder: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:16]
+
+
+def run_adapter(ref: str) -> Path | None:
+    """The adapter of a training run named in the run store: `RUN` (its best/, else final/), `RUN/final`
+    or `RUN/best`, where RUN is an id, an id prefix, a name or `last`. None when `ref` names no run."""
+    from appraiser import config
+    from appraiser.models import PACKAGED
+    from appraiser.runs.store import RunNotFound, RunStore
+
+    if ref in PACKAGED or Path(ref).expanduser().exists() or not (config.home() / "runs.db").exists():
+        return None
+    name, _, sub = ref.partition("/")
+    if sub not in ("", "best", "final"):
+        return None
+    try:
+        run = RunStore().get(name)
+    except RunNotFound:
+        return None
+    if run.folder is None:
+        return None
+    return find_adapter(Path(run.folder) / sub if sub else Path(run.folder))
 
 
 @register(
@@ -74,7 +96,7 @@ class LLMPricer(Pricer):
         self.interval = float(interval)
         self.load_in_4bit = bool(load_in_4bit)
         self.device = device
-        self.adapter = find_adapter(self.model)
+        self.adapter = find_adapter(self.model) or run_adapter(self.model)
         info = finetune_info(self.adapter) if self.adapter is not None else {}
         if method == "auto":  # a fine-tune's regression head when it has one: trained for exactly this
             method = "head" if info.get("head") else "expected"
@@ -123,7 +145,8 @@ class LLMPricer(Pricer):
     def model_and_tokenizer(self) -> tuple[Any, Any]:
         """The (model, tokenizer), loaded on first use."""
         if self._model is None:
-            self._model, self._tokenizer = load_model(self.model, load_in_4bit=self.load_in_4bit, device=self.device)
+            source = str(self.adapter) if self.adapter is not None else self.model
+            self._model, self._tokenizer = load_model(source, load_in_4bit=self.load_in_4bit, device=self.device)
         return self._model, self._tokenizer
 
     def __getstate__(self) -> dict[str, Any]:
