@@ -41,6 +41,22 @@ def test_log_stats_and_positions():
         last_prompt_positions(torch.full((1, 3), IGNORE_INDEX))
 
 
+def test_head_pooling_reads_the_prompt_only():
+    from appraiser.inference.head import PriceHead
+
+    hidden = torch.arange(2 * 4 * 2, dtype=torch.float32).reshape(2, 4, 2)
+    # row 0: left padding at 0, prompt 1-2, completion 3; row 1: prompt 0-1, completion 2-3
+    mask = torch.tensor([[False, True, True, False], [True, True, False, False]])
+    last = torch.tensor([2, 1])
+    assert PriceHead(2, pooling="last").features(hidden, mask, last).tolist() == [[4.0, 5.0], [10.0, 11.0]]
+    assert PriceHead(2, pooling="mean").features(hidden, mask, last).tolist() == [[3.0, 4.0], [9.0, 10.0]]
+    both = PriceHead(2, pooling="both")
+    assert both.proj.in_features == 4
+    assert both.features(hidden, mask, last).tolist() == [[4.0, 5.0, 3.0, 4.0], [10.0, 11.0, 9.0, 10.0]]
+    with pytest.raises(ValueError, match="pooling"):
+        PriceHead(2, pooling="max")
+
+
 def test_config_rejects_nothing_to_train_and_head_probe_without_head():
     with pytest.raises(ValueError, match="nothing to train"):
         TrainConfig(lm_weight=0)
@@ -86,7 +102,8 @@ def test_head_run_learns_saves_and_prices_through_the_pricer(items, data_dir, tm
         max_text_tokens=12,
         head_weight=1.0,
         lm_weight=0.0,  # head only: its loss is the whole training loss
-        head_lr=0.02,
+        head_lr=0.005,
+        head_pooling="both",  # last position and prompt mean: the widest head round-trips through the store
         learning_rate=1e-3,
         probe_every=6,
         probe_size=3,

@@ -182,6 +182,9 @@ def train_command(
         float | None, typer.Option(help="weight of the completion cross-entropy (0: train the head only)")
     ] = None,
     head_lr: Annotated[float | None, typer.Option(help="learning rate of the regression head")] = None,
+    head_pooling: Annotated[
+        str | None, typer.Option(help="what the head reads: last (prompt position), mean (over the prompt), both")
+    ] = None,
     load_in_4bit: Annotated[bool | None, typer.Option("--4bit/--no-4bit", help="QLoRA: NF4 base")] = None,
     probe_every: Annotated[
         int | None, typer.Option(help="score the probe set every N steps (0: never)")
@@ -242,6 +245,7 @@ def train_command(
                 "head_weight": head_weight,
                 "lm_weight": lm_weight,
                 "head_lr": head_lr,
+                "head_pooling": head_pooling,
                 "load_in_4bit": load_in_4bit,
                 "probe_every": probe_every,
                 "probe_size": probe_size,

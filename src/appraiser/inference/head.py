@@ -7,6 +7,10 @@ trained on a loss that knows $99 is close to $100 (Huber on the standardised log
 jointly with the LoRA adapters and the usual completion cross-entropy (`TrainConfig.head_weight`), so
 the same fine-tune can still write its price; prediction is one forward pass, no decoding.
 
+What the head reads (`pooling`): "last", the hidden state at the last prompt position (where the LM
+is about to write the price); "mean", the mean over the prompt's tokens (a direct gradient path to every
+word of the description, which helps a short fine-tune); or "both", the two concatenated.
+
 The head is attached to the causal LM as the module `price_head` and declared in LoRA's
 `modules_to_save`, so PEFT saves, reloads and resumes it with the adapter, and `merge_and_unload`
 keeps it.
@@ -21,14 +25,18 @@ import torch
 from torch import nn
 
 HEAD_MODULE = "price_head"
+POOLINGS = ("last", "mean", "both")
 
 
 class PriceHead(nn.Module):
     """z = w·h + b, with log1p(price) = center + scale · z (center/scale: the training prices' log stats)."""
 
-    def __init__(self, hidden_size: int, center: float = 0.0, scale: float = 1.0):
+    def __init__(self, hidden_size: int, center: float = 0.0, scale: float = 1.0, pooling: str = "last"):
         super().__init__()
-        self.proj = nn.Linear(hidden_size, 1)
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown head pooling {pooling!r}; one of {', '.join(POOLINGS)}")
+        self.pooling = pooling
+        self.proj = nn.Linear(hidden_size * (2 if pooling == "both" else 1), 1)
         nn.init.zeros_(self.proj.weight)  # starts at the mean log price: no random first guesses
         nn.init.zeros_(self.proj.bias)
         self.register_buffer("center", torch.tensor(float(center)))
@@ -37,6 +45,18 @@ class PriceHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Standardised log price z per row of `hidden` (…, hidden_size) → (…)."""
         return self.proj(hidden.to(self.proj.weight.dtype)).squeeze(-1)
+
+    def features(self, hidden: torch.Tensor, prompt_mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """(rows, features) read from `hidden` (rows, seq, hidden): `last` holds each row's last prompt
+        position, `prompt_mask` marks its prompt tokens (not padding, not the completion)."""
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        parts = []
+        if self.pooling in ("last", "both"):
+            parts.append(hidden[rows, last.to(hidden.device)])
+        if self.pooling in ("mean", "both"):
+            m = prompt_mask.to(hidden.device, hidden.dtype).unsqueeze(-1)
+            parts.append((hidden * m).sum(1) / m.sum(1).clamp(min=1.0))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
     def standardise(self, prices: torch.Tensor) -> torch.Tensor:
         return (torch.log1p(prices.float()) - self.center) / self.scale
@@ -53,12 +73,12 @@ def log_stats(prices: list[float]) -> tuple[float, float]:
     return mean, max(math.sqrt(var), 1e-3)
 
 
-def attach_head(causal_lm: Any, center: float = 0.0, scale: float = 1.0) -> PriceHead:
+def attach_head(causal_lm: Any, center: float = 0.0, scale: float = 1.0, pooling: str = "last") -> PriceHead:
     """Give a transformers causal LM a fresh `price_head` (before PEFT wraps it)."""
     hidden = causal_lm.config.get_text_config().hidden_size
     param = next(causal_lm.parameters())
     dtype = param.dtype if param.dtype.is_floating_point else torch.float32
-    head = PriceHead(hidden, center, scale).to(device=param.device, dtype=dtype)
+    head = PriceHead(hidden, center, scale, pooling).to(device=param.device, dtype=dtype)
     setattr(causal_lm, HEAD_MODULE, head)
     return head
 
@@ -98,5 +118,7 @@ def predict_with_head(model: Any, input_ids: torch.Tensor, attention_mask: torch
     hidden = lm.get_decoder()(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state
-    head = find_head(model)
-    return head_module(model).to_price(head(hidden[:, -1]))
+    inner = head_module(model)
+    last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, dtype=torch.long, device=hidden.device)
+    z = find_head(model)(inner.features(hidden, attention_mask.bool(), last))
+    return inner.to_price(z)

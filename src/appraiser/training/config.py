@@ -17,6 +17,7 @@ from appraiser.data.prompts import PromptConfig
 
 Weighting = Literal["none", "price_flat", "match"]
 ProbeMethod = Literal["expected", "greedy", "head"]
+HeadPooling = Literal["last", "mean", "both"]
 
 
 class TrainConfig(BaseModel):
@@ -68,6 +69,9 @@ class TrainConfig(BaseModel):
     )
     head_lr: float | None = Field(
         1e-3, gt=0, description="learning rate of the head (it starts from zero; None: the adapters' rate)"
+    )
+    head_pooling: HeadPooling = Field(
+        "last", description="what the head reads: the last prompt position, the mean over the prompt, or both"
     )
 
     # Optimisation

@@ -155,7 +155,7 @@ def build_model(cfg: TrainConfig, head_stats: tuple[float, float] | None = None)
     if cfg.has_head:
         from appraiser.inference.head import attach_head
 
-        attach_head(model, *(head_stats or (0.0, 1.0)))
+        attach_head(model, *(head_stats or (0.0, 1.0)), pooling=cfg.head_pooling)
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -230,10 +230,11 @@ def price_loss(
     if head_weight:
         if prices is None:
             raise ValueError("the regression head needs the batch's prices")
-        rows = torch.arange(len(labels), device=hidden.device)
-        at = last_prompt_positions(labels).to(hidden.device)
-        z = find_head(model)(hidden[rows, at]).float()
-        target = head_module(model).standardise(prices.to(hidden.device))
+        inner = head_module(model)
+        prompt_mask = attention_mask.bool() & (labels == IGNORE_INDEX)
+        features = inner.features(hidden, prompt_mask, last_prompt_positions(labels))
+        z = find_head(model)(features).float()
+        target = inner.standardise(prices.to(hidden.device))
         huber = F.huber_loss(z, target, reduction="sum", delta=1.0) / (rows_in_step or len(labels))
         loss = loss + head_weight * huber
     return loss
@@ -322,6 +323,7 @@ def finetune_info(cfg: TrainConfig, run_id: str | None = None, step: int | None 
     info: dict[str, Any] = {"base_model": cfg.model, "prompt": dataclasses.asdict(cfg.prompt_config())}
     if cfg.has_head:
         info["head"] = True
+        info["head_pooling"] = cfg.head_pooling
     if run_id is not None:
         info["run_id"] = run_id
     if step is not None:
