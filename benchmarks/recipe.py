@@ -1,6 +1,6 @@
 """The full recipe: fine-tune the embedded model, then put it against the best traditional baseline.
 
-    python benchmarks/recipe.py --home /tmp/recipe                         # train + evaluate (≈ 1 h on 2 cores)
+    python benchmarks/recipe.py --home /tmp/recipe                         # train + evaluate (≈ 80 min, 2 cores)
     python benchmarks/recipe.py --home /tmp/recipe --run recipe            # evaluate a finished run again
 
 What it does, all through the library (the same code as `appraiser train` and `appraiser eval`):
@@ -39,7 +39,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=REPO / "recipes" / "smollm2-head.json")
     ap.add_argument("--run", default=None, help="evaluate this finished run instead of training one")
-    ap.add_argument("--adapter", default="final", choices=["final", "best"], help="which adapter of the run")
+    ap.add_argument(
+        "--adapter", default="best", choices=["final", "best"], help="which adapter of the run (best: by probe MAE)"
+    )
     ap.add_argument("--home", type=Path, default=None, help="APPRAISER_HOME (runs, leaderboard)")
     ap.add_argument(
         "--data", type=Path, default=Path(os.environ.get("APPRAISER_DATA", REPO.parent / "shared" / "data"))

@@ -53,6 +53,7 @@ def main() -> None:
         while pending and len(running) < args.parallel:
             name = pending.pop(0)
             cmd = [sys.executable, str(REPO / "benchmarks" / "recipe.py"), "--no-baseline", "--no-charts"]
+            cmd += ["--adapter", "final"]  # the end of the schedule: variants compared at equal steps
             cmd += ["--home", str(args.out / f"home-{name}"), "--out", str(args.out / name)]
             cmd += ["--summary", str(args.out / f"{name}.json"), "--test-size", str(args.test_size)]
             if args.data is not None:

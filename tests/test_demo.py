@@ -19,21 +19,23 @@ def test_quick_demo_end_to_end(data_dir, tmp_path):
     result = CliRunner().invoke(app, ["demo", "--quick", "--data", str(data_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
     index = (out / "index.html").read_text()
-    for name in ("constant-mean", "tfidf-ridge", "smollm2-135m zero-shot", "smollm2-135m LoRA"):
+    for name in ("constant-mean", "tfidf-ridge", "smollm2-135m zero-shot", "smollm2-135m LoRA", "(head)", "digits)"):
         assert name in index
     assert "leaderboard.png" in index
     rows = LeaderboardStore(out / "leaderboard.db").rows()
-    assert len(rows) == 4
+    assert len(rows) == 5
     assert len({r.test_fingerprint for r in rows}) == 1
     preds = sorted((out / "predictions").glob("*.jsonl"))
-    assert len(preds) == 4
+    assert len(preds) == 5
     for p in preds:
         lines = [json.loads(line) for line in p.read_text().splitlines()]
         assert len(lines) == 8
         assert {"id", "price", "truth", "low", "high", "raw"} <= set(lines[0])
-    tuned = next(p for p in preds if "LoRA" in p.name)
+    head = next(p for p in preds if "LoRA" in p.name and "head" in p.name)
+    assert all(json.loads(line)["price"] > 0 for line in head.read_text().splitlines())  # one forward, always a price
+    tuned = next(p for p in preds if "LoRA" in p.name and "digits" in p.name)
     guesses = [json.loads(line)["price"] for line in tuned.read_text().splitlines()]
-    assert sum(g is not None for g in guesses) >= 6  # the fine-tuned model answers with prices
+    assert sum(g is not None for g in guesses) >= 6  # the fine-tuned model writes prices too
     # the probe set that picked the checkpoint is disjoint from the test set
     test_ids = {json.loads(line)["id"] for line in (out / "data" / "test.jsonl").read_text().splitlines()}
     probe_ids = {json.loads(line)["id"] for line in (out / "data" / "probe.jsonl").read_text().splitlines()}

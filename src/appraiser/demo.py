@@ -45,7 +45,9 @@ class DemoConfig:
     probe_every: int = 50
     weighting: str = "match"
     seed: int = 42
-    method: str = "expected"
+    method: str = "expected"  # how the zero-shot model and the fine-tune's own digits are read
+    head_weight: float = 1.0  # a regression head trained with the adapters (0: LM digits only)
+    head_pooling: str = "both"
     quick: bool = False
     baseline_train_limit: int | None = None
 
@@ -157,6 +159,9 @@ def run_demo(
         max_steps=cfg.max_steps,
         batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate,
+        head_weight=cfg.head_weight,
+        head_pooling=cfg.head_pooling,
+        probe_method="head" if cfg.head_weight else cfg.method,
         probe_every=cfg.probe_every,
         probe_size=len(probe),
         save_every=cfg.probe_every,
@@ -167,10 +172,11 @@ def run_demo(
 
     # 4. The fine-tuned model.
     stage(f"fine-tuned {cfg.model} (run {trained.run_id})")
-    run_eval(
-        LLMPricer(str(trained.best or trained.final), method=cfg.method),
-        f"{cfg.model} LoRA {trained.run_id}",
-    )
+    adapter = str(trained.best or trained.final)
+    if cfg.head_weight:
+        run_eval(LLMPricer(adapter, method="head"), f"{cfg.model} LoRA {trained.run_id} (head)")
+    # The same fine-tune writing its price digit by digit ("Price is $…"), read as the course reads it.
+    run_eval(LLMPricer(adapter, method=cfg.method), f"{cfg.model} LoRA {trained.run_id} ({cfg.method} digits)")
 
     rows = [store.get(r.run_id) for r in results if r.run_id is not None]
     chart_paths = leaderboard_chart(rows, out / "charts", name="leaderboard")

@@ -1,0 +1,38 @@
+"""The documented recipe: its config is valid, and `benchmarks/recipe.py` runs it end to end (shrunk)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from appraiser.training.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_recipe_config_is_a_valid_head_recipe_within_the_cpu_budget():
+    cfg = TrainConfig.load(REPO / "recipes" / "smollm2-head.json")
+    assert cfg.model == "smollm2-135m" and cfg.has_head and cfg.probe_method == "head"
+    assert cfg.weighting == "match" and cfg.probe_size == 100
+    # ~3 s per step of 8 on 2 cores: the recipe must stay inside 90 minutes of training
+    assert cfg.max_steps * cfg.batch_size <= 1800 * 8
+
+
+def test_recipe_script_trains_scores_and_writes_predictions(data_dir, tmp_path):
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "recipe.py"), "--home", str(tmp_path / "home")]
+    cmd += ["--data", str(data_dir), "--out", str(out), "--summary", str(summary), "--test-size", "4"]
+    cmd += ["--no-baseline", "--no-charts"]
+    for kv in ("max_steps=2", "n_train=16", "batch_size=4", "max_text_tokens=24", "probe_every=1", "probe_size=3",
+               "save_every=1", "threads=1"):
+        cmd += ["--set", kv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = json.loads(summary.read_text())
+    assert s["steps"] == 2 and s["config"]["head_pooling"] == "both"
+    for name in ("finetune-best", "finetune-best-lm"):
+        assert s[name]["mae"] > 0
+        lines = (out / f"{name}.jsonl").read_text().splitlines()
+        assert len(lines) == 4 and all(json.loads(line)["truth"] > 0 for line in lines)
