@@ -34,3 +34,14 @@ def raw_sample(data_dir: Path) -> Path:
 def _isolated_home(tmp_path, monkeypatch):
     """Each test gets its own APPRAISER_HOME so leaderboards and caches never leak between tests."""
     monkeypatch.setenv("APPRAISER_HOME", str(tmp_path / "appraiser-home"))
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads wait on each other (10x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

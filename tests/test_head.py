@@ -19,14 +19,6 @@ from appraiser.training.trainer import build_model, price_loss, start
 PROMPT = PromptConfig(max_text_tokens=16)
 
 
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def items(data_dir):
     return read_items(data_dir / "train.jsonl", limit=40)

@@ -35,15 +35,6 @@ def tokenizer():
     return load_tokenizer("smollm2-135m")
 
 
-@pytest.fixture()
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads wait on each other (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def train_items(data_dir):
     return read_items(data_dir / "train.jsonl", limit=300)
