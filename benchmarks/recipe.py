@@ -68,7 +68,6 @@ def main() -> None:
     from appraiser.training import trainer
     from appraiser.training.config import TrainConfig
 
-    train = read_items(args.data / "train.jsonl")
     validation = read_items(args.data / "validation.jsonl")
     started = time.perf_counter()
     summary: dict = {}
@@ -134,7 +133,7 @@ def main() -> None:
         if not args.no_baseline:
             console.print("fitting the best traditional baseline (xgboost, weighting=match, off_category_weight=0) …")
             xgb = registry.create("xgboost", weighting="match", off_category_weight=0.0)
-            xgb.fit(train, validation)
+            xgb.fit(read_items(args.data / "train.jsonl"), validation)
             base = score(xgb, "xgboost-match")
 
     t = Table(title=f"first {len(test)} items of validation.jsonl (probe items excluded)", box=box.SIMPLE_HEAD)

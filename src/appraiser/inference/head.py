@@ -19,13 +19,14 @@ keeps it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 HEAD_MODULE = "price_head"
-POOLINGS = ("last", "mean", "both")
+HeadPooling = Literal["last", "mean", "both"]
+POOLINGS: tuple[str, ...] = get_args(HeadPooling)
 
 
 class PriceHead(nn.Module):

@@ -14,10 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appraiser.data.prompts import PromptConfig
+from appraiser.inference.head import HeadPooling
 
 Weighting = Literal["none", "price_flat", "match"]
 ProbeMethod = Literal["expected", "greedy", "head"]
-HeadPooling = Literal["last", "mean", "both"]
 
 
 class TrainConfig(BaseModel):
