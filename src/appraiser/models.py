@@ -337,7 +337,7 @@ def load_finetuned(
     if info.get("head"):  # a regression head: its (trained) weights come with the adapter
         from appraiser.inference.head import attach_head
 
-        attach_head(model, pooling=info.get("head_pooling", "last"))
+        attach_head(model, pooling=info.get("head_pooling", "last"), support=int(info.get("head_support", 0)))
     model = PeftModel.from_pretrained(model, str(adapter))
     if not load_in_4bit:
         model = model.merge_and_unload()

@@ -185,6 +185,13 @@ def train_command(
     head_pooling: Annotated[
         str | None, typer.Option(help="what the head reads: last (prompt position), mean (over the prompt), both")
     ] = None,
+    head_refit: Annotated[
+        str | None,
+        typer.Option(help="after training, refit the head on the training items' features: none | ridge | kernel"),
+    ] = None,
+    head_refit_items: Annotated[
+        int | None, typer.Option(help="distinct training items the head refit reads")
+    ] = None,
     load_in_4bit: Annotated[bool | None, typer.Option("--4bit/--no-4bit", help="QLoRA: NF4 base")] = None,
     probe_every: Annotated[
         int | None, typer.Option(help="score the probe set every N steps (0: never)")
@@ -246,6 +253,8 @@ def train_command(
                 "lm_weight": lm_weight,
                 "head_lr": head_lr,
                 "head_pooling": head_pooling,
+                "head_refit": head_refit,
+                "head_refit_items": head_refit_items,
                 "load_in_4bit": load_in_4bit,
                 "probe_every": probe_every,
                 "probe_size": probe_size,

@@ -30,21 +30,62 @@ POOLINGS: tuple[str, ...] = get_args(HeadPooling)
 
 
 class PriceHead(nn.Module):
-    """z = w·h + b, with log1p(price) = center + scale · z (center/scale: the training prices' log stats)."""
+    """z = w·h + b, with log1p(price) = center + scale · z (center/scale: the training prices' log stats).
 
-    def __init__(self, hidden_size: int, center: float = 0.0, scale: float = 1.0, pooling: str = "last"):
+    After training, `training.refit` may replace the linear read-out by a kernel one fitted in closed
+    form (kernel ridge regression with an RBF kernel): z = Σ_i dual_i · exp(-gamma ‖x - support_i‖²) + b,
+    x the features standardised by `feat_mean`/`feat_std`. Its arrays are buffers, so PEFT saves and
+    reloads them with the adapter; `support` rows tells `attach_head` their size at load time.
+    """
+
+    def __init__(
+        self, hidden_size: int, center: float = 0.0, scale: float = 1.0, pooling: str = "last", support: int = 0
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown head pooling {pooling!r}; one of {', '.join(POOLINGS)}")
         self.pooling = pooling
-        self.proj = nn.Linear(hidden_size * (2 if pooling == "both" else 1), 1)
+        dim = hidden_size * (2 if pooling == "both" else 1)
+        self.proj = nn.Linear(dim, 1)
         nn.init.zeros_(self.proj.weight)  # starts at the mean log price: no random first guesses
         nn.init.zeros_(self.proj.bias)
         self.register_buffer("center", torch.tensor(float(center)))
         self.register_buffer("scale", torch.tensor(float(scale)))
+        self.set_kernel(torch.zeros(support, dim), torch.zeros(dim), torch.ones(dim), torch.zeros(support), 0.0, 0.0)
+
+    def set_kernel(
+        self,
+        support: torch.Tensor,
+        feat_mean: torch.Tensor,
+        feat_std: torch.Tensor,
+        dual: torch.Tensor,
+        gamma: float,
+        bias: float,
+    ) -> None:
+        """Install a kernel read-out (no support rows: the linear one is used)."""
+        like = self.proj.weight
+        for name, value in [
+            ("support", support),
+            ("feat_mean", feat_mean),
+            ("feat_std", feat_std),
+            ("dual", dual),
+            ("gamma", torch.tensor(float(gamma))),
+            ("kernel_bias", torch.tensor(float(bias))),
+        ]:
+            self.register_buffer(name, value.detach().to(device=like.device, dtype=torch.float32).clone())
+
+    @property
+    def kernel_rows(self) -> int:
+        return int(self.support.shape[0])
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Standardised log price z per row of `hidden` (…, hidden_size) → (…)."""
+        """Standardised log price z per row of `hidden` (…, features) → (…)."""
+        if self.kernel_rows:
+            # in fp32 whatever the model's dtype: distances in bf16 lose the differences that matter
+            x = (hidden.float() - self.feat_mean.float()) / self.feat_std.float()
+            d2 = torch.cdist(x.reshape(-1, x.shape[-1]), self.support.float()).square()
+            z = torch.exp(-self.gamma.float() * d2) @ self.dual.float() + self.kernel_bias.float()
+            return z.reshape(x.shape[:-1])
         return self.proj(hidden.to(self.proj.weight.dtype)).squeeze(-1)
 
     def features(self, hidden: torch.Tensor, prompt_mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
@@ -74,12 +115,15 @@ def log_stats(prices: list[float]) -> tuple[float, float]:
     return mean, max(math.sqrt(var), 1e-3)
 
 
-def attach_head(causal_lm: Any, center: float = 0.0, scale: float = 1.0, pooling: str = "last") -> PriceHead:
-    """Give a transformers causal LM a fresh `price_head` (before PEFT wraps it)."""
+def attach_head(
+    causal_lm: Any, center: float = 0.0, scale: float = 1.0, pooling: str = "last", support: int = 0
+) -> PriceHead:
+    """Give a transformers causal LM a fresh `price_head` (before PEFT wraps it); `support`: rows of a
+    kernel read-out to be loaded into it (from a saved adapter)."""
     hidden = causal_lm.config.get_text_config().hidden_size
     param = next(causal_lm.parameters())
     dtype = param.dtype if param.dtype.is_floating_point else torch.float32
-    head = PriceHead(hidden, center, scale, pooling).to(device=param.device, dtype=dtype)
+    head = PriceHead(hidden, center, scale, pooling, support).to(device=param.device, dtype=dtype)
     setattr(causal_lm, HEAD_MODULE, head)
     return head
 
@@ -112,14 +156,18 @@ def last_prompt_positions(labels: torch.Tensor, ignore_index: int = -100) -> tor
     return (first - 1).clamp(min=0)
 
 
-def predict_with_head(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Prices for left-padded prompts: one forward pass of the decoder, the head at the last position."""
+def head_features(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(rows, features) the head reads for left-padded prompts: one forward pass of the decoder."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     hidden = lm.get_decoder()(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state
-    inner = head_module(model)
     last = torch.full((hidden.shape[0],), hidden.shape[1] - 1, dtype=torch.long, device=hidden.device)
-    z = find_head(model)(inner.features(hidden, attention_mask.bool(), last))
-    return inner.to_price(z)
+    return head_module(model).features(hidden, attention_mask.bool(), last)
+
+
+def predict_with_head(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Prices for left-padded prompts: one forward pass of the decoder, the head at the last position."""
+    z = find_head(model)(head_features(model, input_ids, attention_mask))
+    return head_module(model).to_price(z)

@@ -18,6 +18,7 @@ from appraiser.inference.head import HeadPooling
 
 Weighting = Literal["none", "price_flat", "match"]
 ProbeMethod = Literal["expected", "greedy", "head"]
+HeadRefit = Literal["none", "ridge", "kernel"]
 
 
 class TrainConfig(BaseModel):
@@ -73,6 +74,14 @@ class TrainConfig(BaseModel):
     head_pooling: HeadPooling = Field(
         "last", description="what the head reads: the last prompt position, the mean over the prompt, or both"
     )
+    head_refit: HeadRefit = Field(
+        "none",
+        description="after training, refit the head in closed form on the fine-tuned model's features of the "
+        "training items: ridge (linear) or kernel (RBF kernel ridge); see training.refit",
+    )
+    head_refit_items: int | None = Field(
+        4000, ge=3, description="distinct training items the head refit reads (None: all of the draw)"
+    )
 
     # Optimisation
     learning_rate: float = Field(2e-4, gt=0)
@@ -104,6 +113,8 @@ class TrainConfig(BaseModel):
             raise ValueError("target_modules must name at least one module")
         if self.lm_weight == 0 and self.head_weight == 0:
             raise ValueError("lm_weight and head_weight are both 0: nothing to train")
+        if self.head_refit != "none" and not self.head_weight:
+            raise ValueError("head_refit needs a regression head (head_weight > 0)")
         if self.probe_method == "head" and not self.head_weight:
             raise ValueError("probe_method 'head' needs a regression head (head_weight > 0)")
         if self.lm_weight == 0 and self.probe_method != "head":

@@ -676,6 +676,10 @@ def _run(
         stage("training")
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         step = trainer.state.global_step
+        if cfg.head_refit != "none":
+            _refit(cfg, data, model, tokenizer, store, run, info, stage)
+            if probe_cb.enabled:  # the refit head is probed like a checkpoint (best/ if it wins)
+                probe_cb.probe(model, trainer.state, trainer.control)
         final = save_adapter(model, folder / "final", {**info, "step": step}, extra={"step": step})
         stopped = bool(trainer.control.should_training_stop and step < trainer.state.max_steps)
         best = folder / "best" if (folder / "best").exists() else None
@@ -705,6 +709,36 @@ def _run(
         raise
     finally:
         torch.set_num_threads(threads)  # an in-process run leaves the caller's setting as it was
+
+
+def _refit(
+    cfg: TrainConfig,
+    data: PreparedData,
+    model: Any,
+    tokenizer: Any,
+    store: RunStore,
+    run: Run,
+    info: dict[str, Any],
+    stage: Callable[[str], None],
+) -> None:
+    """Refit the head on the trained model's features (training.refit); later saves carry its size."""
+    from appraiser.training.refit import refit_head
+
+    n = len({it.id for it in data.train_items})
+    n = min(n, cfg.head_refit_items or n)
+    stage(f"refitting the head ({cfg.head_refit}) on {n} training items")
+    store.add_event(run.id, f"Head refit ({cfg.head_refit}): reading the features of {n} training items")
+    result = refit_head(
+        model,
+        tokenizer,
+        data.train_items,
+        lambda it: make_prompt(it, tokenizer, data.prompt),
+        cfg.head_refit,
+        cfg.head_refit_items,
+        cfg.probe_batch_size,
+    )
+    info["head_support"] = head_module(model).kernel_rows  # shared with the probe's saves of best/
+    store.add_event(run.id, result.describe())
 
 
 def _probe_examples(cfg: TrainConfig, data: PreparedData, tokenizer: Any) -> list[Example]:
