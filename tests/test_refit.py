@@ -72,6 +72,8 @@ def test_kernel_refit_leave_one_out_is_exact_and_the_head_predicts_the_fit():
     each = {a: fit_kernel_head(holder(3), x, prices, alphas=[a]).mae for a in alphas}
     best = fit_kernel_head(holder(3), x, prices, alphas=alphas)
     assert len(set(each.values())) == 3 and best.mae == min(each.values()) and each[best.alpha] == best.mae
+    fit_head(m, x, prices)  # a later linear refit replaces the kernel read-out
+    assert head.kernel_rows == 0
 
 
 def test_refit_items_are_distinct_in_draw_order_with_counts():

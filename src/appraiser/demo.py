@@ -48,6 +48,8 @@ class DemoConfig:
     method: str = "expected"  # how the zero-shot model and the fine-tune's own digits are read
     head_weight: float = 1.0  # a regression head trained with the adapters (0: LM digits only)
     head_pooling: str = "both"
+    head_refit: str = "kernel"  # after training, refit the head in closed form (training.refit)
+    head_refit_items: int = 1200
     quick: bool = False
     baseline_train_limit: int | None = None
 
@@ -64,6 +66,7 @@ class DemoConfig:
             max_text_tokens=48,
             probe_size=4,
             probe_every=3,
+            head_refit_items=16,
             quick=True,
             baseline_train_limit=2000,
         )
@@ -161,6 +164,8 @@ def run_demo(
         learning_rate=cfg.learning_rate,
         head_weight=cfg.head_weight,
         head_pooling=cfg.head_pooling,
+        head_refit=cfg.head_refit if cfg.head_weight else "none",
+        head_refit_items=cfg.head_refit_items,
         probe_method="head" if cfg.head_weight else cfg.method,
         probe_every=cfg.probe_every,
         probe_size=len(probe),

@@ -53,6 +53,11 @@ class PriceHead(nn.Module):
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.set_kernel(torch.zeros(support, dim), torch.zeros(dim), torch.ones(dim), torch.zeros(support), 0.0, 0.0)
 
+    def clear_kernel(self) -> None:
+        """Back to the linear read-out."""
+        dim = self.proj.in_features
+        self.set_kernel(torch.zeros(0, dim), torch.zeros(dim), torch.ones(dim), torch.zeros(0), 0.0, 0.0)
+
     def set_kernel(
         self,
         support: torch.Tensor,

@@ -104,6 +104,7 @@ def fit_head(
     ridge = RidgeCV(alphas=list(alphas)).fit((features - mean) / std, target, sample_weight=w)
     coef = ridge.coef_ / std
     bias = float(ridge.intercept_ - coef @ mean)
+    inner.clear_kernel()  # a refit replaces any earlier kernel read-out
     proj = inner.proj  # PEFT's trained, saved copy (modules_to_save) when the model is wrapped
     with torch.no_grad():
         proj.weight.copy_(torch.as_tensor(coef, dtype=proj.weight.dtype).view_as(proj.weight))
