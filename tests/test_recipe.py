@@ -42,3 +42,13 @@ def test_recipe_script_trains_scores_and_writes_predictions(data_dir, tmp_path):
         assert s[name]["mae"] > 0
         lines = (out / f"{name}.jsonl").read_text().splitlines()
         assert len(lines) == 4 and all(json.loads(line)["truth"] > 0 for line in lines)
+
+
+def test_readout_benchmark_scores_both_closed_form_readouts(data_dir):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "readout.py"), "--model", "smollm2-135m", "--data", str(data_dir)]
+    cmd += ["--n-train", "24", "--test-size", "6", "--max-text-tokens", "16", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for line in ("first 6 validation items:", "ridge read-out (penalty", "kernel read-out (penalty"):
+        assert line in proc.stdout
+    assert proc.stdout.count("MAE $") == 2
