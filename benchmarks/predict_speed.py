@@ -5,7 +5,9 @@ Part 1 (SmolLM2, zero-shot, real validation prompts): items/second of the expect
     what a first hand-written loop does),
   - one item at a time with the KV cache (`predict_prices(..., batch_size=1)`),
   - batched (`predict_prices(..., batch_size=B)`),
-  and checks that all three give the same prices.
+  and checks that all three give the same prices. It also times the batch-1 prompt prefill alone:
+  batching cannot shorten a prefill that already keeps the CPU busy, so batch-1 time / prefill time
+  is the most batching can buy on this machine (on a GPU, where a batch-1 step leaves it idle, far more).
 Part 2: wall time to score N validation items (expected method) with each embedded model.
 
 Usage: python benchmarks/predict_speed.py [--models smollm2-135m gemma3-270m] [--n 250] [--batch-size 16]
@@ -25,7 +27,7 @@ import torch
 
 from appraiser.data.io import read_items
 from appraiser.data.prompts import PromptConfig, make_prompt
-from appraiser.inference.decode import number_vocab, predict_prices, summarize
+from appraiser.inference.decode import _encode, _prefill, number_vocab, predict_prices, summarize
 from appraiser.models import load_model
 
 DATA = Path(os.environ.get("APPRAISER_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -63,6 +65,14 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def prefill_only(model, tok, prompts: list[str]) -> None:
+    """The first forward pass of each prompt alone, as `predict_prices(..., batch_size=1)` runs it."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for p in prompts:
+            _prefill(model, *_encode(tok, [p], device))
+
+
 def part1(items, batch_size: int, n_naive: int, n_single: int, n_batched: int) -> None:
     model, tok = load_model("smollm2-135m")
     prompts = [make_prompt(it, tok, PromptConfig()) for it in items[: max(n_naive, n_single, n_batched)]]
@@ -73,6 +83,7 @@ def part1(items, batch_size: int, n_naive: int, n_single: int, n_batched: int) -
     naive, t_naive = timed(lambda: [naive_beam(model, tok, p) for p in prompts[:n_naive]])
     single, t_single = timed(lambda: predict_prices(model, tok, prompts[:n_single], batch_size=1))
     batched, t_batched = timed(lambda: predict_prices(model, tok, prompts[:n_batched], batch_size=batch_size))
+    _, t_prefill = timed(lambda: prefill_only(model, tok, prompts[:n_single]))
 
     rate = {
         "naive (per item, no KV cache)": n_naive / t_naive,
@@ -84,6 +95,12 @@ def part1(items, batch_size: int, n_naive: int, n_single: int, n_batched: int) -
     print(f"{'method':42s} {'items':>5s} {'items/s':>8s} {'vs naive':>9s} {'vs batch 1':>10s}")
     for (name, r), n in zip(rate.items(), (n_naive, n_single, n_batched), strict=True):
         print(f"{name:42s} {n:5d} {r:8.3f} {r / base:8.1f}x {r / one:9.1f}x")
+    ceiling = t_single / t_prefill
+    print(
+        f"batch-1 prefill alone: {t_prefill / n_single:.3f} s/item of {t_single / n_single:.3f} s/item "
+        f"({t_prefill / t_single:.0%}); batching can at most remove the rest: ceiling {ceiling:.1f}x vs batch 1, "
+        f"reached {rate[f'batched (batch {batch_size}), KV cache'] / one / ceiling:.0%} of it"
+    )
     worst = max(abs(a.mean - b.mean) / max(1.0, abs(a.mean)) for a, b in zip(naive, batched[:n_naive], strict=True))
     worst1 = max(abs(a.mean - b.mean) / max(1.0, abs(a.mean)) for a, b in zip(single, batched[:n_single], strict=True))
     print(f"same prices: max relative difference of the mean, naive vs batched {worst:.1e}, ", end="")

@@ -11,6 +11,9 @@ fits the two closed-form read-outs of `training.refit` (ridge, and RBF kernel ri
 chosen by leave-one-out on the training items) and scores both on the validation items, beside the
 fine-tune's own trained head when there is one. Same features, same items: the rows differ only in
 the read-out. This is the measurement behind the recipe's choice of model, pooling and refit.
+
+`--support unseen` fits the read-outs on the benchmark-category training items outside the draw
+instead: items a fine-tune on that draw never saw, whose features are as new to it as validation's.
 """
 
 from __future__ import annotations
@@ -31,10 +34,18 @@ def main() -> None:
         "--data", type=Path, default=Path(os.environ.get("APPRAISER_DATA", REPO.parent / "shared" / "data"))
     )
     ap.add_argument("--n-train", type=int, default=2500, help="weighted draws from train.jsonl (distinct kept)")
+    ap.add_argument("--n-support", type=int, default=None, help="fit the read-outs on the first N support items")
     ap.add_argument("--test-size", type=int, default=400, help="first N validation items scored")
     ap.add_argument("--pooling", default="mean", choices=["last", "mean", "both"], help="for a base model")
     ap.add_argument("--max-text-tokens", type=int, default=100, help="for a base model")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--support",
+        choices=["draw", "unseen"],
+        default="draw",
+        help="items the read-outs are fit on: the draw (what a fine-tune on it trained on), or the in-category "
+        "training items outside the draw (never seen by such a fine-tune)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
@@ -52,21 +63,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     validation = read_items(args.data / "validation.jsonl")
     test = validation[: args.test_size]
-    draw = choose_items(read_items(args.data / "train.jsonl"), args.n_train, "match", args.seed, validation, 0.0)
+    pool = read_items(args.data / "train.jsonl")
+    draw = choose_items(pool, args.n_train, "match", args.seed, validation, 0.0)
     train, _ = refit_items(draw, len(draw))
+    if args.support == "unseen":
+        seen = {id(it) for it in train}
+        in_category = choose_items(pool, None, "none", args.seed, validation, 0.0)
+        train = [it for it in in_category if id(it) not in seen]
+    train = train[: args.n_support]
 
     adapter = find_adapter(args.model)
     model, tok = load_model(args.model)
     if adapter is not None:
         info = finetune_info(adapter)
-        prompt = PromptConfig(**{k: info[k] for k in ("max_text_tokens", "exact_cents", "use_summary") if k in info})
+        prompt = PromptConfig.of_finetune(info)
         if not info.get("head"):
             raise SystemExit(f"{adapter}: this fine-tune has no regression head to read features for")
         pooling = info.get("head_pooling", "last")
     else:
         prompt, pooling = PromptConfig(max_text_tokens=args.max_text_tokens), args.pooling
         attach_head(model, *log_stats([it.price for it in train]), pooling=pooling)
-    print(f"{args.model}: pooling {pooling}, {prompt.max_text_tokens} text tokens, {len(train)} training items")
+    print(
+        f"{args.model}: pooling {pooling}, {prompt.max_text_tokens} text tokens, "
+        f"read-outs fit on {len(train)} training items ({args.support})"
+    )
 
     t0 = time.perf_counter()
     x_train = prompt_features(model, tok, [make_prompt(it, tok, prompt) for it in train])

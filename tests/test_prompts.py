@@ -49,3 +49,12 @@ def test_token_stats_on_real_split(tokenizer, data_dir):
     assert stats["completion_tokens"]["min"] >= 4  # digits are single tokens: "5.00" → 4 tokens
     assert 0 < stats["truncated"] <= 40
     assert PRICE_PREFIX == "Price is $"
+
+
+def test_prompt_config_of_finetune_reads_the_saved_prompt_settings():
+    import dataclasses
+
+    saved = PromptConfig(max_text_tokens=128, exact_cents=True, use_summary=False)
+    info = {"base_model": "smollm2-135m", "prompt": {**dataclasses.asdict(saved), "from_a_later_version": 1}}
+    assert PromptConfig.of_finetune(info) == saved
+    assert PromptConfig.of_finetune({"base_model": "x"}) == PromptConfig()

@@ -52,3 +52,14 @@ def test_readout_benchmark_scores_both_closed_form_readouts(data_dir):
     for line in ("first 6 validation items:", "ridge read-out (penalty", "kernel read-out (penalty"):
         assert line in proc.stdout
     assert proc.stdout.count("MAE $") == 2
+    assert "read-outs fit on 24 training items (draw)" in proc.stdout
+
+
+def test_readout_benchmark_can_fit_on_items_outside_the_draw(data_dir):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "readout.py"), "--model", "smollm2-135m", "--data", str(data_dir)]
+    cmd += ["--n-train", "24", "--support", "unseen", "--n-support", "20", "--test-size", "6"]
+    cmd += ["--max-text-tokens", "16", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "read-outs fit on 20 training items (unseen)" in proc.stdout
+    assert proc.stdout.count("MAE $") == 2

@@ -29,6 +29,13 @@ class PromptConfig:
     question: str = QUESTION
     use_summary: bool = True
 
+    @classmethod
+    def of_finetune(cls, info: dict[str, Any]) -> PromptConfig:
+        """The prompt settings a fine-tune was trained with (its `appraiser.json`'s "prompt"); unknown keys
+        from other versions are ignored, missing ones take the defaults."""
+        fields = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in (info.get("prompt") or {}).items() if k in fields})
+
 
 def truncate_text(text: str, tokenizer: Any, max_tokens: int) -> str:
     """The text cut to at most `max_tokens` tokens of `tokenizer`, on a token boundary."""

@@ -13,6 +13,7 @@ The model loads on first use and is never pickled (a saved pricer stores only it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +26,6 @@ from appraiser.models import DEFAULT_MODEL, find_adapter, finetune_info, load_mo
 from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.registry import register
 
-_PROMPT_FIELDS = set(PromptConfig.__dataclass_fields__)
 #: Which summary of the price distribution is the guess: the mean (the expected price; best for MAE when the
 #: model is calibrated) or the median (robust to the long tail of absurd prices a zero-shot model spreads).
 POINTS = ("mean", "median")
@@ -103,10 +103,10 @@ class LLMPricer(Pricer):
         elif method == "head" and not info.get("head"):
             raise ValueError(f"{self.model}: method 'head' needs a run fine-tuned with a regression head")
         self.method = method
-        prompt = {k: v for k, v in (info.get("prompt") or {}).items() if k in _PROMPT_FIELDS}
+        prompt = PromptConfig.of_finetune(info)
         if max_text_tokens is not None:
-            prompt["max_text_tokens"] = int(max_text_tokens)
-        self.prompt_config = PromptConfig(**prompt)
+            prompt = dataclasses.replace(prompt, max_text_tokens=int(max_text_tokens))
+        self.prompt_config = prompt
         self.base_model = info.get("base_model") if self.adapter is not None else self.model
         self.fit_info: dict[str, Any] = {"adapter_digest": _file_digest(self.adapter)} if self.adapter else {}
         self._model: Any = None
