@@ -1,6 +1,7 @@
 """How fast Appraiser reads prices out of a model, and what batching and KV-cache reuse buy.
 
-Part 1 (SmolLM2, zero-shot, real validation prompts): items/second of the expected-price digit beam
+Part 1 (each of --part1-models, by default --models; zero-shot, real validation prompts): items/second of
+the expected-price digit beam
   - naive: one item at a time, no KV cache (each beam step re-reads the prompt for every hypothesis;
     what a first hand-written loop does),
   - one item at a time with the KV cache (`predict_prices(..., batch_size=1)`),
@@ -10,7 +11,8 @@ Part 1 (SmolLM2, zero-shot, real validation prompts): items/second of the expect
   is the most batching can buy on this machine (on a GPU, where a batch-1 step leaves it idle, far more).
 Part 2: wall time to score N validation items (expected method) with each embedded model.
 
-Usage: python benchmarks/predict_speed.py [--models smollm2-135m gemma3-270m] [--n 250] [--batch-size 16]
+Usage: python benchmarks/predict_speed.py [--models smollm2-135m gemma3-270m] [--part1-models M ...] [--n 250]
+       [--batch-size 16] [--skip-part1] [--skip-part2]
 Timings depend on the machine and on what else runs on it; the script prints its thread count and load.
 """
 
@@ -73,11 +75,11 @@ def prefill_only(model, tok, prompts: list[str]) -> None:
             _prefill(model, *_encode(tok, [p], device))
 
 
-def part1(items, batch_size: int, n_naive: int, n_single: int, n_batched: int) -> None:
-    model, tok = load_model("smollm2-135m")
+def part1(name: str, items, batch_size: int, n_naive: int, n_single: int, n_batched: int) -> None:
+    model, tok = load_model(name)
     prompts = [make_prompt(it, tok, PromptConfig()) for it in items[: max(n_naive, n_single, n_batched)]]
     lengths = [len(tok(p)["input_ids"]) for p in prompts]
-    print(f"\n## Part 1: expected-price decoding speed, SmolLM2-135M, prompts of {statistics.mean(lengths):.0f} tokens")
+    print(f"\n## Part 1: expected-price decoding speed, {name}, prompts of {statistics.mean(lengths):.0f} tokens")
     predict_prices(model, tok, prompts[:2], batch_size=2)  # warm-up
 
     naive, t_naive = timed(lambda: [naive_beam(model, tok, p) for p in prompts[:n_naive]])
@@ -135,6 +137,7 @@ def main() -> None:
     ap.add_argument("--naive", type=int, default=4, help="items for the naive decoder (slow)")
     ap.add_argument("--single", type=int, default=16, help="items decoded one at a time")
     ap.add_argument("--batched", type=int, default=64, help="items decoded in batches")
+    ap.add_argument("--part1-models", nargs="+", default=None, help="models timed in part 1 (default: --models)")
     ap.add_argument("--skip-part1", action="store_true")
     ap.add_argument("--skip-part2", action="store_true")
     args = ap.parse_args()
@@ -143,7 +146,8 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load {load:.1f}")
     if not args.skip_part1:
-        part1(items, args.batch_size, args.naive, args.single, args.batched)
+        for name in args.part1_models or args.models:
+            part1(name, items, args.batch_size, args.naive, args.single, args.batched)
     if not args.skip_part2:
         part2(items[: args.n], args.models, args.batch_size)
 
