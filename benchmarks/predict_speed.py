@@ -43,7 +43,7 @@ def naive_beam(model, tok, prompt: str, beam_width: int = 8, max_new_tokens: int
     live = [("", [], 0.0)]  # digits, token ids, log-prob
     finished: dict[str, float] = {}
     for step in range(max_new_tokens):
-        ids = torch.tensor([p_ids + t for _, t, _ in live])
+        ids = torch.tensor([p_ids + t for _, t, _ in live], device=model.device)
         with torch.inference_mode():
             logp = model(input_ids=ids, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
         cands = []
@@ -62,8 +62,12 @@ def naive_beam(model, tok, prompt: str, beam_width: int = 8, max_new_tokens: int
 
 
 def timed(fn):
+    """Wall time of fn(); on CUDA, waits for queued kernels before and after so the time is real."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     start = time.perf_counter()
     out = fn()
+    sync()
     return out, time.perf_counter() - start
 
 
@@ -79,7 +83,8 @@ def part1(name: str, items, batch_size: int, n_naive: int, n_single: int, n_batc
     model, tok = load_model(name)
     prompts = [make_prompt(it, tok, PromptConfig()) for it in items[: max(n_naive, n_single, n_batched)]]
     lengths = [len(tok(p)["input_ids"]) for p in prompts]
-    print(f"\n## Part 1: expected-price decoding speed, {name}, prompts of {statistics.mean(lengths):.0f} tokens")
+    where = f"{name} ({model.device}, {next(model.parameters()).dtype})"
+    print(f"\n## Part 1: expected-price decoding speed, {where}, prompts of {statistics.mean(lengths):.0f} tokens")
     predict_prices(model, tok, prompts[:2], batch_size=2)  # warm-up
 
     naive, t_naive = timed(lambda: [naive_beam(model, tok, p) for p in prompts[:n_naive]])
