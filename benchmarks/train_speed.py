@@ -159,11 +159,13 @@ def child(opts: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def measure(which: str, model: str, opts: argparse.Namespace) -> dict:
+def measure(which: str, model: str, opts: argparse.Namespace, dtype: str = "fp32") -> dict:
+    """One child process's figures; `dtype` is Appraiser's (fp32 here: the ratio is about the trainer)."""
     cmd = [sys.executable, __file__, "--only", which, "--model", model]
     for k in ("n", "batch", "steps", "warmup", "threads", "max_text_tokens"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(opts, k))]
-    env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads)}
+    # fp32 for both by default, whatever this CPU would pick (benchmarks/dtype_speed.py measures bf16)
+    env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "APPRAISER_DTYPE": dtype}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):

@@ -55,7 +55,7 @@ def test_converted_folder_is_reused_on_the_next_load(smol):
         assert torch.equal(model(**ids).logits, again(**ids).logits)
 
 
-def test_model_is_fp32_on_cpu_in_eval_mode_with_a_left_padding_tokenizer(smol):
+def test_model_is_fp32_on_cpu_in_eval_mode_with_a_left_padding_tokenizer(smol):  # APPRAISER_DTYPE=fp32
     model, tokenizer = smol
     assert model.dtype == torch.float32
     assert not model.training

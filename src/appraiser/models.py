@@ -178,11 +178,36 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def default_dtype(device: str) -> Any:
-    """bf16 on CUDA; fp32 on CPU, where bf16 has no hardware support here and runs ~38x slower."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles).
+
+    Where it does, bf16 matmuls beat fp32 by a wide margin (4.6x on a 2-core AMD Zen 5, measured by
+    `benchmarks/dtype_speed.py`); where it does not, torch emulates bf16 and it is many times slower than fp32.
+    """
     import torch
 
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
+def default_dtype(device: str) -> Any:
+    """bf16 on CUDA that supports it and on CPUs with native bf16; fp32 elsewhere.
+
+    `APPRAISER_DTYPE=fp32` (or `bf16`) overrides the choice, e.g. to reproduce a figure measured in fp32.
+    """
+    import torch
+
+    forced = os.environ.get("APPRAISER_DTYPE", "").strip().lower()
+    if forced:
+        if forced not in _DTYPES:
+            raise ValueError(f"APPRAISER_DTYPE={forced!r}: use one of {', '.join(sorted(_DTYPES))}")
+        return getattr(torch, _DTYPES[forced])
+    if str(device).startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
 def prepare_tokenizer(tokenizer: Any) -> Any:

@@ -51,6 +51,23 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def quiet_libraries() -> None:
+    """transformers/peft/bitsandbytes warnings are for library developers; our own output says what matters.
+
+    bitsandbytes, imported on a CPU with AVX512-BF16, warns that it cannot fetch an optional kernel from the
+    hub; peft calls a transformers property that transformers marks deprecated. Neither is the user's to fix.
+    """
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
 def parse_options(options: list[str] | None) -> dict[str, Any]:
     """`-o key=value` pairs; values are read as JSON when they parse (numbers, true, lists), else text."""
     out: dict[str, Any] = {}

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from appraiser.cli import console, user_errors
+from appraiser.cli import console, quiet_libraries, user_errors
 
 
 def demo_command(
@@ -24,12 +24,12 @@ def demo_command(
 ) -> None:
     """Run the whole job on the embedded model: baselines, zero-shot, LoRA fine-tune, leaderboard, charts."""
     from appraiser import config
-    from appraiser.cli.train import _ProgressView, _quiet_libraries
+    from appraiser.cli.train import _ProgressView
     from appraiser.demo import DemoConfig, run_demo
     from appraiser.models import DEFAULT_MODEL
 
     with user_errors():
-        _quiet_libraries()
+        quiet_libraries()
         source = data or str(config.default_data_dir())
         name = model or DEFAULT_MODEL
         cfg = DemoConfig.quick_config(source, out, name) if quick else DemoConfig(data=source, out=out, model=name)

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from appraiser import config
-from appraiser.cli import console, err_console, friendly, parse_options
+from appraiser.cli import console, err_console, friendly, parse_options, quiet_libraries
 from appraiser.data.io import DataError, read_items
 from appraiser.evaluation.evaluator import (
     DEFAULT_TEST_SIZE,
@@ -77,6 +77,8 @@ def eval_command(
 ) -> None:
     """Evaluate a pricer on a fixed test set: per-item lines, summary, charts, leaderboard row."""
     from appraiser.pricers.base import Pricer
+
+    quiet_libraries()  # an LLM pricer loads transformers/peft; their warnings would interleave with our table
 
     fit_seconds = None
     if test is None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from appraiser.cli import console, err_console
+from appraiser.cli import console, err_console, quiet_libraries
 from appraiser.inference.decode import METHODS
 from appraiser.items import Item, make_id
 from appraiser.models import DEFAULT_MODEL, ModelNotFound
@@ -43,11 +43,9 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a sentence.")] = False,
 ) -> None:
     """Price one product description with a local model: a packaged base model (zero-shot) or a fine-tuned run."""
-    from transformers.utils import logging as hf_logging
-
     from appraiser.pricers.llm import LLMPricer
 
-    hf_logging.disable_progress_bar()  # "Loading weights" bars would bury the one line of output
+    quiet_libraries()  # "Loading weights" bars and library warnings would bury the one line of output
     if text == "-":
         text = sys.stdin.read()
     if not text.strip():

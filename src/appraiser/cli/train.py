@@ -21,22 +21,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from appraiser.cli import console, err_console, user_errors
+from appraiser.cli import console, err_console, quiet_libraries, user_errors
 from appraiser.data.io import DataError
 
 runs_app = typer.Typer(no_args_is_help=True, help="Training runs: list them, read their log, watch one live.")
-
-
-def _quiet_libraries() -> None:
-    """transformers/peft warnings are for library developers; our progress display says what matters."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
 
 
 def _fmt_duration(seconds: float | None) -> str:
@@ -221,7 +209,7 @@ def train_command(
     from appraiser.training import trainer
 
     with user_errors():
-        _quiet_libraries()
+        quiet_libraries()
         view = _ProgressView()
         if resume is not None:
             with view.progress:

@@ -130,10 +130,12 @@ def prepare_data(
 
 
 def device_and_dtype() -> tuple[str, torch.dtype]:
-    """CUDA with bf16 where there is one; else CPU in fp32 (bf16 has no hardware support on most CPUs)."""
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return "cpu", torch.float32
+    """CUDA where there is one, else CPU; the dtype as `models.default_dtype` picks it (bf16 where the
+    hardware multiplies it natively, fp32 elsewhere; `APPRAISER_DTYPE` overrides)."""
+    from appraiser.models import default_device, default_dtype
+
+    device = default_device()
+    return device, default_dtype(device)
 
 
 def build_model(cfg: TrainConfig, head_stats: tuple[float, float] | None = None) -> tuple[Any, Any]:

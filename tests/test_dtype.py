@@ -1,0 +1,89 @@
+"""The dtype choice: bf16 where the hardware multiplies it natively, fp32 elsewhere, and the bf16 path end to end.
+
+The rest of the suite runs in fp32 (conftest pins APPRAISER_DTYPE) so its exact identities hold on every
+machine; here the bf16 path runs for real. On a CPU without native bf16 torch emulates it many times slower
+than fp32, Appraiser never picks it there, and the end-to-end tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from appraiser.data.io import read_items, write_items
+from appraiser.data.prompts import PromptConfig, make_prompt
+from appraiser.inference.decode import predict_prices
+from appraiser.models import cpu_has_bf16, default_dtype, load_finetuned, load_model
+
+native = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (Appraiser uses fp32 here)")
+
+
+def test_the_cpu_default_follows_the_hardware_and_the_override(monkeypatch):
+    monkeypatch.delenv("APPRAISER_DTYPE")
+    assert default_dtype("cpu") == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    for value, want in (("fp32", torch.float32), ("BF16", torch.bfloat16), ("float32", torch.float32)):
+        monkeypatch.setenv("APPRAISER_DTYPE", value)
+        assert default_dtype("cpu") == want
+        assert default_dtype("cuda") == want
+    monkeypatch.setenv("APPRAISER_DTYPE", "fp8")
+    with pytest.raises(ValueError, match="APPRAISER_DTYPE='fp8'"):
+        default_dtype("cpu")
+
+
+@native
+def test_bf16_reads_the_same_prices_as_fp32(data_dir):
+    """bf16 logits carry ~3 significant digits: the expected prices move a little, never far."""
+    items = read_items(data_dir / "validation.jsonl", limit=6)
+    got = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model, tok = load_model("smollm2-135m", dtype=dtype, device="cpu")
+        assert next(model.parameters()).dtype == dtype
+        prompts = [make_prompt(it, tok, PromptConfig(max_text_tokens=40)) for it in items]
+        got[dtype] = predict_prices(model, tok, prompts, batch_size=3)
+    for a, b in zip(got[torch.float32], got[torch.bfloat16], strict=True):
+        assert a is not None and b is not None
+        assert b.mean == pytest.approx(a.mean, rel=0.25)
+        assert b.mass == pytest.approx(a.mass, abs=0.1)
+
+
+@native
+def test_a_bf16_training_run_learns_saves_and_prices(data_dir, tmp_path, monkeypatch):
+    from appraiser.runs import RunStore
+    from appraiser.training import TrainConfig
+    from appraiser.training.trainer import device_and_dtype, start
+
+    monkeypatch.setenv("APPRAISER_DTYPE", "bf16")
+    assert device_and_dtype() == ("cpu", torch.bfloat16)
+    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+    write_items(read_items(data_dir / "train.jsonl", limit=16), train)
+    write_items(read_items(data_dir / "validation.jsonl", limit=4), validation)
+    cfg = TrainConfig(
+        train=train,
+        validation=validation,
+        n_train=8,
+        max_steps=3,
+        batch_size=2,
+        max_text_tokens=12,
+        probe_every=3,
+        probe_size=2,
+        head_weight=1.0,  # the regression head trains beside the LM loss: both must run in bf16
+        save_every=3,
+        name="bf16",
+        threads=1,
+    )
+    result = start(cfg)
+    store = RunStore()
+    run = store.get("bf16")
+    assert run.status == "succeeded" and result.steps == 3
+    _, losses = store.series(run.id, "loss")
+    assert len(losses) == 3 and all(0 < v < 30 for v in losses)
+    assert store.latest(run.id)["probe_mae"] > 0
+    saved = json.loads((run.folder / "final" / "adapter_config.json").read_text())
+    assert saved["r"] == cfg.lora_r
+    model, tok = load_finetuned(run.folder / "final")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    prompt = make_prompt(read_items(validation, limit=1)[0], tok, PromptConfig(max_text_tokens=12))
+    dist = predict_prices(model, tok, [prompt], method="head")[0]
+    assert dist is not None and dist.mean > 0
