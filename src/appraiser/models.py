@@ -181,7 +181,7 @@ def default_device() -> str:
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles).
 
-    Where it does, bf16 matmuls beat fp32 by a wide margin (4.6x on a 2-core AMD Zen 5, measured by
+    Where it does, bf16 matmuls beat fp32 by a wide margin (4.4x on a 2-core AMD Zen 5, measured by
     `benchmarks/dtype_speed.py`); where it does not, torch emulates bf16 and it is many times slower than fp32.
     """
     import torch
