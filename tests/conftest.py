@@ -35,6 +35,21 @@ def raw_sample(data_dir: Path) -> Path:
     return data_dir / "raw" / "meta_Health_and_Personal_Care.sample.jsonl"
 
 
+@pytest.fixture()
+def small_split(data_dir: Path, tmp_path: Path):
+    """small_split(n_train, n_validation) -> (train.jsonl, validation.jsonl): the first real items of each
+    split, written to this test's folder (training tests want a few real items, not the whole files)."""
+    from appraiser.data.io import read_items, write_items
+
+    def make(n_train: int, n_validation: int) -> tuple[Path, Path]:
+        train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
+        write_items(read_items(data_dir / "train.jsonl", limit=n_train), train)
+        write_items(read_items(data_dir / "validation.jsonl", limit=n_validation), validation)
+        return train, validation
+
+    return make
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     """Each test gets its own APPRAISER_HOME so leaderboards and caches never leak between tests."""

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from appraiser.data.io import read_items, write_items
+from appraiser.data.io import read_items
 from appraiser.data.prompts import PromptConfig, make_prompt
 from appraiser.inference.decode import predict_prices
 from appraiser.models import cpu_has_bf16, default_dtype, load_finetuned, load_model
@@ -49,16 +49,14 @@ def test_bf16_reads_the_same_prices_as_fp32(data_dir):
 
 
 @native
-def test_a_bf16_training_run_learns_saves_and_prices(data_dir, tmp_path, monkeypatch):
+def test_a_bf16_training_run_learns_saves_and_prices(small_split, monkeypatch):
     from appraiser.runs import RunStore
     from appraiser.training import TrainConfig
     from appraiser.training.trainer import device_and_dtype, start
 
     monkeypatch.setenv("APPRAISER_DTYPE", "bf16")
     assert device_and_dtype() == ("cpu", torch.bfloat16)
-    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
-    write_items(read_items(data_dir / "train.jsonl", limit=16), train)
-    write_items(read_items(data_dir / "validation.jsonl", limit=4), validation)
+    train, validation = small_split(16, 4)
     cfg = TrainConfig(
         train=train,
         validation=validation,

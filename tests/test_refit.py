@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from appraiser.data.io import read_items, write_items
+from appraiser.data.io import read_items
 from appraiser.inference.head import PriceHead, head_module
 from appraiser.training.refit import fit_head, fit_kernel_head, refit_items
 
@@ -84,7 +84,7 @@ def test_refit_items_are_distinct_in_draw_order_with_counts():
     assert [it.id for it in chosen] == ["b", "a"] and counts == [3.0, 1.0]
 
 
-def test_kernel_refit_run_saves_reloads_and_is_probed(data_dir, tmp_path):
+def test_kernel_refit_run_saves_reloads_and_is_probed(small_split):
     from appraiser.inference.decode import predict_prices
     from appraiser.models import load_finetuned
     from appraiser.pricers.llm import LLMPricer
@@ -92,9 +92,7 @@ def test_kernel_refit_run_saves_reloads_and_is_probed(data_dir, tmp_path):
     from appraiser.training.config import TrainConfig
     from appraiser.training.trainer import start
 
-    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
-    write_items(read_items(data_dir / "train.jsonl", limit=24), train)
-    write_items(read_items(data_dir / "validation.jsonl", limit=4), validation)
+    train, validation = small_split(24, 4)
     with pytest.raises(ValueError, match="head_refit needs"):
         TrainConfig(head_refit="kernel")
     cfg = TrainConfig(

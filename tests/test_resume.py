@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from appraiser.data.io import read_items, write_items
 from appraiser.runs.store import RunStore
 
 CLI = [sys.executable, "-c", "from appraiser.cli import main; main()"]
@@ -26,12 +25,8 @@ STEPS = 8
 
 
 @pytest.fixture()
-def tiny_data(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
-    train = tmp_path / "train.jsonl"
-    validation = tmp_path / "validation.jsonl"
-    write_items(read_items(data_dir / "train.jsonl", limit=12), train)
-    write_items(read_items(data_dir / "validation.jsonl", limit=3), validation)
-    return train, validation
+def tiny_data(small_split) -> tuple[Path, Path]:
+    return small_split(12, 3)
 
 
 def _options(train: Path, validation: Path) -> dict:

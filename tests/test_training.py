@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from appraiser.cli import app
-from appraiser.data.io import read_items, write_items
+from appraiser.data.io import read_items
 from appraiser.data.prompts import PromptConfig, make_completion
 from appraiser.runs.store import RunStore
 from appraiser.training import TrainConfig, audit, encode, start
@@ -46,11 +46,8 @@ def validation_items(data_dir):
 
 
 @pytest.fixture()
-def tiny_files(train_items, data_dir, tmp_path):
-    train, validation = tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
-    write_items(train_items[:16], train)
-    write_items(read_items(data_dir / "validation.jsonl", limit=4), validation)
-    return train, validation
+def tiny_files(small_split):
+    return small_split(16, 4)
 
 
 # ------------------------------------------------------------------------------------------ labels
