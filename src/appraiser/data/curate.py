@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appraiser.data.clean import parse_details, parse_price, weight_from_details
-from appraiser.data.io import JSONL_SUFFIXES, DataError, write_items
+from appraiser.data.io import JSONL_SUFFIXES, DataError, gzip_problem, read_available, write_items
 from appraiser.items import MAX_PRICE, MIN_PRICE, Item, make_id
 
 log = logging.getLogger(__name__)
@@ -375,6 +375,7 @@ class Chunk:
     end_line: int = 0  # line number after the chunk
     end_byte: int = 0  # uncompressed offset after the chunk (where a resumed run seeks to)
     end_raw: int = 0  # on-disk offset after the chunk (for progress)
+    broken: str | None = None  # `file:line: reason` when a damaged .gz stops after this chunk
 
 
 @dataclass
@@ -399,6 +400,8 @@ class ChunkResult:
 def process_chunk(chunk: Chunk) -> ChunkResult:
     """Parse and curate one chunk of lines. Malformed lines become `file:line: reason` messages."""
     out = ChunkResult()
+    if chunk.broken:
+        out.errors.append(chunk.broken)
     lines = chunk.data.split(b"\n")
     if chunk.data.endswith(b"\n"):
         lines.pop()
@@ -564,7 +567,25 @@ def _chunks(
                 line_no, pos = start_line, start_byte
             carry = b""
             while True:
-                block = reader.read(config.chunk_bytes)
+                block, damage = read_available(reader, config.chunk_bytes)
+                if damage is not None:  # a damaged .gz: keep the whole lines before the break, report it
+                    data = carry + block
+                    body = data[: data.rfind(b"\n") + 1]
+                    n_lines = body.count(b"\n")
+                    yield Chunk(
+                        si,
+                        src.label,
+                        item_source,
+                        src.category,
+                        line_no,
+                        body,
+                        config,
+                        end_line=line_no + n_lines,
+                        end_byte=pos + len(body),
+                        end_raw=base_raw[si] + raw.tell(),
+                        broken=f"{src.label}:{line_no + n_lines}: {gzip_problem(damage)}; the lines before it are kept",
+                    )
+                    break
                 if not block and not carry:
                     break
                 data = carry + block

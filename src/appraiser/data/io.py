@@ -1,8 +1,11 @@
 """Reading and writing items: JSONL (optionally gzipped), Parquet, and Hugging Face datasets.
 
 Bad input never loses good input: a malformed line is reported as `file:line: reason`, counted,
-and skipped, and every other line still loads. Writes are atomic (temp file + rename), so an
-interrupted write never leaves a half file where a good one was.
+and skipped, and every other line still loads. A `.jsonl.gz` cut short (a killed download, a full
+disk) loads every complete record before the break and reports the break the same way, as one more
+`file:line: reason`. A file that cannot be read at all (not gzip, not Parquet, a folder) is a
+`DataError` naming it. Writes are atomic (temp file + rename), so an interrupted write never leaves
+a half file where a good one was.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import logging
 import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,29 +85,108 @@ def _check_file(path: Path) -> str:
 
 
 def open_text(path: Path) -> IO[str]:
-    """Open a .jsonl or .jsonl.gz file for reading text."""
+    """Open a .jsonl or .jsonl.gz file for reading text (a damaged .gz raises on read: see `iter_lines`)."""
     if path.name.lower().endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
     return open(path, encoding="utf-8", errors="replace")
 
 
+#: What a damaged gzip stream raises part-way: cut short (EOFError), bad header/CRC (BadGzipFile),
+#: garbage in the deflate data (zlib.error).
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def gzip_problem(e: BaseException) -> str:
+    """A damaged gzip stream's exception as a short reason."""
+    if isinstance(e, EOFError):
+        return "file ends early (truncated gzip: the compressed stream stops mid-way)"
+    return f"corrupt gzip data ({e})"
+
+
+def read_available(reader: IO[bytes], size: int) -> tuple[bytes, BaseException | None]:
+    """Up to `size` bytes from a (possibly damaged) gzip or plain binary reader, and the gzip error
+    that stopped it, if any. Reads with `read1`, so the bytes decompressed before a break are kept
+    (a plain `read(size)` that fails part-way loses what it had gathered)."""
+    parts: list[bytes] = []
+    got = 0
+    read1 = getattr(reader, "read1", reader.read)
+    while got < size:
+        try:
+            block = read1(size - got)
+        except GZIP_ERRORS as e:
+            return b"".join(parts), e
+        if not block:
+            break
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts), None
+
+
+def iter_lines(path: Path, errors: list[LoadError] | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a .jsonl or .jsonl.gz file, streamed.
+
+    A gzip stream that breaks part-way (truncated, corrupt) yields every whole line before the break,
+    then reports the break as `file:line: reason` (the line it cut) and stops. A file that is not
+    gzip at all is a DataError.
+    """
+    if not path.name.lower().endswith(".gz"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            yield from enumerate(f, start=1)
+        return
+    with gzip.open(path, "rb") as f:
+        carry, lineno = b"", 0
+        while True:
+            block, broken = read_available(f, 1 << 16)
+            if broken is not None and lineno == 0 and not carry and not block and isinstance(broken, gzip.BadGzipFile):
+                raise DataError(f"{path}: not a readable gzip file ({broken})") from broken
+            data = carry + block
+            *whole, carry = data.split(b"\n")
+            for raw in whole:
+                lineno += 1
+                yield lineno, raw.decode("utf-8", errors="replace")
+            if broken is not None:
+                lineno += 1
+                # A record cut exactly at its closing brace is whole: keep it if it parses.
+                if carry.strip() and _is_json_object(carry):
+                    yield lineno, carry.decode("utf-8", errors="replace")
+                    reason = gzip_problem(broken) + f"; {lineno} lines read before it"
+                else:
+                    reason = gzip_problem(broken) + f"; {lineno - 1} whole lines read before it"
+                _report(errors, LoadError(str(path), lineno, reason))
+                return
+            if not block:
+                if carry.strip():
+                    yield lineno + 1, carry.decode("utf-8", errors="replace")
+                return
+
+
+def _is_json_object(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw.decode("utf-8", errors="replace")), dict)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+
+
 def iter_json_lines(path: str | Path, errors: list[LoadError] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each JSON object line; bad lines go to `errors`."""
+    """Yield (line number, object) for each JSON object line; bad lines (and a break in a damaged
+    .gz) go to `errors`."""
     path = Path(path)
     _check_file(path)
-    with open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                _report(errors, LoadError(str(path), lineno, f"malformed JSON ({e.msg} at column {e.colno})"))
-                continue
-            if not isinstance(obj, dict):
-                _report(errors, LoadError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}"))
-                continue
-            yield lineno, obj
+    for lineno, line in iter_lines(path, errors):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            _report(errors, LoadError(str(path), lineno, f"malformed JSON ({e.msg} at column {e.colno})"))
+            continue
+        except RecursionError:
+            _report(errors, LoadError(str(path), lineno, "malformed JSON (nested too deeply)"))
+            continue
+        if not isinstance(obj, dict):
+            _report(errors, LoadError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        yield lineno, obj
 
 
 def _report(errors: list[LoadError] | None, err: LoadError) -> None:
@@ -125,14 +208,43 @@ def _validation_reason(e: ValidationError) -> str:
     return f"invalid {loc}: {first['msg']}"
 
 
+def iter_parquet_records(
+    path: Path, errors: list[LoadError] | None = None, batch_size: int = 1024
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, record) of a Parquet file, read a batch at a time (so a `limit` reads little).
+
+    A file Parquet cannot open (truncated, not Parquet, empty) is a DataError naming it; a row group
+    that fails to decode part-way reports `file:row: reason` and stops, keeping the rows before it.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
+    row = 0
+    batches = pf.iter_batches(batch_size=batch_size)
+    with pf:
+        while True:
+            try:
+                batch = next(batches, None)
+            except (pa.ArrowException, OSError, ValueError) as e:
+                _report(errors, LoadError(str(path), row + 1, f"corrupt Parquet data from here on ({e})"))
+                return
+            if batch is None:
+                return
+            for record in batch.to_pylist():
+                row += 1
+                yield row, record
+
+
 def iter_items(path: str | Path, errors: list[LoadError] | None = None) -> Iterator[Item]:
     """Stream items from a JSONL(.gz) or Parquet file, skipping (and reporting) bad records."""
     path = Path(path)
     suffix = _check_file(path)
     if suffix in PARQUET_SUFFIXES:
-        import pyarrow.parquet as pq
-
-        for i, record in enumerate(pq.read_table(path).to_pylist(), start=1):
+        for i, record in iter_parquet_records(path, errors):
             try:
                 yield record_to_item(record)
             except ValidationError as e:
@@ -149,6 +261,9 @@ def read_items(path: str | Path, report: LoadReport | None = None, limit: int | 
     """Load the items of one file. Bad records are skipped and listed in `report`."""
     errors = report.errors if report is not None else None
     items: list[Item] = []
+    if limit is not None and limit <= 0:
+        _check_file(Path(path))  # a wrong path is still an error, even when nothing is asked for
+        return items
     for item in iter_items(path, errors):
         items.append(item)
         if limit is not None and len(items) >= limit:

@@ -4,13 +4,17 @@ A human baseline answers "is the model better than a careful person?": `export_h
 items to a CSV with an empty price column; whoever fills it in needs nothing but a spreadsheet.
 `read_guesses` reads such a CSV, or any CSV/JSONL of (item id or exact text) → guess, including
 Appraiser's own predictions JSONL, and `match_guesses` lines the guesses up with a test set.
-A blank or unreadable guess is a failure, counted and shown, never a zero.
+A blank or unreadable guess is a failure, counted and shown, never a zero. A CSV saved by Excel
+need not be UTF-8: it is read as UTF-8 (with or without a BOM), else as Windows-1252, else Latin-1,
+with a warning saying which.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,11 @@ from appraiser.pricers.base import Prediction, parse_price_text
 ID_COLUMNS = ("id", "item_id")
 TEXT_COLUMNS = ("text", "prompt", "description")
 PRICE_COLUMNS = ("price", "guess", "prediction", "predicted_price", "estimate")
+#: Tried in order for a CSV: UTF-8 (a BOM is dropped), then what Excel writes on Windows, then Latin-1
+#: (which decodes any bytes, so it is the last resort).
+CSV_ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,15 +78,21 @@ def read_guesses(path: str | Path) -> list[Guess]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a .csv, .tsv or .jsonl file")
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".json")):
         rows = [(line, rec) for line, rec in iter_json_lines(path)]
         columns = sorted({k for _, rec in rows for k in rec})
     elif name.endswith((".csv", ".tsv")):
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if name.endswith(".tsv") else ",")
+        reader = csv.DictReader(
+            io.StringIO(read_csv_text(path), newline=""), delimiter="\t" if name.endswith(".tsv") else ","
+        )
+        try:
             columns = list(reader.fieldnames or [])
             rows = [(i, rec) for i, rec in enumerate(reader, start=2)]
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: not a readable CSV ({e})") from e
     else:
         raise DataError(f"{path}: unknown format; use .csv, .tsv or .jsonl")
     id_col, text_col = _pick(columns, ID_COLUMNS), _pick(columns, TEXT_COLUMNS)
@@ -92,6 +107,32 @@ def read_guesses(path: str | Path) -> list[Guess]:
         return None if v is None or str(v).strip() == "" else str(v).strip()
 
     return [Guess(line, get(rec, id_col), get(rec, text_col), rec.get(price_col)) for line, rec in rows]
+
+
+def read_csv_text(path: Path) -> str:
+    """A CSV's text: UTF-8 if it is, else the first of `CSV_ENCODINGS` that decodes it (with a warning)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        return data.decode(CSV_ENCODINGS[0])
+    except UnicodeDecodeError as e:
+        bad = e
+    for encoding in CSV_ENCODINGS[1:]:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        log.warning(
+            "%s:%d: not UTF-8 (byte 0x%02x); read the file as %s",
+            path,
+            data.count(b"\n", 0, bad.start) + 1,
+            data[bad.start],
+            "Windows-1252 (what Excel saves on Windows)" if encoding == "cp1252" else "Latin-1",
+        )
+        return text
+    raise AssertionError("latin-1 decodes any bytes")  # pragma: no cover
 
 
 def to_prediction(value: str | float | None) -> Prediction:
