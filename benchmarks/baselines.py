@@ -52,9 +52,9 @@ console = Console(width=200, highlight=False)
 
 
 def run_one(name: str, opts: dict, train, validation, store, models: Path) -> dict:
+    from appraiser.data.weighting import weighted_histogram
     from appraiser.evaluation.evaluator import evaluate
     from appraiser.pricers import registry
-    from appraiser.pricers.features import weighted_histogram
 
     pricer = registry.create(name, **opts)
     console.print(f"[dim]fitting {escape(pricer.label)} …[/]")
@@ -79,7 +79,7 @@ def run_one(name: str, opts: dict, train, validation, store, models: Path) -> di
         "median_guess": float(np.median([g for g in result.guesses if g is not None])),
     }
     if hasattr(pricer, "weighting"):
-        from appraiser.pricers.features import sample_weights
+        from appraiser.data.weighting import sample_weights
 
         w = sample_weights(
             train,

@@ -9,17 +9,12 @@ import numpy as np
 import pytest
 
 from appraiser.data.io import read_items
+from appraiser.data.weighting import sample_weights, weighted_histogram
 from appraiser.items import MAX_PRICE, MIN_PRICE, Item
 from appraiser.pricers import registry
 from appraiser.pricers.base import Pricer
 from appraiser.pricers.baselines import Baseline, EmbeddingCache, _weighted_median
-from appraiser.pricers.features import (
-    from_target,
-    items_frame,
-    sample_weights,
-    weight_pounds,
-    weighted_histogram,
-)
+from appraiser.pricers.features import from_target, items_frame, weight_pounds
 
 BASELINES = [
     "random",

@@ -8,7 +8,7 @@ one set of options (see `Baseline`):
   mean; which one wins on mean absolute error depends on the test set's price mix.
 * ``weighting``: ``"none"``, ``"price_flat"`` or ``"match"`` sample weights, and a category
   weight (``off_category_weight``), to move the training pool's price distribution towards
-  the benchmark's (see `appraiser.pricers.features.sample_weights`). ``"match"`` reads only the
+  the benchmark's (see `appraiser.data.weighting.sample_weights`). ``"match"`` reads only the
   validation split's *price histogram and category set*, never its texts.
 * ``seed``: everything random (splits of forests, MLP init, the random baseline) derives from it.
 
@@ -31,17 +31,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from appraiser.data.weighting import WEIGHTINGS, sample_weights
 from appraiser.items import Item
 from appraiser.pricers.base import Prediction, Pricer
-from appraiser.pricers.features import (
-    NUMERIC_COLUMNS,
-    TARGETS,
-    WEIGHTINGS,
-    from_target,
-    items_frame,
-    sample_weights,
-    to_target,
-)
+from appraiser.pricers.features import NUMERIC_COLUMNS, TARGETS, from_target, items_frame, to_target
 from appraiser.pricers.registry import register
 
 COMMON_DEFAULTS: dict[str, Any] = {

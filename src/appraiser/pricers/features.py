@@ -1,17 +1,10 @@
-"""Features and sample weights shared by the traditional baselines.
+"""Features and regression targets of the traditional baselines.
 
-Two concerns live here, both pure functions of items so they are easy to test:
-
-* **Features**: a few hand-made numbers per item (weight in pounds, lengths, digit count,
-  keyword flags) and the text columns that vectorizers read. `items_frame` turns items into a
-  pandas DataFrame so scikit-learn's `ColumnTransformer` can pick the columns each part needs.
-* **Sample weights**: the training pool's price distribution (median $39, many cheap Software
-  and Appliances items) is far from the benchmark's (median ~$172, 8 categories, flattened
-  prices). `sample_weights` re-weights training items so a model spends its capacity where the
-  benchmark's prices are. The "match" scheme reads only the *labels' distribution* of the
-  validation split (a histogram of its prices and the set of its categories), never its texts,
-  which is the same information as "the benchmark is flattened over $0–$1000 in these 8
-  categories" that the data README states.
+Pure functions of items, so they are easy to test: a few hand-made numbers per item (weight in
+pounds, lengths, digit count, keyword flags) and the text columns that vectorizers read.
+`items_frame` turns items into a pandas DataFrame so scikit-learn's `ColumnTransformer` can pick the
+columns each part needs; `to_target` / `from_target` map prices to what a model regresses on and
+back. Sample weights (shared with fine-tuning) live with the data: `appraiser.data.weighting`.
 """
 
 from __future__ import annotations
@@ -140,81 +133,3 @@ def from_target(values: np.ndarray, target: str) -> np.ndarray:
         raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
     values = np.where(np.isfinite(values), values, np.nan)
     return np.clip(values, MIN_PRICE, MAX_PRICE)
-
-
-# ---------------------------------------------------------------- sample weights
-
-WEIGHTINGS = ("none", "price_flat", "match")
-#: Price bins for weighting: $50 wide over $0–$1000, the scale on which the benchmark was flattened.
-PRICE_BINS = np.arange(0.0, 1050.0, 50.0)
-
-
-def _bin_index(prices: np.ndarray) -> np.ndarray:
-    return np.clip(np.digitize(prices, PRICE_BINS) - 1, 0, len(PRICE_BINS) - 2)
-
-
-def _histogram(prices: np.ndarray) -> np.ndarray:
-    return np.bincount(_bin_index(prices), minlength=len(PRICE_BINS) - 1).astype(float)
-
-
-def sample_weights(
-    train: Sequence[Item],
-    scheme: str = "none",
-    validation: Sequence[Item] | None = None,
-    *,
-    categories: Sequence[str] | None = None,
-    off_category_weight: float = 1.0,
-    max_weight: float = 20.0,
-) -> np.ndarray:
-    """One weight per training item: mean 1 over the items with a weight above 0, before the cap.
-
-    Schemes:
-      * ``none``: all 1.
-      * ``price_flat``: 1 / (training items in the item's $50 price bin): every price bin
-        counts the same in total, as in the benchmark's flattened distribution.
-      * ``match``: importance weights ``p_validation(bin) / p_train(bin)`` so the weighted
-        training price histogram equals validation's. Needs `validation` (only its prices are read).
-
-    Categories: items whose (known) category is outside `categories` (default: the categories
-    present in `validation`, if given) are multiplied by `off_category_weight`; 0 removes them.
-    Items without a category keep their weight: we cannot tell where they belong.
-
-    Weights are then capped at `max_weight` (the mean being 1) so a few items in a rare bin cannot
-    dominate. A weight of 0 (a price bin validation never reaches, a filtered category) drops the item.
-    """
-    prices = np.array([it.price for it in train], dtype=float)
-    if scheme == "none":
-        w = np.ones(len(train))
-    elif scheme == "price_flat":
-        hist = _histogram(prices)
-        w = 1.0 / hist[_bin_index(prices)]
-    elif scheme == "match":
-        if not validation:
-            raise ValueError("weighting='match' needs the validation split (only its price distribution is used)")
-        p_train = _histogram(prices) / len(prices)
-        p_val = _histogram(np.array([it.price for it in validation], dtype=float)) / len(validation)
-        w = p_val[_bin_index(prices)] / p_train[_bin_index(prices)]
-    else:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {scheme!r}")
-
-    if off_category_weight != 1.0:
-        target = set(categories) if categories is not None else None
-        if target is None and validation:
-            target = {it.category for it in validation if it.category}
-        if target is None:
-            raise ValueError("off_category_weight needs `categories` or the validation split")
-        off = np.array([it.category is not None and it.category not in target for it in train])
-        w = np.where(off, w * off_category_weight, w)
-
-    if w.sum() <= 0:
-        raise ValueError("all training weights are zero: nothing left to learn from")
-    w = w / w[w > 0].mean()
-    return np.minimum(w, max_weight)
-
-
-def weighted_histogram(prices: Sequence[float], weights: np.ndarray | None = None) -> np.ndarray:
-    """Share of (weighted) items per $50 price bin: handy to check what a scheme did."""
-    p = np.asarray(prices, dtype=float)
-    w = np.ones(len(p)) if weights is None else np.asarray(weights, dtype=float)
-    h = np.bincount(_bin_index(p), weights=w, minlength=len(PRICE_BINS) - 1)
-    return h / h.sum()

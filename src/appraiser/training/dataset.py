@@ -363,11 +363,11 @@ def choose_items(
 ) -> list[Item]:
     """`n` items of the pool drawn by price weight (seeded; without replacement while the pool allows).
 
-    The weights are the baselines' (`pricers.features.sample_weights`): `none`, `price_flat` (every
+    The weights are the baselines' (`data.weighting.sample_weights`): `none`, `price_flat` (every
     $50 price bin counts the same, like the benchmark's flattened prices) or `match` (the validation
     set's price histogram), so a fine-tune and a baseline trained "the same way" see the same mix.
     """
-    from appraiser.pricers.features import sample_weights
+    from appraiser.data.weighting import sample_weights
 
     if not pool:
         raise DataError("the training pool is empty")
