@@ -29,7 +29,7 @@ import torch
 
 from appraiser.data.io import read_items
 from appraiser.data.prompts import PromptConfig, make_prompt
-from appraiser.inference.decode import _encode, _prefill, number_vocab, predict_prices, summarize
+from appraiser.inference.decode import encode_prompts, number_vocab, predict_prices, prefill, summarize
 from appraiser.models import load_model
 
 DATA = Path(os.environ.get("APPRAISER_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -76,7 +76,7 @@ def prefill_only(model, tok, prompts: list[str]) -> None:
     device = next(model.parameters()).device
     with torch.inference_mode():
         for p in prompts:
-            _prefill(model, *_encode(tok, [p], device))
+            prefill(model, *encode_prompts(tok, [p], device))
 
 
 def part1(name: str, items, batch_size: int, n_naive: int, n_single: int, n_batched: int) -> None:

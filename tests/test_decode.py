@@ -177,11 +177,11 @@ def test_multi_digit_tokenizer_uses_top_k_over_the_first_token(multi_digit_lm):
 
 def test_tree_attention_matches_one_cache_row_per_hypothesis(smol, prompts):
     """Both ways of running the beam (shared prompt cache + tree mask, or a cache copy per hypothesis)."""
-    from appraiser.inference.decode import _beam_batch, _encode
+    from appraiser.inference.decode import _beam_batch, encode_prompts
 
     model, tok = smol
     v = number_vocab(tok, model)
-    ids, mask = _encode(tok, prompts[1:3], model.device)
+    ids, mask = encode_prompts(tok, prompts[1:3], model.device)
     with torch.inference_mode():
         tree = _beam_batch(model, ids, mask, v, beam_width=4, max_new_tokens=5, interval=0.8, tree=True)
         copy = _beam_batch(model, ids, mask, v, beam_width=4, max_new_tokens=5, interval=0.8, tree=False)

@@ -142,14 +142,17 @@ def summarize(support: dict[str, float], interval: float, greedy: float | None) 
 # ------------------------------------------------------------------------------------ batching
 
 
-def _batches(tokenizer: Any, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
-    """Indices of prompts in batches of similar length (less padding), longest first."""
+def length_batches(tokenizer: Any, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of `prompts` in batches of at most `batch_size` prompts of similar token length (less
+    padding), longest first. Every index appears once; callers put the results back in order."""
     lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _encode(tokenizer: Any, prompts: list[str], device: Any) -> tuple[Any, Any]:
+def encode_prompts(tokenizer: Any, prompts: list[str], device: Any) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of `prompts` on `device`, LEFT-padded so every prompt ends at the
+    last column (where decoding continues); sets the tokenizer's pad token to EOS if it has none."""
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -157,7 +160,7 @@ def _encode(tokenizer: Any, prompts: list[str], device: Any) -> tuple[Any, Any]:
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-def _prefill(model: Any, input_ids: Any, attention_mask: Any) -> tuple[Any, Any, Any]:
+def prefill(model: Any, input_ids: Any, attention_mask: Any) -> tuple[Any, Any, Any]:
     """Run the prompts once; return next-token logits, the KV cache and the last positions.
 
     Positions come from the attention mask, so a left-padded prompt sees the same positions as alone.
@@ -305,7 +308,7 @@ def _beam_batch(
 
     device = input_ids.device
     n_items = input_ids.shape[0]
-    logits, cache, last_pos = _prefill(model, input_ids, attention_mask)
+    logits, cache, last_pos = prefill(model, input_ids, attention_mask)
     if tree is None:
         tree = _tree_ok(model, input_ids.shape[1], beam_width, max_new_tokens)
     state = (_TreeCache if tree else _CopyCache)(model, cache, attention_mask, last_pos)
@@ -383,7 +386,7 @@ def _topk_batch(
     """The course's method: weight the k most likely number tokens at the first position by probability."""
     import torch
 
-    logits, _, _ = _prefill(model, input_ids, attention_mask)
+    logits, _, _ = prefill(model, input_ids, attention_mask)
     num_ids = torch.tensor(vocab.number_ids, device=logits.device)
     num_lp, best = _scores(logits, num_ids)
     scores, cols = num_lp.topk(min(k, num_ids.numel()), dim=-1)
@@ -479,8 +482,8 @@ def predict_prices(
     model.eval()  # no dropout while reading prices (the trainer's probe may call this mid-training)
     try:
         with torch.inference_mode():
-            for batch in _batches(tokenizer, prompts, batch_size):
-                input_ids, attention_mask = _encode(tokenizer, [prompts[i] for i in batch], device)
+            for batch in length_batches(tokenizer, prompts, batch_size):
+                input_ids, attention_mask = encode_prompts(tokenizer, [prompts[i] for i in batch], device)
                 if method == "head":
                     from appraiser.inference.head import predict_with_head
 

@@ -61,7 +61,7 @@ def prompt_features(
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """(len(prompts), features) float64 array of what the head reads, batched by length, in order."""
-    from appraiser.inference.decode import _batches, _encode
+    from appraiser.inference.decode import encode_prompts, length_batches
 
     device = next(model.parameters()).device
     out: list[np.ndarray | None] = [None] * len(prompts)
@@ -70,8 +70,8 @@ def prompt_features(
     model.eval()
     try:
         with torch.inference_mode():
-            for batch in _batches(tokenizer, prompts, batch_size):
-                input_ids, attention_mask = _encode(tokenizer, [prompts[i] for i in batch], device)
+            for batch in length_batches(tokenizer, prompts, batch_size):
+                input_ids, attention_mask = encode_prompts(tokenizer, [prompts[i] for i in batch], device)
                 feats = head_features(model, input_ids, attention_mask).float().cpu().numpy()
                 for i, row in zip(batch, feats, strict=True):
                     out[i] = row.astype(np.float64)
