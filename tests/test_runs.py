@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from appraiser.cli import app
-from appraiser.cli.train import watch_frame
+from appraiser.cli.progress import watch_frame
 from appraiser.data.io import DataError
 from appraiser.runs import RunNotFound, RunStore, ema, rolling_mean
 from appraiser.runs.chart import Series, line_chart

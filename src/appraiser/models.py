@@ -23,11 +23,14 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from appraiser.data.io import DataError
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,11 @@ FINETUNE_INFO = "appraiser.json"
 _MARKER = "appraiser-converted.json"
 
 
-class ModelNotFound(Exception):
-    """A named model that is not installed, or a path that holds no model (message says what to do)."""
+class ModelNotFound(DataError):
+    """A named model that is not installed, or a path that holds no model (message says what to do).
+
+    A DataError: it is the user's input that names no model, so the CLI shows it as one line.
+    """
 
 
 # ------------------------------------------------------------------------------------------ packaged
@@ -219,19 +225,47 @@ def prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def model_source(name_or_path: str) -> str:
-    """What `from_pretrained` should read for a name: the converted folder of a packaged model, else as is."""
-    if name_or_path in PACKAGED:
-        return str(ensure_converted(name_or_path))
-    path = Path(name_or_path).expanduser()
+def check_model(name_or_path: str) -> None:
+    """Raise ModelNotFound (saying what would work) unless `name_or_path` can name a model: an installed
+    packaged model, a folder holding a model, a PEFT adapter or a run folder, or a hub id (`owner/name`).
+
+    Nothing is loaded and the hub is not asked, so a command can check its model before any slow work.
+    """
+    name = str(name_or_path)
+    if name in PACKAGED:
+        m = PACKAGED[name]
+        if not (converted_dir(name) / _MARKER).exists() and package_dir(m.package) is None:
+            raise ModelNotFound(f"model {name!r} is not installed; run: {m.pip_hint}")
+        return
+    if find_adapter(name) is not None:
+        return
+    path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelNotFound(f"{path}: no model here (no config.json, adapter_config.json or run folder)")
-        return str(path)
-    if name_or_path.count("/") != 1 or name_or_path.startswith((".", "/", "~")):
+        return
+    if not _HUB_ID.match(name):
         known = ", ".join(sorted(PACKAGED))
-        raise ModelNotFound(f"unknown model {name_or_path!r}: not a packaged model ({known}), folder or hub id")
-    return name_or_path  # a hub id
+        raise ModelNotFound(f"unknown model {name!r}: not a packaged model ({known}), a folder or a hub id")
+
+
+#: owner/name, as the hub spells model ids (a relative path like ./x or a typo like `smollm` is not one).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _hub_error(name: str, e: OSError) -> ModelNotFound:
+    """A hub id or folder that transformers could not read, as one line (its first line of explanation)."""
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ModelNotFound(f"cannot load model {name!r}: {reason}")
+
+
+def model_source(name_or_path: str) -> str:
+    """What `from_pretrained` should read for a name: the converted folder of a packaged model, else as is."""
+    check_model(name_or_path)
+    if name_or_path in PACKAGED:
+        return str(ensure_converted(name_or_path))
+    path = Path(name_or_path).expanduser()
+    return str(path) if path.exists() else name_or_path  # a folder, else a hub id
 
 
 def _bnb_config(compute_dtype: Any) -> Any:
@@ -281,7 +315,10 @@ def _load_base(name_or_path: str, *, load_in_4bit: bool, dtype: Any, device: str
     if load_in_4bit:
         kwargs["quantization_config"] = _bnb_config(dtype)
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise _hub_error(name_or_path, e) from None
     if not load_in_4bit:
         model.to(device)
     model.eval()
@@ -307,7 +344,11 @@ def load_tokenizer(name: str = DEFAULT_MODEL) -> Any:
             return prepare_tokenizer(AutoTokenizer.from_pretrained(str(converted_dir(name))))
         folder, gguf = resolve_packaged(name)
         return prepare_tokenizer(AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf))
-    return prepare_tokenizer(AutoTokenizer.from_pretrained(name))
+    check_model(name)
+    try:
+        return prepare_tokenizer(AutoTokenizer.from_pretrained(name))
+    except OSError as e:
+        raise _hub_error(name, e) from None
 
 
 # ------------------------------------------------------------------------------------------ fine-tuned

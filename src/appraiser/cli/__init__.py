@@ -27,27 +27,52 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def error_line(message: str) -> None:
+    """The one red line a user error prints on stderr (the message is text, never rich markup)."""
+    err_console.print(f"[red]error:[/red] {escape(str(message))}", soft_wrap=True, highlight=False)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print `message` as the error line and return the Exit to raise: `raise fail("...")`."""
+    error_line(message)
+    return typer.Exit(code)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """DataError (bad input, unknown run, failed label audit) → one red line on stderr and exit code 2.
+    """User errors → one red line on stderr and exit code 2; Ctrl-C → "interrupted" and exit code 130.
 
-    Commands use it themselves because typer's test runner bypasses `main()`.
+    User errors are DataError (bad input, unknown run or model, failed label audit; the library raises
+    them) and pydantic ValidationError (a config or option that fails validation). Every command runs
+    inside this (`_register` wraps them all), so typer's test runner, which bypasses `main()`, sees what
+    a user sees.
     """
+    from pydantic import ValidationError
+
     try:
         yield
     except DataError as e:
-        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise fail(str(e)) from None
+    except ValidationError as e:
+        from appraiser.errors import validation_message
+
+        raise fail(validation_message(e)) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
 
 
 def friendly(fn: F) -> F:
     """`user_errors` as a decorator for a whole command."""
+    if getattr(fn, "_appraiser_friendly", False):
+        return fn
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with user_errors():
             return fn(*args, **kwargs)
 
+    wrapper._appraiser_friendly = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
@@ -82,28 +107,58 @@ def parse_options(options: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _register() -> None:
-    from appraiser.cli import data as data_cli
+#: The order commands appear in `appraiser --help`; any other module of this package with a `register`
+#: function (a new command group) follows, by name.
+COMMAND_ORDER = ("data", "evaluate", "baseline", "train", "runs", "predict", "demo")
 
-    app.add_typer(data_cli.app, name="data", help="Curate raw metadata into splits; inspect datasets and prompts.")
-    for module_name in ("evaluate", "baseline", "train", "predict", "demo"):
-        try:
-            module = __import__(f"appraiser.cli.{module_name}", fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != f"appraiser.cli.{module_name}":
-                raise
-            continue
-        module.register(app)
+
+def _friendly_everywhere(group: typer.Typer) -> None:
+    """Wrap every command of `group` (and of its sub-groups) in `user_errors`, so no command can forget."""
+    for command in group.registered_commands:
+        if command.callback is not None:
+            command.callback = friendly(command.callback)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _friendly_everywhere(sub.typer_instance)
+
+
+def _register() -> None:
+    """Import each command module of this package and let it add its commands.
+
+    A module that fails to import is a bug to see at once (its error propagates), never a command that
+    silently goes missing. Modules without a `register` function (shared helpers) add nothing.
+    """
+    import importlib
+    import pkgutil
+
+    found = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+    order = [n for n in COMMAND_ORDER if n in found] + sorted(found - set(COMMAND_ORDER))
+    for module_name in order:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+    _friendly_everywhere(app)
 
 
 _register()
 
 
 def main() -> None:
-    """Entry point: run the app, turning data errors into one clear line and exit code 2."""
+    """Entry point: run the app; a user error that escapes a command is still one clear line and exit code 2."""
+    from pydantic import ValidationError
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         app()
     except DataError as e:
-        err_console.print(f"[red]error:[/red] {e}")
+        error_line(str(e))
         raise SystemExit(2) from None
+    except ValidationError as e:
+        from appraiser.errors import validation_message
+
+        error_line(validation_message(e))
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        raise SystemExit(130) from None

@@ -7,7 +7,6 @@ The same as `appraiser eval NAME` for a baseline, plus the options every baselin
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -18,8 +17,8 @@ from rich.table import Table
 
 from appraiser import config
 from appraiser.cli import console, friendly, parse_options
-from appraiser.data.io import DataError, read_items
-from appraiser.evaluation.evaluator import DEFAULT_TEST_SIZE, evaluate, load_test_items
+from appraiser.data.io import DataError
+from appraiser.evaluation.evaluator import DEFAULT_TEST_SIZE, fit_and_evaluate, load_test_items
 from appraiser.evaluation.store import LeaderboardStore
 
 
@@ -90,36 +89,23 @@ def baseline_command(
     opts = {"weighting": weighting, "seed": seed, **parse_options(option)}
     if target is not None:
         opts["target"] = target
-    try:
-        pricer = registry.create(name, **opts)
-    except (TypeError, ValueError) as e:
-        raise DataError(str(e)) from None
+    pricer = registry.create(name, **opts)
     if hasattr(pricer, "progress"):
         pricer.progress = True  # embedding thousands of texts takes minutes: show it
 
     data = config.default_data_dir()
     test_items = load_test_items(test or data / "validation.jsonl", None if size <= 0 else size, offset)
-    train_path = train or data / "train.jsonl"
-    train_items = read_items(train_path)
-    if not train_items:
-        raise DataError(f"{train_path}: no training items")
-    val_items = None
-    if validation is not None or pricer.weighting == "match" or pricer.off_category_weight != 1.0:
-        val_items = read_items(validation or data / "validation.jsonl")
-
-    console.print(f"fitting {escape(pricer.label)} on {len(train_items):,} items from {train_path} …")
-    start = time.perf_counter()
-    try:
-        pricer.fit(train_items, val_items)
-    except ValueError as e:
-        raise DataError(f"{pricer.label}: {e}") from None
-    fit_seconds = time.perf_counter() - start
-    saved = pricer.save(save or model_path(pricer.label))
+    if validation is None and (pricer.weighting == "match" or pricer.off_category_weight != 1.0):
+        validation = data / "validation.jsonl"  # what `match` and category weights aim at, by default
 
     with LeaderboardStore(db) as store:
-        result = evaluate(
+        result, saved = fit_and_evaluate(
             pricer,
             test_items,
+            train=train or data / "train.jsonl",
+            validation=validation,
+            save=save or model_path(pricer.label),
+            say=console.print,
             name=name_as,
             show=not quiet,
             cache=False,
@@ -127,8 +113,8 @@ def baseline_command(
             predictions_path=predictions,
             charts_dir=charts,
             store=store,
-            fit_seconds=fit_seconds,
         )
+    fit_seconds = result.fit_seconds
     if quiet:
         console.print(result.summary_table())
     m = result.metrics
@@ -136,9 +122,10 @@ def baseline_command(
         f"{escape(result.pricer)}: MAE ${m['mae']:,.2f}, RMSLE {m['rmsle']:.3f}, hit rate {m['hit_rate']:.1%} · "
         f"fit {fit_seconds:.1f} s, predict {result.seconds:.2f} s for {len(test_items)} items"
     )
-    console.print(f"model saved to {saved} (evaluate again with `appraiser eval --model {saved}`)")
+    where = escape(str(saved))
+    console.print(f"model saved to {where} (evaluate again with `appraiser eval --model {where}`)")
     if predictions is not None:
-        console.print(f"predictions: {predictions}")
+        console.print(f"predictions: {escape(str(predictions))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -47,9 +47,7 @@ def curate(
         str | None,
         typer.Option(help="category of the items (default: from the file name meta_<Category>...)"),
     ] = None,
-    size: Annotated[
-        int | None, typer.Option(help="items to keep (price-flattened sample); default all")
-    ] = None,
+    size: Annotated[int | None, typer.Option(help="items to keep (price-flattened sample); default all")] = None,
     min_chars: Annotated[int, typer.Option(help="drop items whose text is shorter")] = 600,
     seed: Annotated[int, typer.Option(help="seed of the sample and the split")] = 42,
     workers: Annotated[int, typer.Option(min=1, help="worker processes")] = 2,
@@ -60,9 +58,7 @@ def curate(
     category_weight: Annotated[
         list[str] | None, typer.Option(help="CATEGORY=WEIGHT sampling weight (repeatable; 0 leaves it out)")
     ] = None,
-    chunk_bytes: Annotated[
-        int, typer.Option(min=1, help="bytes of input per work unit", hidden=True)
-    ] = 4_000_000,
+    chunk_bytes: Annotated[int, typer.Option(min=1, help="bytes of input per work unit", hidden=True)] = 4_000_000,
     fresh: Annotated[bool, typer.Option(help="ignore work left by an interrupted run")] = False,
     charts: Annotated[bool, typer.Option(help="draw the PNG charts")] = True,
 ) -> None:
@@ -72,6 +68,7 @@ def curate(
 
     from appraiser.data.curate import CurateConfig, parse_split
     from appraiser.data.curate import curate as run_curate
+    from appraiser.errors import validation_message
 
     with user_errors():
         try:
@@ -87,8 +84,7 @@ def curate(
                 chunk_bytes=chunk_bytes,
             )
         except ValidationError as e:
-            first = e.errors()[0]
-            raise DataError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+            raise DataError(validation_message(e, "", as_flag=True)) from None
         columns = (
             TextColumn("[bold]curating"),
             BarColumn(),
@@ -105,9 +101,7 @@ def curate(
             bar.update(task, completed=done, total=total, records=records, kept=kept)
 
         try:
-            result = run_curate(
-                inputs, out, config, category, fmt, resume=not fresh, progress=progress, charts=charts
-            )
+            result = run_curate(inputs, out, config, category, fmt, resume=not fresh, progress=progress, charts=charts)
         except KeyboardInterrupt:
             _stop(bar)
             err_console.print("interrupted: rerun the same command to resume from the last finished chunk")
@@ -154,14 +148,10 @@ def _print_result(result) -> None:
 @app.command()
 def prompts(
     split_file: Annotated[Path, typer.Argument(help="a split file (.jsonl, .jsonl.gz or .parquet)")],
-    model: Annotated[
-        str, typer.Option(help="tokenizer: a packaged model name, a folder or a hub id")
-    ] = "smollm2-135m",
+    model: Annotated[str, typer.Option(help="tokenizer: a packaged model name, a folder or a hub id")] = "smollm2-135m",
     max_tokens: Annotated[int, typer.Option(min=1, help="token budget of the text in the prompt")] = 160,
     limit: Annotated[int | None, typer.Option(min=1, help="only the first N items")] = None,
-    exact_cents: Annotated[
-        bool, typer.Option(help="completions with exact cents instead of whole dollars")
-    ] = False,
+    exact_cents: Annotated[bool, typer.Option(help="completions with exact cents instead of whole dollars")] = False,
     raw_text: Annotated[bool, typer.Option(help="use the raw text even where an item has a summary")] = False,
 ) -> None:
     """Token-count statistics of a split's prompts, and one example prompt and completion."""
@@ -236,3 +226,8 @@ def stats(
     console.print(table)
     if report.skipped:
         console.print(f"skipped {report.skipped:,} bad records")
+
+
+def register(app_: typer.Typer) -> None:
+    """Add the `data` group to the `appraiser` app."""
+    app_.add_typer(app, name="data", help="Curate raw metadata into splits; inspect datasets and prompts.")

@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from appraiser.cli import console, quiet_libraries, user_errors
+from appraiser.cli.progress import ProgressView
 
 
 def demo_command(
@@ -24,7 +26,6 @@ def demo_command(
 ) -> None:
     """Run the whole job on the embedded model: baselines, zero-shot, LoRA fine-tune, leaderboard, charts."""
     from appraiser import config
-    from appraiser.cli.train import _ProgressView
     from appraiser.demo import DemoConfig, run_demo
     from appraiser.models import DEFAULT_MODEL
 
@@ -37,7 +38,7 @@ def demo_command(
         for key, value in (("test_size", test_size), ("max_steps", max_steps), ("n_train", n_train)):
             if value is not None:
                 setattr(cfg, key, value)
-        view = _ProgressView()
+        view = ProgressView()
 
         def stage(msg: str) -> None:
             console.rule(f"[bold]{msg}")
@@ -68,11 +69,11 @@ def demo_command(
     for r in sorted(result.results, key=lambda r: r.metrics.get("mae", float("inf"))):
         m = r.metrics
         console.print(
-            f"{r.pricer:<40} MAE ${m['mae']:>8,.2f}  (95% CI ${m['mae_ci_low']:,.0f}–${m['mae_ci_high']:,.0f})  "
-            f"hit rate {m['hit_rate']:.0%}",
+            f"{escape(f'{r.pricer:<40}')} MAE ${m['mae']:>8,.2f}  "
+            f"(95% CI ${m['mae_ci_low']:,.0f}–${m['mae_ci_high']:,.0f})  hit rate {m['hit_rate']:.0%}",
             soft_wrap=True,
         )
-    console.print(f"report: {result.index}  ({result.seconds / 60:.1f} min)")
+    console.print(f"report: {escape(str(result.index))}  ({result.seconds / 60:.1f} min)")
 
 
 def register(app: typer.Typer) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -14,11 +13,11 @@ from rich.table import Table
 
 from appraiser import config
 from appraiser.cli import console, err_console, friendly, parse_options, quiet_libraries
-from appraiser.data.io import DataError, read_items
+from appraiser.data.io import DataError
 from appraiser.evaluation.evaluator import (
     DEFAULT_TEST_SIZE,
     EvalResult,
-    evaluate,
+    fit_and_evaluate,
     load_test_items,
     record_result,
     score,
@@ -80,10 +79,10 @@ def eval_command(
 
     quiet_libraries()  # an LLM pricer loads transformers/peft; their warnings would interleave with our table
 
-    fit_seconds = None
     if test is None:
         test = config.default_data_dir() / "validation.jsonl"
     items = load_test_items(test, _size(size), offset)
+    needs_fit = False
     if model is not None:
         if not model.exists():
             raise DataError(f"{model}: no such saved pricer")
@@ -96,27 +95,17 @@ def eval_command(
             raise DataError("name a pricer (e.g. `appraiser eval constant`) or pass --model FILE")
         from appraiser.pricers import registry
 
-        try:
-            entry = registry.get(pricer)
-        except KeyError as e:
-            raise DataError(str(e.args[0])) from None
-        p = entry.factory(**parse_options(option))
-        if entry.needs_fit:
-            train_path = train or config.default_data_dir() / "train.jsonl"
-            train_items = read_items(train_path)
-            if not train_items:
-                raise DataError(f"{train_path}: no training items")
-            console.print(f"fitting {escape(p.label)} on {len(train_items):,} items from {train_path} …")
-            start = time.perf_counter()
-            p.fit(train_items, read_items(validation) if validation is not None else None)
-            fit_seconds = time.perf_counter() - start
-            console.print(f"fitted in {fit_seconds:.1f} s")
-    if save is not None:
-        console.print(f"saved pricer to {p.save(save)}")
+        p = registry.create(pricer, **parse_options(option))
+        needs_fit = registry.get(pricer).needs_fit
     with _store(db) as store:
-        evaluate(
+        fit_and_evaluate(
             p,
             items,
+            fit=needs_fit,
+            train=train or config.default_data_dir() / "train.jsonl",
+            validation=validation,
+            save=save,
+            say=console.print,
             name=name,
             show=True,
             cache=not no_cache,
@@ -125,10 +114,9 @@ def eval_command(
             charts_dir=charts,
             store=store,
             cost=cost,
-            fit_seconds=fit_seconds,
         )
     if predictions is not None:
-        console.print(f"predictions: {predictions}")
+        console.print(f"predictions: {escape(str(predictions))}")
 
 
 # ---------------------------------------------------------------- leaderboard

@@ -301,10 +301,11 @@ def evaluate(
                     complete(idx, *_predict(pricer, [items[i] for i in idx]))
             else:
                 _run_pool(pricer, items, batches, workers, complete)
-        except BaseException:
+        except BaseException as e:
             saved = sum(p is not None for p in preds)
-            if show and pcache is not None:
-                console.print(f"[yellow]interrupted: {saved}/{n} predictions are cached; rerun to resume[/]")
+            if show and pcache is not None and saved > cached:  # this run added predictions: say they are kept
+                why = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped by an error"
+                console.print(f"[yellow]{why}: {saved}/{n} predictions are cached; rerun to resume[/]")
             raise
         finally:
             if pcache is not None:
@@ -338,6 +339,66 @@ def evaluate(
         for p in result.charts:
             console.print(f"chart: {p}")
     return result
+
+
+def fit_pricer(pricer: Pricer, train: Sequence[Item], validation: Sequence[Item] | None = None) -> float:
+    """Fit `pricer` on `train` (and `validation`, for distribution matching); returns the seconds it took.
+
+    A ValueError or TypeError from `fit` means the options and the data do not go together (say,
+    `weighting=match` without a validation split, or an option of the wrong kind): a DataError naming
+    the pricer, for the user to fix.
+    """
+    if not train:
+        raise DataError(f"{pricer.label}: no training items")
+    start = time.perf_counter()
+    try:
+        pricer.fit(list(train), list(validation) if validation is not None else None)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        hint = "; pass --validation FILE" if validation is None and "validation" in message else ""
+        raise DataError(f"{pricer.label}: {message}{hint}") from None
+    return time.perf_counter() - start
+
+
+def fit_and_evaluate(
+    pricer: Pricer,
+    items: Sequence[Item],
+    *,
+    fit: bool = True,
+    train: str | Path | None = None,
+    validation: str | Path | None = None,
+    save: str | Path | None = None,
+    say: Any = None,
+    **evaluate_options: Any,
+) -> tuple[EvalResult, Path | None]:
+    """The one fit → save → evaluate flow of `appraiser eval` and `appraiser baseline`.
+
+    With `fit`, the pricer is fitted on the items of the `train` file (and of `validation` when given);
+    then saved to `save` when given, then evaluated on `items` with `evaluate_options` (see `evaluate`).
+    `say(text)` hears what happens (fitting, fitted, saved). Returns the result and the saved path.
+    Every bad input on the way (a file, an option, a pairing of options and data) is a DataError.
+    """
+    say = say or (lambda _text: None)
+    items = list(items)
+    if not items:
+        raise DataError("no test items to evaluate on")
+    fit_seconds = None
+    if fit:
+        if train is None:
+            raise DataError(f"{pricer.label} needs fitting: name a training split")
+        train_items = read_items(train)
+        if not train_items:
+            raise DataError(f"{train}: no training items")
+        val_items = read_items(validation) if validation is not None else None
+        say(f"fitting {escape(pricer.label)} on {len(train_items):,} items from {escape(str(train))} …")
+        fit_seconds = fit_pricer(pricer, train_items, val_items)
+        say(f"fitted in {fit_seconds:.1f} s")
+    saved = None
+    if save is not None:
+        saved = Path(pricer.save(save))
+        say(f"saved pricer to {escape(str(saved))}")
+    result = evaluate(pricer, items, fit_seconds=fit_seconds, **evaluate_options)
+    return result, saved
 
 
 def _run_pool(pricer: Pricer, items: list[Item], batches: list[list[int]], workers: int, complete) -> None:

@@ -6,9 +6,13 @@ A factory takes keyword options and returns an unfitted pricer.
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from appraiser.data.io import DataError
 from appraiser.pricers.base import Pricer
 
 
@@ -45,12 +49,94 @@ def names(kind: str | None = None) -> list[str]:
     return sorted(n for n, e in _REGISTRY.items() if kind is None or e.kind == kind)
 
 
+class UnknownPricer(DataError, KeyError):
+    """A pricer name nobody registered (a DataError for the CLI; a KeyError for `registry.get` callers)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def get(name: str) -> Entry:
     _load_builtin()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown pricer {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+        raise UnknownPricer(f"unknown pricer {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
-def create(name: str, **options) -> Pricer:
-    return get(name).factory(**options)
+def _signature_target(factory: Callable[..., Any]) -> Callable[..., Any]:
+    return factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+
+
+def options(name: str) -> dict[str, Any]:
+    """The options a pricer's factory takes, with their defaults (`inspect.Parameter.empty` when required).
+
+    A baseline's own hyper-parameters (`default_params`, taken through `**params`) count as options.
+    """
+    factory = get(name).factory
+    out: dict[str, Any] = {}
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C factory: nothing to list
+        params = []
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            out[p.name] = p.default
+    out.update(getattr(factory, "default_params", None) or {})
+    return out
+
+
+def _takes_any_keyword(factory: Callable[..., Any]) -> bool:
+    """Whether the factory takes **kwargs that it does not itself check (a baseline checks them)."""
+    if getattr(factory, "default_params", None) is not None:
+        return False
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _checked(name: str, factory: Callable[..., Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` with each value validated against the factory's annotation (lax: "3" is not an int, 3 is;
+    3 is a float); an unknown option or a wrongly-typed value is a DataError naming the valid options."""
+    from pydantic import TypeAdapter, ValidationError
+
+    known = options(name)
+    listing = ", ".join(sorted(known)) or "none"
+    unknown = sorted(set(given) - set(known))
+    if unknown and not _takes_any_keyword(factory):
+        raise DataError(f"{name}: unknown option(s) {', '.join(unknown)}; its options: {listing}")
+    try:
+        hints = typing.get_type_hints(_signature_target(factory))
+    except Exception:  # an annotation that cannot be resolved: leave the values as given
+        hints = {}
+    out = dict(given)
+    for key, value in given.items():
+        hint = hints.get(key)
+        if hint is None or hint is Any:
+            continue
+        try:
+            out[key] = TypeAdapter(hint).validate_python(value)
+        except ValidationError as e:
+            from appraiser.errors import validation_message
+
+            raise DataError(f"{name}: option {key}={value!r}: " + validation_message(e, "").lstrip(": ")) from None
+        except Exception:  # a type pydantic cannot check (an arbitrary class): the factory checks it
+            continue
+    return out
+
+
+def create(name: str, **options_: Any) -> Pricer:
+    """A new, unfitted pricer `name` with `options_`.
+
+    Bad options are the user's to fix, so they are DataErrors with the valid options listed: an
+    unknown option, a value of the wrong type, or one the factory rejects (its TypeError / ValueError).
+    """
+    entry = get(name)
+    checked = _checked(name, entry.factory, options_)
+    try:
+        return entry.factory(**checked)
+    except (TypeError, ValueError) as e:
+        listing = ", ".join(sorted(options(name))) or "none"
+        message = str(e) if str(e).startswith(f"{name}:") else f"{name}: {e}"
+        raise DataError(f"{message} (its options: {listing})") from None

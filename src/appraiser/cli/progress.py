@@ -1,0 +1,143 @@
+"""Live training progress, shared by `appraiser train`, `appraiser demo` and `appraiser runs watch`.
+
+`ProgressView` is the rich progress line a training run feeds through the trainer's listeners;
+`watch_frame` draws one frame of a run from the run store (header, loss chart, latest events).
+Everything user-supplied (run names, models, messages) is shown as text, never as rich markup.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.text import Text
+
+from appraiser.cli import console
+
+#: The colour of each run status, wherever a status is shown.
+STATUS_STYLE = {
+    "succeeded": "green",
+    "running": "cyan",
+    "failed": "red",
+    "killed": "red",
+    "cancelled": "yellow",
+    "queued": "dim",
+}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """`1:02:03` / `2:03`, or `-` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class ProgressView:
+    """The rich progress line of a training run, fed by the trainer's listeners.
+
+    Use it as a listener (`view(step, total, values)`), as `on_stage` (`view.stage`) and as
+    `data_progress` (`view.data`); `view.progress` is the rich Progress to open around the run.
+    `view.step` is the last step it saw (0 before the first).
+    """
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task("training", total=None, stats="")
+        self.data_task: Any = None
+        self.losses: list[float] = []
+        self.step = 0
+
+    def stage(self, message: str) -> None:
+        self.progress.update(self.task, description=escape(message))
+        if self.data_task is not None and message != "preparing data":
+            self.progress.update(self.data_task, visible=False)
+
+    def data(self, n: int) -> None:
+        if self.data_task is None:
+            self.data_task = self.progress.add_task("tokenizing", total=None, stats="")
+        self.progress.advance(self.data_task, n)
+
+    def __call__(self, step: int, total: int, values: dict[str, float]) -> None:
+        from appraiser.runs.smoothing import ema
+
+        self.step = max(self.step, int(step))
+        if "loss" in values:
+            self.losses.append(values["loss"])
+            smooth = ema(self.losses, 0.1)[-1]
+            stats = (
+                f"loss {values['loss']:.3f}  smoothed {smooth:.3f}  lr {values['lr']:.2e}  "
+                f"{values['tokens_per_s']:,.0f} tok/s  ETA {fmt_duration(values['eta_s'])}"
+            )
+            self.progress.update(self.task, completed=step, total=total, stats=stats, description="training")
+        if "probe_mae" in values:
+            self.progress.console.print(
+                f"  step {step}: probe MAE [bold]${values['probe_mae']:,.2f}[/bold], "
+                f"hit rate {values['probe_hit_rate']:.0%}, eval loss {values['eval_loss']:.4f}"
+            )
+
+
+def watch_frame(store: Any, run_id: str, *, alpha: float = 0.1, width: int = 70, height: int = 14) -> Group:
+    """One frame of `runs watch`: header, raw and smoothed loss chart, latest events."""
+    from appraiser.runs.chart import Series, line_chart
+    from appraiser.runs.smoothing import ema
+
+    r = store.get(run_id)
+    steps, losses = store.series(r.id, "loss")
+    latest = store.latest(r.id)
+    status = r.display_status
+    head = Text.assemble(
+        (r.id, "bold"),
+        f"  {r.name or ''}  ",
+        (status, STATUS_STYLE.get(status, "")),
+        f"  step {r.step}/{r.max_steps or '?'}",
+    )
+    if losses:
+        smooth = ema(losses, alpha)
+        head.append(f"  loss {losses[-1]:.3f}  smoothed {smooth[-1]:.3f}")
+        if latest.get("lr") is not None:
+            head.append(f"  lr {latest['lr']:.2e}")
+        if latest.get("tokens_per_s") is not None:
+            head.append(f"  {latest['tokens_per_s']:,.0f} tok/s")
+        if status == "running" and latest.get("eta_s") is not None:
+            head.append(f"  ETA {fmt_duration(latest['eta_s'])}")
+    else:
+        smooth = []
+    if r.best_value is not None:
+        head.append(f"  best {r.best_metric} {r.best_value:,.2f} @{r.best_step}", style="green")
+    chart = line_chart(
+        [
+            Series("loss", steps, losses, "grey50"),
+            Series(f"smoothed (EMA {alpha})", steps, smooth, "bold cyan"),
+        ],
+        width=width,
+        height=height,
+    )
+    parts: list[Any] = [head, Panel(chart, title="training loss", expand=False)]
+    probe_steps, maes = store.series(r.id, "probe_mae")
+    if maes:
+        parts.append(
+            Panel(
+                line_chart([Series("probe MAE ($)", probe_steps, maes, "yellow")], width=width, height=5),
+                title="probe MAE",
+                expand=False,
+            )
+        )
+    events = store.events(r.id)[-5:]
+    parts.append(Text("\n".join(str(e) for e in events), style="dim"))
+    return Group(*parts)
