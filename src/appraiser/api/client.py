@@ -1,0 +1,114 @@
+"""`ApiClient`: the official `openai` SDK behind our limits, with token and dollar accounting.
+
+One client per endpoint, shared by the evaluator's worker threads (the SDK client is thread-safe). The
+SDK retries 429 and 5xx with backoff and honours Retry-After (`max_retries`); what still fails becomes an
+`ApiError` with the provider's own message, which a pricer turns into a failed prediction with its reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from appraiser.api.cost import PriceTable, load_prices
+from appraiser.api.limits import RateLimiter
+from appraiser.api.providers import Endpoint
+from appraiser.data.io import DataError
+
+
+class ApiError(DataError):
+    """A call that failed after the SDK's retries: the status and the provider's message, never the key."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+@dataclass
+class Usage:
+    """What a client has spent: requests, failures, tokens, dollars (None once any model was unpriced)."""
+
+    requests: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    dollars: float | None = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, prompt_tokens: int, completion_tokens: int, dollars: float | None) -> None:
+        with self._lock:
+            self.requests += 1
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
+            self.dollars = None if dollars is None or self.dollars is None else self.dollars + dollars
+
+    def fail(self) -> None:
+        with self._lock:
+            self.requests += 1
+            self.failures += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "failures": self.failures,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "dollars": self.dollars,
+        }
+
+
+def describe_error(e: Exception) -> ApiError:
+    """An SDK exception as one line: status, error code and the server's message."""
+    import openai
+
+    if isinstance(e, openai.APIStatusError):
+        body = e.body if isinstance(e.body, dict) else {}
+        err = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
+        msg = err.get("message") or e.message
+        code = err.get("code") or err.get("type")
+        return ApiError(f"{e.status_code} {code or 'error'}: {msg}", status=e.status_code, code=code)
+    if isinstance(e, openai.APITimeoutError):
+        return ApiError("timed out", code="timeout")
+    if isinstance(e, openai.APIConnectionError):
+        return ApiError(f"cannot connect ({e.__cause__ or e})", code="connection_error")
+    return ApiError(f"{type(e).__name__}: {e}")
+
+
+class ApiClient:
+    """Chat completions (and the rest of the SDK, via `.sdk`) against one endpoint, limited and costed."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        concurrency: int = 8,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_retries: int = 3,
+        timeout: float = 60.0,
+        prices: PriceTable | None = None,
+    ):
+        import openai
+
+        self.endpoint = endpoint
+        self.limiter = RateLimiter(concurrency, rpm, tpm)
+        self.prices = prices or load_prices()
+        self.usage = Usage()
+        self.sdk = openai.OpenAI(
+            base_url=endpoint.base_url, api_key=endpoint.api_key(), max_retries=max_retries, timeout=timeout
+        )
+
+    def chat(self, model: str, messages: list[dict[str, Any]], **params: Any) -> Any:
+        """One chat completion (a `ChatCompletion`), counted in `usage`; `ApiError` when it fails."""
+        estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + int(params.get("max_tokens") or 0)
+        with self.limiter.slot(estimate):
+            try:
+                resp = self.sdk.chat.completions.create(model=model, messages=messages, **params)
+            except Exception as e:  # the SDK's errors, after its own retries
+                self.usage.fail()
+                raise describe_error(e) from None
+        u = resp.usage
+        prompt, completion = (u.prompt_tokens or 0, u.completion_tokens or 0) if u is not None else (0, 0)
+        self.usage.add(prompt, completion, self.prices.cost(model, prompt, completion))
+        return resp

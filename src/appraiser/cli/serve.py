@@ -1,0 +1,71 @@
+"""`appraiser serve`: run the OpenAI-compatible server on this machine.
+
+Binds 127.0.0.1 unless told otherwise, and refuses a non-loopback `--host` unless API keys are configured
+(checked before anything binds). Keys come from `--api-key` (repeatable), `$APPRAISER_API_KEY`, or a keys
+file of SHA-256 digests (`--keys-file`; `--hash-key K` prints the digest line to put in it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from appraiser.cli import console, friendly, quiet_libraries
+from appraiser.data.io import DataError
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@friendly
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to bind (a non-loopback one needs API keys).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).", min=0, max=65535)] = 8321,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option("--api-key", help="A key clients must send (repeatable; default $APPRAISER_API_KEY)."),
+    ] = None,
+    keys_file: Annotated[Path | None, typer.Option(help="File of SHA-256 key digests, one per line [owner].")] = None,
+    hash_key: Annotated[
+        str | None, typer.Option("--hash-key", help="Print the keys-file line for KEY and exit.")
+    ] = None,
+    max_body: Annotated[int, typer.Option(help="Largest request body in bytes.", min=1)] = 1_000_000,
+    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.", min=1)] = 512,
+    max_loaded: Annotated[int, typer.Option(help="Models kept in memory at once.", min=1)] = 2,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve Appraiser's models over the OpenAI API (chat completions, models) plus /v1/price."""
+    from appraiser.server import ServerSettings, create_app
+    from appraiser.server.security import hash_key as digest
+    from appraiser.server.security import key_table
+
+    if hash_key is not None:
+        console.print(f"{digest(hash_key)} owner-name")
+        return
+    keys = key_table(api_key or [k for k in [os.environ.get("APPRAISER_API_KEY")] if k], keys_file)
+    if not _is_loopback(host) and not keys:
+        raise DataError(f"refusing to bind {host} without API keys: pass --api-key or --keys-file")
+    quiet_libraries()
+    import uvicorn
+
+    app = create_app(
+        ServerSettings(keys=keys, max_body_bytes=max_body, max_tokens_cap=max_tokens, max_loaded=max_loaded)
+    )
+    logging.getLogger("appraiser.server").setLevel(log_level.upper())
+    console.print(f"appraiser serve on http://{host}:{port}/v1 ({'API keys required' if keys else 'no API key'})")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_command)

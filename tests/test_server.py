@@ -1,0 +1,264 @@
+"""`appraiser serve` as a real process on a loopback port, driven by the official `openai` SDK.
+
+One server per test session (the embedded SmolLM2 loads once); two API keys configured, so every route
+is also checked for its key handling. The `api` pricer and the client layer are run against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from appraiser.api import ApiClient, ApiError, resolve_endpoint
+from appraiser.data.io import read_items
+from appraiser.pricers.api import ApiPricer, expected_from_logprobs, messages_for
+from appraiser.pricers.base import parse_price_text
+
+KEY, OTHER_KEY = "sk-test-one", "sk-test-two"
+MODEL = "smollm2-135m"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """(base_url, process, log path) of a running `appraiser serve`."""
+    home = tmp_path_factory.mktemp("serve-home")
+    port = _free_port()
+    exe = shutil.which("appraiser") or str(Path(sys.executable).parent / "appraiser")
+    log = home / "serve.log"
+    env = {**os.environ, "APPRAISER_HOME": str(home), "APPRAISER_DTYPE": "fp32"}
+    cmd = [exe, "serve", "--port", str(port), "--api-key", KEY, "--api-key", OTHER_KEY,
+           "--max-body", "20000", "--max-tokens", "64"]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"appraiser serve exited: {log.read_text()}")
+        try:
+            if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx2.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail(f"appraiser serve did not come up: {log.read_text()}")
+    yield f"{base}/v1", proc, log
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server[0], api_key=KEY, max_retries=0, timeout=120)
+
+
+def _ask(item_text: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "You estimate prices of items. Reply only with the price, no explanation"},
+        {"role": "user", "content": f"How much does this cost?\n\n{item_text}"},
+        {"role": "assistant", "content": "Price is $"},
+    ]
+
+
+def test_models_lists_the_embedded_model(client):
+    ids = [m.id for m in client.models.list()]
+    assert MODEL in ids
+    assert client.models.retrieve(MODEL).id == MODEL
+
+
+def test_chat_completion_continues_the_prefilled_price(client, data_dir):
+    item = read_items(data_dir / "validation.jsonl", limit=1)[0]
+    r = client.chat.completions.create(model=MODEL, messages=_ask(item.text[:400]), max_tokens=6, temperature=0,
+                                       seed=1)
+    choice = r.choices[0]
+    assert r.object == "chat.completion" and choice.message.role == "assistant"
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens <= 6 and r.usage.prompt_tokens > 20
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert parse_price_text("$" + choice.message.content) is not None  # it continues "Price is $" with digits
+
+
+def test_stream_carries_the_same_text_as_the_plain_call(client):
+    msgs = [{"role": "user", "content": "Name three colours."}]
+    plain = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=12, temperature=0)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=12, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content and len(chunks) > 3
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == [plain.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_stop_sequence_ends_the_answer_and_is_not_in_it(client):
+    msgs = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    full = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=24, temperature=0)
+    text = full.choices[0].message.content
+    assert "," in text, text
+    cut = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=24, temperature=0, stop=[","])
+    assert cut.choices[0].message.content == text[: text.index(",")]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_logprobs_rank_the_greedy_token_first(client):
+    r = client.chat.completions.create(model=MODEL, messages=_ask("Boss DS-1 Distortion guitar pedal"),
+                                       max_tokens=4, temperature=0, logprobs=True, top_logprobs=5)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for tok in content:
+        tops = [t.logprob for t in tok.top_logprobs]
+        assert len(tops) == 5 and tops == sorted(tops, reverse=True)
+        assert tok.token == tok.top_logprobs[0].token and tok.logprob == pytest.approx(tops[0])
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    # the expected price over the first token's alternatives lies within their range
+    v = expected_from_logprobs(r.choices[0].message.content, content[0])
+    if v is not None:
+        rest = r.choices[0].message.content.strip()[len(content[0].token.strip()):]
+        alts = [parse_price_text(t.token.strip() + rest) for t in content[0].top_logprobs if t.token.strip().isdigit()]
+        assert min(alts) <= v <= max(alts)
+
+
+def test_seeded_sampling_repeats(client):
+    msgs = [{"role": "user", "content": "Write a word."}]
+    a, b = (client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=1.0, seed=7)
+            for _ in range(2))
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+# ---------------------------------------------------------------- errors, in OpenAI's shape
+
+
+def _shape(body: dict) -> dict:
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    return err
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 404
+    assert _shape({"error": e.value.body})["code"] == "model_not_found"  # the SDK hands over the inner object
+
+
+def test_keys_are_required_and_checked(server):
+    base = server[0]
+    r = httpx2.get(f"{base}/models")  # no key at all
+    assert r.status_code == 401 and _shape(r.json())["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base, api_key="wrong-key", max_retries=0).models.list()
+    assert [m.id for m in openai.OpenAI(base_url=base, api_key=OTHER_KEY).models.list()]  # the second key works
+    assert httpx2.get(base.removesuffix("/v1") + "/health").status_code == 200  # health needs no key
+
+
+def test_bad_requests_are_400s_never_500s(server):
+    base, hdr = server[0], {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    cases = {
+        "bad json": "{not json",
+        "no messages": json.dumps({"model": MODEL, "messages": []}),
+        "bad role": json.dumps({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}),
+        "n=2": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 2}),
+        "temperature 9": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                     "temperature": 9}),
+        "max_tokens over the cap": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                               "max_tokens": 1000}),
+        "top_logprobs without logprobs": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                                     "top_logprobs": 3}),
+        "a list": json.dumps([1, 2]),
+    }
+    for what, body in cases.items():
+        r = httpx2.post(f"{base}/chat/completions", content=body, headers=hdr, timeout=60)
+        assert r.status_code == 400, (what, r.status_code, r.text)
+        _shape(r.json())
+    r = httpx2.post(f"{base}/chat/completions", content="x" * 30000, headers=hdr)
+    assert r.status_code == 413 and _shape(r.json())["code"] == "request_too_large"
+    r = httpx2.get(f"{base}/no/such/route", headers=hdr)
+    assert r.status_code == 404 and _shape(r.json())
+
+
+def test_logs_carry_no_key_and_no_prompt(server, client):
+    secret_prompt = "zebra-unicorn-secret-prompt"
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": secret_prompt}], max_tokens=1)
+    time.sleep(0.5)
+    log = server[2].read_text()
+    assert "req_" in log  # request ids are logged
+    assert KEY not in log and OTHER_KEY not in log and secret_prompt not in log
+
+
+def test_price_route_prices_items(server):
+    base, hdr = server[0], {"Authorization": f"Bearer {KEY}"}
+    r = httpx2.post(f"{base}/price", json={"model": MODEL, "items": [{"text": "Boss DS-1 Distortion pedal"},
+                                                                     {"text": "USB-C cable, 1 m"}]},
+                    headers=hdr, timeout=180)
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["index"] for d in data] == [0, 1] and all(d["price"] > 0 for d in data)
+    r = httpx2.post(f"{base}/price", json={"model": "nope", "items": [{"text": "x"}]}, headers=hdr)
+    assert r.status_code == 404
+
+
+# ---------------------------------------------------------------- the client layer and the api pricer
+
+
+def test_api_pricer_evaluates_and_reuses_its_cache(server, data_dir, monkeypatch, tmp_path):
+    from appraiser.evaluation.evaluator import evaluate
+    from appraiser.evaluation.store import LeaderboardStore
+
+    monkeypatch.setenv("TEST_SERVE_KEY", KEY)
+    items = read_items(data_dir / "validation.jsonl", limit=4)
+    pricer = ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", concurrency=4)
+    with LeaderboardStore(tmp_path / "lb.db") as store:
+        first = evaluate(pricer, items, show=False, store=store)
+        assert pricer.usage()["requests"] == 4 and pricer.usage()["prompt_tokens"] > 0
+        assert pricer.usage()["dollars"] == 0.0  # a local model is free in the price table
+        assert sum(r.guess is not None for r in first.results) >= 3
+        again = ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", concurrency=4)
+        second = evaluate(again, items, show=False, store=store)
+        assert again.usage()["requests"] == 0  # everything came from the cache
+        assert [r.guess for r in second.results] == [r.guess for r in first.results]
+
+
+def test_a_failed_call_is_a_failed_prediction_with_its_reason(server, data_dir, monkeypatch):
+    monkeypatch.setenv("TEST_SERVE_KEY", KEY)
+    item = read_items(data_dir / "validation.jsonl", limit=1)[0]
+    p = ApiPricer(model="no-such-model", base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0)
+    pred = p.predict([item])[0]
+    assert pred.price is None and "404" in pred.raw and "model_not_found" in pred.raw
+    monkeypatch.setenv("TEST_SERVE_KEY", "wrong")
+    pred = ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0).predict([item])[0]
+    assert pred.price is None and "401" in pred.raw and "wrong" not in pred.raw
+
+
+def test_client_counts_tokens_and_raises_api_errors(server, monkeypatch):
+    monkeypatch.setenv("TEST_SERVE_KEY", KEY)
+    c = ApiClient(resolve_endpoint(base_url=server[0], key_env="TEST_SERVE_KEY"), max_retries=0)
+    r = c.chat(MODEL, [{"role": "user", "content": "hi"}], max_tokens=2)
+    assert c.usage.prompt_tokens == r.usage.prompt_tokens and c.usage.requests == 1
+    with pytest.raises(ApiError) as e:
+        c.chat(MODEL, [{"role": "user", "content": "hi"}], max_tokens=1000)
+    assert e.value.status == 400 and c.usage.failures == 1
+
+
+def test_messages_are_the_courses_prompt(data_dir):
+    item = read_items(data_dir / "validation.jsonl", limit=1)[0]
+    msgs = messages_for(item)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+    assert msgs[1]["content"].endswith(item.text) and msgs[2]["content"] == "Price is $"
+    assert str(item.price) not in msgs[1]["content"].replace(item.text, "")
