@@ -7,6 +7,7 @@ local models can batch and API models can fan out. A failed guess is a `Predicti
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -59,23 +60,45 @@ class Pricer(ABC):
         return self.name
 
     def save(self, path: str | Path) -> Path:
-        """Persist a fitted pricer (pickle by default; override for models with their own format)."""
+        """Persist a fitted pricer (pickle by default; override for models with their own format).
+
+        Atomic: the pickle goes to a temporary file beside `path`, is flushed to disk, and then renamed
+        over `path`, so a kill or a failure mid-way leaves the previous file (if any) as it was.
+        """
         import pickle
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            pickle.dump(self, f)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                pickle.dump(self, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @staticmethod
     def load(path: str | Path) -> Pricer:
+        """A pricer saved with `save`; a missing, damaged or foreign file is a DataError naming it."""
         import pickle
 
-        with open(path, "rb") as f:
-            obj = pickle.load(f)
+        from appraiser.data.io import DataError
+
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"{path}: no such saved pricer")
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder, expected a saved pricer file")
+        try:
+            with open(path, "rb") as f:
+                obj = pickle.load(f)
+        except Exception as e:  # a damaged pickle raises anything from EOFError to KeyError
+            raise DataError(f"{path}: damaged or not a saved pricer ({type(e).__name__}: {e})") from None
         if not isinstance(obj, Pricer):
-            raise TypeError(f"{path}: not a saved pricer")
+            raise DataError(f"{path}: not a saved pricer (holds a {type(obj).__name__})")
         return obj
 
 
