@@ -8,11 +8,13 @@ text budget and `n_train`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from appraiser.data.io import DataError
 from appraiser.data.prompts import PromptConfig
 from appraiser.inference.head import HeadPooling
 
@@ -131,8 +133,30 @@ class TrainConfig(BaseModel):
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        """Write the config as JSON, atomically (temp file + rename: a kill never leaves half a file)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
+        """A saved config; a missing, damaged or invalid file is a DataError naming it (one line)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise DataError(f"{path}: damaged, not a readable JSON config ({type(e).__name__}: {e})") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: expected a JSON object of training options, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "config"
+            raise DataError(f"{path}: invalid training option {where}: {first['msg']}") from None
