@@ -360,19 +360,28 @@ def find_adapter(path: str | Path) -> Path | None:
     p = Path(path).expanduser()
     if not p.is_dir():
         return None
-    for candidate in (p, p / "best", p / "final"):
+    # `.best.old` is the previous best/ while a save swaps the new one in (training.checkpoints); a run
+    # killed at that instant has only it, so a reader uses it rather than miss the run's best adapter.
+    for candidate in (p, p / "best", p / ".best.old", p / "final", p / ".final.old"):
         if (candidate / "adapter_config.json").exists():
             return candidate
     return None
 
 
 def finetune_info(adapter: str | Path) -> dict[str, Any]:
-    """The trainer's `appraiser.json` for an adapter, from its folder or its parent run folder ({} if none)."""
+    """Read the trainer's `appraiser.json` for an adapter, from its folder or its parent run folder ({} if
+    none). The trainer writes it with `training.checkpoints.describe_finetune`; a damaged one is a DataError."""
     adapter = Path(adapter)
     for folder in (adapter, adapter.parent):
         f = folder / FINETUNE_INFO
         if f.exists():
-            return json.loads(f.read_text())
+            try:
+                info = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(f"{f}: damaged, not readable JSON ({type(e).__name__}: {e})") from None
+            if not isinstance(info, dict):
+                raise DataError(f"{f}: expected a JSON object, got {type(info).__name__}")
+            return info
     return {}
 
 
