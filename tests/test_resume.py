@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from appraiser.runs.store import RunStore
+from appraiser.training.checkpoints import CHECKPOINT_MARKER
 
 CLI = [sys.executable, "-c", "from appraiser.cli import main; main()"]
 STEPS = 8
@@ -84,7 +85,7 @@ def test_killed_run_resumes_from_checkpoint_with_identical_losses(tiny_data):
         while time.time() < deadline and proc.poll() is None:
             runs = [r for r in store.list() if r.name == "victim"]
             if runs and runs[0].folder is not None:
-                marker = runs[0].folder / "checkpoint-4" / "trainer_state.json"
+                marker = runs[0].folder / "checkpoint-4" / CHECKPOINT_MARKER  # written last
                 if marker.exists():
                     break
             time.sleep(0.02)
@@ -104,7 +105,7 @@ def test_killed_run_resumes_from_checkpoint_with_identical_losses(tiny_data):
     assert victim.status == "running"  # a killed process never records its own end ...
     assert victim.display_status == "killed"  # ... but readers can tell
     assert victim.step < STEPS
-    complete = [p for p in victim.folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    complete = [p for p in victim.folder.glob("checkpoint-*") if (p / CHECKPOINT_MARKER).exists()]
     newest = max(int(p.name.split("-")[1]) for p in complete)
     assert newest == 4
 

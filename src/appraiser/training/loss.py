@@ -1,0 +1,163 @@
+"""The training loss, and the `Trainer` subclass that uses it.
+
+`price_loss` runs the base transformer once for hidden states, then applies the LM head only at the
+positions whose next token is labelled (the price and EOS) and, with a regression head, the head at
+the last prompt position. `PriceTrainer` is the stock `Trainer` with that loss, seeded length-grouped
+batches and an optional separate learning rate for the head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from appraiser.inference.head import HEAD_MODULE, find_head, head_module, last_prompt_positions
+from appraiser.training.dataset import IGNORE_INDEX, LengthGroupedSampler
+
+
+def _causal_lm(model: Any) -> Any:
+    """The transformers causal LM inside a PEFT wrapper (LoRA layers are injected into its modules)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def completion_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    num_items: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """Cross-entropy on labelled tokens, with the LM head applied at those positions only.
+
+    Equal to the model's own causal-LM loss (mean over labelled tokens, or sum / `num_items` when the
+    Trainer counts tokens across accumulated micro-batches), at a fraction of the cost: the head is
+    the largest matrix product of a small model, and only ~7 of ~100 positions per row are trained.
+    """
+    return price_loss(model, input_ids, attention_mask, labels, num_items)
+
+
+def price_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    num_items: torch.Tensor | int | None = None,
+    *,
+    prices: torch.Tensor | None = None,
+    lm_weight: float = 1.0,
+    head_weight: float = 0.0,
+    rows_in_step: int | None = None,
+) -> torch.Tensor:
+    """`lm_weight` x completion cross-entropy + `head_weight` x the regression head's Huber loss.
+
+    One pass of the transformer serves both: the LM head is applied at labelled positions only, the
+    regression head at the last prompt position of each row (on the standardised log price, so an
+    error of 10% costs the same at $5 as at $500). `rows_in_step` (rows in the whole accumulated
+    step) scales the Huber mean like `num_items` scales the cross-entropy.
+    """
+    lm = _causal_lm(model)
+    hidden = lm.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    if lm_weight:
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        cap = getattr(lm.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        ce = F.cross_entropy(logits, targets[keep], reduction="sum")
+        denom = num_items if num_items is not None else keep.sum().clamp(min=1)
+        if isinstance(denom, torch.Tensor):
+            denom = denom.to(ce.device)
+        loss = loss + lm_weight * ce / denom
+    if head_weight:
+        if prices is None:
+            raise ValueError("the regression head needs the batch's prices")
+        inner = head_module(model)
+        prompt_mask = attention_mask.bool() & (labels == IGNORE_INDEX)
+        features = inner.features(hidden, prompt_mask, last_prompt_positions(labels))
+        z = find_head(model)(features).float()
+        target = inner.standardise(prices.to(hidden.device))
+        huber = F.huber_loss(z, target, reduction="sum", delta=1.0) / (rows_in_step or len(labels))
+        loss = loss + head_weight * huber
+    return loss
+
+
+class PriceTrainer(Trainer):
+    """`Trainer` with completion-only loss at labelled positions and seeded length-grouped batches."""
+
+    # compute_loss already divides by the token count of the whole accumulated step.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        *args: Any,
+        group_by_length: bool = True,
+        lm_weight: float = 1.0,
+        head_weight: float = 0.0,
+        head_lr: float | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
+        self.lm_weight = lm_weight
+        self.head_weight = head_weight
+        self.head_lr = head_lr
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The stock AdamW, with the regression head (if any) in its own group at `head_lr`."""
+        optimizer = super().create_optimizer(model)
+        if self.head_weight and self.head_lr:
+            head = {id(p) for n, p in self.model.named_parameters() if HEAD_MODULE in n and p.requires_grad}
+            moved = []
+            for group in optimizer.param_groups:
+                moved += [p for p in group["params"] if id(p) in head]
+                group["params"] = [p for p in group["params"] if id(p) not in head]
+            if moved:
+                optimizer.add_param_group({"params": moved, "lr": self.head_lr, "weight_decay": 0.0})
+        return optimizer
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return LengthGroupedSampler(
+            dataset.lengths, self.args.per_device_train_batch_size, self.args.seed, group=self.group_by_length
+        )
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        prices = inputs.pop("prices", None)
+        if self.accelerator.unwrap_model(model) is not model:
+            # Wrapped for distributed training: the wrapper's forward does the gradient sync, so use it
+            # (full logits; the loss still sums over the step's tokens like ours; no regression head).
+            if self.head_weight:
+                raise NotImplementedError("the regression head is not supported with a wrapped (distributed) model")
+            outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+        if num_items_in_batch is None:  # not counted by the Trainer: mean over this micro-batch's tokens
+            n = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum() * self.current_gradient_accumulation_steps
+            num_items_in_batch = n.clamp(min=1)
+        autocast = (
+            torch.autocast(device_type=self.args.device.type, dtype=torch.bfloat16)
+            if self.args.bf16
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            loss = price_loss(
+                model,
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                inputs["labels"],
+                num_items_in_batch,
+                prices=prices,
+                lm_weight=self.lm_weight,
+                head_weight=self.head_weight,
+                rows_in_step=len(inputs["labels"]) * self.current_gradient_accumulation_steps,
+            )
+        return (loss, None) if return_outputs else loss
