@@ -240,3 +240,16 @@ def test_curate_keeps_the_lines_before_a_gzip_break(raw_sample: Path, tmp_path: 
     assert any(
         s.exists() and s.stat().st_size > 0 for s in (tmp_path / "out").glob("*.jsonl")
     )  # the records before the break were curated
+
+
+def test_a_damaged_saved_dataset_dict_is_a_data_error(real_items, tmp_path: Path):
+    from appraiser.data.io import to_dataset_dict
+
+    folder = tmp_path / "saved"
+    to_dataset_dict({"test": real_items[:5]}).save_to_disk(str(folder))
+    assert load_splits(folder)["test"] == real_items[:5]
+    for arrow in folder.rglob("*.arrow"):
+        truncate_to = arrow.read_bytes()[:50]
+        arrow.write_bytes(truncate_to)
+    with pytest.raises(DataError, match=r"saved: not a readable saved dataset"):
+        load_splits(folder)

@@ -258,7 +258,8 @@ def iter_items(path: str | Path, errors: list[LoadError] | None = None) -> Itera
 
 
 def read_items(path: str | Path, report: LoadReport | None = None, limit: int | None = None) -> list[Item]:
-    """Load the items of one file. Bad records are skipped and listed in `report`."""
+    """Load the items of one file (at most `limit`; 0 gives none). Bad records are skipped and listed in
+    `report`; a damaged .jsonl.gz gives the records before the break and lists the break too."""
     errors = report.errors if report is not None else None
     items: list[Item] = []
     if limit is not None and limit <= 0:
@@ -336,7 +337,11 @@ def load_splits(source: str | Path, report: LoadReport | None = None) -> dict[st
         if (path / "dataset_dict.json").exists():
             from datasets import load_from_disk
 
-            return from_dataset_dict(load_from_disk(str(path)), report)
+            try:
+                dd = load_from_disk(str(path))
+            except Exception as e:  # a damaged saved DatasetDict: arrow, JSON and OS errors alike
+                raise DataError(f"{path}: not a readable saved dataset ({type(e).__name__}: {e})") from e
+            return from_dataset_dict(dd, report)
         splits = {s: read_items(f, report) for s in SPLITS if (f := find_split_file(path, s))}
         if not splits:
             raise DataError(f"{path}: no train/validation/test .jsonl, .jsonl.gz or .parquet files in this folder")
