@@ -189,9 +189,9 @@ def train_command(
     resume: Annotated[str | None, typer.Option(help="continue run RUN from its last checkpoint")] = None,
 ) -> None:
     """Fine-tune a model with LoRA on price prompts (loss on the price and EOS only)."""
+    quiet_libraries()  # before `training` imports transformers/peft/bitsandbytes, which warn as they load
     from appraiser import training
 
-    quiet_libraries()
     view = ProgressView()
     run_id: str | None = resume
     if resume is not None:

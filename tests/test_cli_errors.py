@@ -1,0 +1,212 @@
+"""Every verified user-error defect of issue 12: one red line on stderr, exit code 2 (130 for Ctrl-C), no traceback.
+
+Each test runs the command a user would type, through the real app (typer's runner, which bypasses `main()`,
+and the real `appraiser` entry point in a subprocess where `main()` itself is what is checked).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from appraiser.cli import app
+from appraiser.runs.store import RunStore
+
+runner = CliRunner()
+CLI = [sys.executable, "-c", "from appraiser.cli import main; main()"]
+
+
+def run(*args: object):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_user_error(result, *fragments: str, code: int = 2) -> None:
+    """Exit `code`, every fragment in the output, and no traceback."""
+    output = result.output
+    assert result.exit_code == code, output
+    assert "Traceback" not in output, output
+    for fragment in fragments:
+        assert fragment in output, f"{fragment!r} not in {output!r}"
+
+
+@pytest.fixture()
+def split(small_split) -> tuple[Path, Path]:
+    return small_split(40, 10)
+
+
+def test_unknown_pricer_option_lists_the_valid_options(split):
+    train, validation = split
+    r = run("eval", "xgboost", "-o", "n_trees=3", "--test", validation, "--train", train, "--size", "5")
+    assert_user_error(r, "error:", "xgboost: unknown option(s) n_trees", "n_estimators", "max_depth")
+
+
+def test_wrongly_typed_pricer_option_names_the_option(split):
+    train, validation = split
+    r = run("eval", "linear", "-o", "seed=abc", "--test", validation, "--train", train, "--size", "5")
+    assert_user_error(r, "linear: option seed='abc'", "valid integer")
+    r = run("baseline", "linear", "-o", "no_such=1", "--test", validation, "--train", train, "--size", "5")
+    assert_user_error(r, "linear: unknown option(s) no_such", "weighting")
+
+
+def test_match_weighting_without_validation_is_a_clean_error(split):
+    train, validation = split
+    r = run("eval", "linear", "-o", "weighting=match", "--test", validation, "--train", train, "--size", "5")
+    assert_user_error(r, "needs the validation split", "--validation")
+    # ... and with --validation it fits and evaluates (the same flow `baseline` uses).
+    ok = run(
+        "eval", "linear", "-o", "weighting=match", "--validation", validation,
+        "--test", validation, "--train", train, "--size", "5", "--no-record",
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+
+
+def test_unknown_llm_model_is_a_clean_error_and_not_an_interrupted_run(split):
+    _, validation = split
+    r = run("eval", "llm", "-o", "model=typo", "--test", validation, "--size", "3")
+    assert_user_error(r, "unknown model 'typo'", "smollm2-135m")
+    assert "interrupted" not in r.output and "rerun to resume" not in r.output
+
+
+def test_train_with_an_unknown_model_fails_before_loading_anything(split):
+    train, validation = split
+    start = time.perf_counter()
+    r = run("train", "--model", "typo", "--train", train, "--validation", validation)
+    assert_user_error(r, "unknown model 'typo'", "a folder or a hub id")
+    assert RunStore().list() == []  # no run was created for it
+    r = run("train", "--model", str(train.parent), "--dry-run", "--train", train)  # a folder with no model
+    assert_user_error(r, "no model here")
+    assert time.perf_counter() - start < 30  # checked up front: no model load, no tokenizing
+
+
+def _failed_run(store: RunStore, name: str = "victim") -> object:
+    run_ = store.create(kind="local", name=name, model="smollm2-135m", config={})
+    store.set_status(run_.id, "failed", error="RuntimeError: killed")
+    return store.get(run_.id)
+
+
+def test_resume_with_a_damaged_config_names_the_file():
+    store = RunStore()
+    victim = _failed_run(store)
+    config = victim.folder / "config.json"
+    config.write_text('{"model": "smollm2-135m", "max_st', encoding="utf-8")  # cut off mid-write
+    r = run("train", "--resume", victim.id)
+    assert_user_error(r, str(config), "damaged, not valid JSON", f"cannot resume run {victim.id}")
+    config.write_text(json.dumps({"lora_r": "many"}), encoding="utf-8")  # valid JSON, invalid config
+    r = run("train", "--resume", victim.name)
+    assert_user_error(r, str(config), "invalid training option lora_r")
+    config.write_bytes(b"\xff\xfe\x00garbage")
+    assert_user_error(run("train", "--resume", victim.id), str(config), "damaged")
+
+
+def test_config_file_holding_a_list_or_bad_values_is_a_clean_error(tmp_path, split):
+    train, _ = split
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text("[1, 2, 3]", encoding="utf-8")
+    assert_user_error(run("train", "--config", cfg, "--dry-run"), str(cfg), "holds a JSON list, not an object")
+    cfg.write_text(json.dumps({"train": str(train), "lora_r": "x", "weighting": "?"}), encoding="utf-8")
+    assert_user_error(
+        run("train", "--config", cfg, "--dry-run"), "invalid training option", "(and 1 more)", f"in {cfg}"
+    )
+    cfg.write_text("{not json", encoding="utf-8")
+    assert_user_error(run("train", "--config", cfg, "--dry-run"), "not valid JSON")
+    assert_user_error(run("train", "--config", tmp_path, "--dry-run"), "is a folder")
+
+
+def test_run_names_with_markup_are_printed_as_written():
+    store = RunStore()
+    victim = _failed_run(store, name="x[/]")
+    store.update(victim.id, error="boom [red]not red[/red] [/]")
+    listed = run("runs", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "x[/]" in listed.output
+    shown = run("runs", "show", "x[/]")
+    assert shown.exit_code == 0, shown.output
+    assert "x[/]" in shown.output and "[red]not red[/red] [/]" in shown.output
+    for args in (("runs", "watch", "x[/]", "--once"), ("runs", "events", "x[/]")):
+        r = run(*args)
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+
+
+def test_main_prints_error_text_verbatim():
+    """`main()` (the real entry point) prints the message as text: brackets are not eaten as markup."""
+    env = {**os.environ, "COLUMNS": "200"}
+    r = subprocess.run([*CLI, "runs", "show", "appraiser[gpu]"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "no run 'appraiser[gpu]'" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0  # one line
+    r = subprocess.run(
+        [*CLI, "eval", "constant-mean", "-o", "weight[gpu]=1", "--size", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "unknown option(s) weight[gpu]" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended before {what}: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def _interrupt(args: list[str], predicate, what: str) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(predicate, proc, what)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
+def test_ctrl_c_during_train_and_resume_is_one_line_and_exit_130(small_split):
+    """Ctrl-C once a checkpoint exists: "interrupted at step N; `appraiser train --resume RUN` continues",
+    exit code 130 and the run marked cancelled; the same again during `train --resume`."""
+    train, validation = small_split(6, 2)
+    store = RunStore()
+    args = [
+        "train", "--train", str(train), "--validation", str(validation), "--n-train", "6", "--batch-size", "1",
+        "--max-steps", "400", "--save-every", "1", "--keep-checkpoints", "2", "--max-text-tokens", "8",
+        "--probe-every", "0", "--threads", "1", "--name", "ctrl-c",
+    ]  # fmt: skip
+
+    def step_at_least(n: int):
+        def check() -> bool:
+            runs = store.list()
+            return bool(runs) and runs[0].step >= n and any(runs[0].folder.glob("checkpoint-*/trainer_state.json"))
+
+        return check
+
+    code, err = _interrupt(args, step_at_least(1), "checkpoint")
+    victim = store.get("ctrl-c")
+    assert code == 130, err
+    assert "Traceback" not in err, err
+    assert f"`appraiser train --resume {victim.id}` continues" in err, err
+    assert f"interrupted at step {victim.step}" in err, err
+    assert victim.status == "cancelled"
+    first_stop = victim.step
+
+    code, err = _interrupt(["train", "--resume", victim.id], step_at_least(first_stop + 1), "a resumed step")
+    resumed = store.get(victim.id)
+    assert code == 130 and "Traceback" not in err, err
+    assert resumed.status == "cancelled" and resumed.step > first_stop
+    assert f"interrupted at step {resumed.step}; `appraiser train --resume {victim.id}` continues" in err, err
