@@ -1,5 +1,5 @@
 """Traditional baselines on a small real slice: shapes, sane prices, determinism, save/load, and
-that learning something beats guessing at random."""
+that the models that learn from text beat the constant-mean guess on the same items."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from appraiser.data.io import read_items
+from appraiser.data.io import DataError, read_items
 from appraiser.data.weighting import sample_weights, weighted_histogram
 from appraiser.items import MAX_PRICE, MIN_PRICE, Item
 from appraiser.pricers import registry
@@ -98,8 +98,15 @@ def test_registry_lists_every_baseline():
 def test_predicts_one_positive_finite_price_per_item(name, fitted, validation):
     pricer, prices = fitted(name)
     assert len(prices) == len(validation)
-    assert all(p is not None for p in prices)
-    assert all(math.isfinite(p) and MIN_PRICE <= p <= MAX_PRICE for p in prices)
+    assert all(p is not None and math.isfinite(p) and p > 0 for p in prices)
+    # `predict` clips into [MIN_PRICE, MAX_PRICE], so the range of its prices proves nothing about the
+    # model: check the model's own outputs, before the clip, and that the clip is a rare safety net.
+    raw = np.asarray(pricer._predict(validation), dtype=float).reshape(-1)
+    assert np.isfinite(raw).all()
+    own = raw if pricer.target == "price" else np.exp(raw)
+    outside = float(np.mean((own < MIN_PRICE) | (own > MAX_PRICE)))
+    if name != "bow-lr":  # unregularised least squares on 1,000 word counts and ~1.5k items extrapolates
+        assert outside <= 0.05, f"{name}: {outside:.0%} of its own prices fall outside the price range"
     assert pricer.fit_info["n_train"] > 0
     assert pricer.config()["name"] == name
 
@@ -121,11 +128,19 @@ def test_save_load_round_trip(name, fitted, validation, tmp_path):
     assert [p.price for p in loaded.predict(validation)] == prices
 
 
-@pytest.mark.parametrize("name", [n for n in BASELINES if n not in ("random", "constant-mean", "constant-median")])
-def test_learned_models_beat_random(name, fitted, validation):
-    _, random_prices = fitted("random")
+# The models that learn enough from this slice (~1.5k items, the small sizes above) to beat a text-blind guess.
+# bow-lr (unregularised on 1,000 word counts), mlp (3 epochs) and knn-embed (150 items) need the full split
+# for that: `benchmarks/baselines.py` scores them there.
+LEARN_ON_THE_SLICE = ["linear", "tfidf-ridge", "random-forest", "xgboost"]
+
+
+@pytest.mark.parametrize("name", LEARN_ON_THE_SLICE)
+def test_learned_models_beat_the_constant_mean_on_the_same_items(name, fitted, validation):
+    """The bar is the best text-blind guess (the training mean, fit on the same items), by 5%: beating
+    uniform random guesses ($0.50-$999.49) only proves a model returns prices in the right range."""
+    _, constant = fitted("constant-mean")
     _, prices = fitted(name)
-    assert mae(prices, validation) < mae(random_prices, validation)
+    assert mae(prices, validation) < 0.95 * mae(constant, validation)
 
 
 def test_predictions_vary_with_the_item(fitted):
@@ -178,11 +193,12 @@ def test_label_and_config_show_non_default_settings():
 
 
 def test_bad_options_fail_clearly():
-    with pytest.raises(TypeError, match="unknown option"):
+    # one error type for every bad option (the CLI turns a DataError into one red line), naming the valid ones
+    with pytest.raises(DataError, match="unknown option.*n_trees; its options: .*n_estimators"):
         registry.create("xgboost", n_trees=5)
-    with pytest.raises(ValueError, match="target"):
+    with pytest.raises(DataError, match="target must be one of .*'sqrt'"):
         registry.create("linear", target="sqrt")
-    with pytest.raises(ValueError, match="weighting"):
+    with pytest.raises(DataError, match="weighting must be one of .*'flat'"):
         registry.create("linear", weighting="flat")
 
 
