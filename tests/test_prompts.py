@@ -43,12 +43,22 @@ def test_summary_preferred_when_present(tokenizer):
 
 def test_token_stats_on_real_split(tokenizer, data_dir):
     items = read_items(data_dir / "validation.jsonl", limit=40)
-    stats = token_stats(items, tokenizer, PromptConfig(max_text_tokens=160))
+    cfg = PromptConfig(max_text_tokens=160)
+    stats = token_stats(items, tokenizer, cfg)
     assert stats["items"] == 40
-    assert stats["prompt_tokens"]["max"] <= 160 + 25
-    assert stats["completion_tokens"]["min"] >= 4  # digits are single tokens: "5.00" → 4 tokens
-    assert 0 < stats["truncated"] <= 40
-    assert PRICE_PREFIX == "Price is $"
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    # the prompt is the question, the text cut to 160 tokens and the price prefix (+1: a merge at a boundary)
+    frame = n_tokens(f"{cfg.question}\n\n") + n_tokens(f"\n\n{PRICE_PREFIX}")
+    assert stats["prompt_tokens"]["max"] <= 160 + frame + 1
+    # digits are single tokens, so a completion has as many tokens as characters ("5.00" → 4)
+    lengths = [len(make_completion(it.price, cfg)) for it in items]
+    assert (stats["completion_tokens"]["min"], stats["completion_tokens"]["max"]) == (min(lengths), max(lengths))
+    # truncated: the items whose prompt does not hold their whole text
+    cut = sum(it.prompt_text.strip() not in make_prompt(it, tokenizer, cfg) for it in items)
+    assert stats["truncated"] == cut > 0
 
 
 def test_prompt_config_of_finetune_reads_the_saved_prompt_settings():
