@@ -39,6 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
 console = Console(width=160, highlight=False)
 
 
+def recipe_config(config: Path, sets: list[str], data: Path):
+    """The TrainConfig this script trains: `config` with the `--set KEY=VALUE` overrides applied in order and
+    the data folder's train/validation files (a pydantic ValidationError when the result is invalid)."""
+    from appraiser.cli import parse_options
+    from appraiser.training.config import TrainConfig
+
+    fields = TrainConfig.load(config).model_dump()
+    fields.update(parse_options(sets))
+    fields.update(train=data / "train.jsonl", validation=data / "validation.jsonl")
+    return TrainConfig.model_validate(fields)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=REPO / "recipes" / "gemma3-kernel.json")
@@ -61,7 +73,6 @@ def main() -> None:
     if args.home is not None:
         os.environ["APPRAISER_HOME"] = str(args.home)
 
-    from appraiser.cli import parse_options
     from appraiser.data.io import read_items
     from appraiser.evaluation.compare import paired_compare
     from appraiser.evaluation.evaluator import evaluate
@@ -76,10 +87,7 @@ def main() -> None:
     started = time.perf_counter()
     summary: dict = {}
     if args.run is None:
-        fields = TrainConfig.load(args.config).model_dump()
-        fields.update(parse_options(args.set))
-        fields.update(train=args.data / "train.jsonl", validation=args.data / "validation.jsonl")
-        cfg = TrainConfig.model_validate(fields)
+        cfg = recipe_config(args.config, args.set, args.data)
         console.print(f"training {escape(str(args.config))} …  (watch it: appraiser runs watch {cfg.name or 'last'})")
         result = trainer.start(cfg, on_stage=lambda s: console.print(f"[dim]{s}[/]"))
         store = RunStore()
