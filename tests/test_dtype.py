@@ -8,6 +8,7 @@ than fp32, Appraiser never picks it there, and the end-to-end tests skip.
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -15,9 +16,14 @@ import torch
 from appraiser.data.io import read_items
 from appraiser.data.prompts import PromptConfig, make_prompt
 from appraiser.inference.decode import predict_prices
-from appraiser.models import cpu_has_bf16, default_dtype, load_finetuned, load_model
+from appraiser.models import cpu_has_bf16, default_device, default_dtype, load_finetuned, load_model
 
 native = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (Appraiser uses fp32 here)")
+# training runs where Appraiser trains: on CUDA when there is one, else on the CPU
+trains_in_bf16 = pytest.mark.skipif(
+    not (torch.cuda.is_bf16_supported() if default_device() == "cuda" else cpu_has_bf16()),
+    reason="the training device has no native bf16 (Appraiser uses fp32 there)",
+)
 
 
 def test_the_cpu_default_follows_the_hardware_and_the_override(monkeypatch):
@@ -34,28 +40,33 @@ def test_the_cpu_default_follows_the_hardware_and_the_override(monkeypatch):
 
 @native
 def test_bf16_reads_the_same_prices_as_fp32(data_dir):
-    """bf16 logits carry ~3 significant digits: the expected prices move a little, never far."""
-    items = read_items(data_dir / "validation.jsonl", limit=6)
+    """bf16 logits carry ~3 significant digits: each digit's probability moves a little, and so does a price.
+
+    The mean weighs the thin tail of high prices, so on one item it can move a lot (measured on the first
+    30 validation items on the development machine: 3% on the median item, 24% at worst, mass within 0.02),
+    so the bound is on the typical item (the median over 12 items) and on the mass, not on the worst item."""
+    items = read_items(data_dir / "validation.jsonl", limit=12)
     got = {}
     for dtype in (torch.float32, torch.bfloat16):
         model, tok = load_model("smollm2-135m", dtype=dtype, device="cpu")
         assert next(model.parameters()).dtype == dtype
         prompts = [make_prompt(it, tok, PromptConfig(max_text_tokens=40)) for it in items]
         got[dtype] = predict_prices(model, tok, prompts, batch_size=3)
-    for a, b in zip(got[torch.float32], got[torch.bfloat16], strict=True):
-        assert a is not None and b is not None
-        assert b.mean == pytest.approx(a.mean, rel=0.25)
-        assert b.mass == pytest.approx(a.mass, abs=0.1)
+    pairs = list(zip(got[torch.float32], got[torch.bfloat16], strict=True))
+    assert all(a is not None and b is not None for a, b in pairs)
+    assert statistics.median(abs(b.mean - a.mean) / a.mean for a, b in pairs) <= 0.06
+    for a, b in pairs:
+        assert b.mass == pytest.approx(a.mass, abs=0.03)
 
 
-@native
+@trains_in_bf16
 def test_a_bf16_training_run_learns_saves_and_prices(small_split, monkeypatch):
     from appraiser.runs import RunStore
     from appraiser.training import TrainConfig
     from appraiser.training.trainer import device_and_dtype, start
 
     monkeypatch.setenv("APPRAISER_DTYPE", "bf16")
-    assert device_and_dtype() == ("cpu", torch.bfloat16)
+    assert device_and_dtype() == (default_device(), torch.bfloat16)  # CUDA where there is one, else the CPU
     train, validation = small_split(16, 4)
     cfg = TrainConfig(
         train=train,
