@@ -57,9 +57,18 @@ def user_errors() -> Iterator[None]:
         from appraiser.errors import validation_message
 
         raise fail(validation_message(e)) from None
+    except OSError as e:  # a path the user gave that cannot be written or read (a folder, a missing parent)
+        raise fail(os_error_message(e)) from None
     except KeyboardInterrupt:
         err_console.print("interrupted", highlight=False)
         raise typer.Exit(130) from None
+
+
+def os_error_message(e: OSError) -> str:
+    """`PATH: reason` for an OSError about a file (the target of a rename when there is one)."""
+    path = e.filename2 if e.filename2 is not None else e.filename
+    reason = e.strerror or str(e) or type(e).__name__
+    return f"{path}: {reason}" if path is not None else reason
 
 
 def friendly(fn: F) -> F:
@@ -158,6 +167,9 @@ def main() -> None:
         from appraiser.errors import validation_message
 
         error_line(validation_message(e))
+        raise SystemExit(2) from None
+    except OSError as e:
+        error_line(os_error_message(e))
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         err_console.print("interrupted", highlight=False)

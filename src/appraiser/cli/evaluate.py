@@ -215,7 +215,7 @@ def leaderboard_command(
 
 
 def _find_run(store: LeaderboardStore, key: str, fp: str | None) -> Row:
-    if key.isdigit() and (row := store.get(int(key))) is not None:
+    if key.isascii() and key.isdigit() and (row := store.get(int(key))) is not None:  # not "²": isdigit, no int
         return row
     row = store.latest(key, fp)
     if row is None and fp is not None:

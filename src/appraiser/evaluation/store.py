@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appraiser import config
+from appraiser.data.io import DataError
 
 if TYPE_CHECKING:
     from appraiser.evaluation.evaluator import EvalResult, ItemResult
@@ -72,12 +73,21 @@ class Row:
     fit_seconds: float = 0.0
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, schema: str) -> sqlite3.Connection:
     """Open with write-ahead logging: each commit is then an append, not an fsync of the whole file, so
-    saving every finished batch stays cheap, and a crash of the process still loses no committed batch."""
-    conn = sqlite3.connect(path, timeout=30)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    saving every finished batch stays cheap, and a crash of the process still loses no committed batch.
+
+    A path that is a folder, not an SQLite file or not writable is the user's to fix: a DataError naming it.
+    """
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a database file")
+    try:
+        conn = sqlite3.connect(path, timeout=30)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(schema)
+    except sqlite3.DatabaseError as e:
+        raise DataError(f"{path}: cannot use it as a database ({e})") from None
     return conn
 
 
@@ -91,9 +101,8 @@ class LeaderboardStore:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path)
+        self._conn = _connect(self.path, SCHEMA)
         self._conn.execute("PRAGMA foreign_keys = ON")
-        self._conn.executescript(SCHEMA)
         columns = {r[1] for r in self._conn.execute("PRAGMA table_info(evaluations)")}
         if "fit_seconds" not in columns:  # a database from before fit times were recorded
             with self._conn:
@@ -261,8 +270,7 @@ class PredictionCache:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else config.home() / "cache.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path)
-        self._conn.executescript(CACHE_SCHEMA)
+        self._conn = _connect(self.path, CACHE_SCHEMA)
 
     def close(self) -> None:
         self._conn.close()
