@@ -280,8 +280,9 @@ def test_load_test_items_is_a_fixed_slice(data_dir, tmp_path):
     assert [it.id for it in first] == [it.id for it in read_items(data_dir / "validation.jsonl", limit=250)]
     assert load_test_items(data_dir, size=10) == first[:10]  # a folder: no test split, so validation
     assert load_test_items(data_dir / "validation.jsonl", size=5, offset=3) == first[3:8]
-    assert len(load_test_items(data_dir / "validation.jsonl", size=None)) == 500
-    with pytest.raises(DataError, match="holds 500"):
-        load_test_items(data_dir / "validation.jsonl", size=600)
+    n = sum(1 for line in (data_dir / "validation.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    assert len(load_test_items(data_dir / "validation.jsonl", size=None)) == n  # the whole file
+    with pytest.raises(DataError, match=f"holds {n}"):
+        load_test_items(data_dir / "validation.jsonl", size=n + 100)
     write_items(first[:3], tmp_path / "test.jsonl")
     assert load_test_items(tmp_path, size=3) == first[:3]  # a folder's test split wins
