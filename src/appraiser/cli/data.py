@@ -159,7 +159,7 @@ def prompts(
 
     from appraiser.data.io import LoadReport, read_items
     from appraiser.data.prompts import PromptConfig, make_completion, make_prompt, token_stats
-    from appraiser.models import ModelNotFound, load_tokenizer
+    from appraiser.models import load_tokenizer
 
     with user_errors():
         report = LoadReport()
@@ -169,9 +169,7 @@ def prompts(
         if not items:
             raise DataError(f"{split_file}: no items to make prompts from")
         try:
-            tokenizer = load_tokenizer(model)
-        except ModelNotFound as e:
-            raise DataError(str(e)) from None
+            tokenizer = load_tokenizer(model)  # an unknown model is a ModelNotFound, itself a DataError
         except (OSError, ValueError) as e:
             raise DataError(f"{model}: could not load its tokenizer ({type(e).__name__}: {e})") from None
     cfg = PromptConfig(max_text_tokens=max_tokens, exact_cents=exact_cents, use_summary=not raw_text)

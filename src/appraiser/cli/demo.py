@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from appraiser.cli import console, quiet_libraries, user_errors
 from appraiser.cli.progress import ProgressView
+from appraiser.data.io import DataError
 
 
 def demo_command(
@@ -27,7 +28,7 @@ def demo_command(
     """Run the whole job on the embedded model: baselines, zero-shot, LoRA fine-tune, leaderboard, charts."""
     from appraiser import config
     from appraiser.demo import DemoConfig, run_demo
-    from appraiser.models import DEFAULT_MODEL
+    from appraiser.models import DEFAULT_MODEL, check_model
 
     with user_errors():
         quiet_libraries()
@@ -37,7 +38,10 @@ def demo_command(
         cfg.seed = seed
         for key, value in (("test_size", test_size), ("max_steps", max_steps), ("n_train", n_train)):
             if value is not None:
+                if value < 1:
+                    raise DataError(f"--{key.replace('_', '-')} must be at least 1, not {value}")
                 setattr(cfg, key, value)
+        check_model(name)  # before minutes of baselines, not after them
         view = ProgressView()
 
         def stage(msg: str) -> None:

@@ -9,15 +9,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from appraiser.cli import console, err_console, quiet_libraries
+from appraiser.cli import console, err_console, fail, quiet_libraries
 from appraiser.inference.decode import METHODS
 from appraiser.items import Item, make_id
-from appraiser.models import DEFAULT_MODEL, ModelNotFound
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
-    return typer.Exit(2)
+from appraiser.models import DEFAULT_MODEL
 
 
 def predict(
@@ -49,19 +44,19 @@ def predict(
     if text == "-":
         text = sys.stdin.read()
     if not text.strip():
-        raise _fail("empty description")
+        raise fail("empty description")
     if method not in (*METHODS, "auto"):
-        raise _fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if beam_width < 1:
-        raise _fail("--beam-width must be at least 1")
+        raise fail("--beam-width must be at least 1")
     try:
         pricer = LLMPricer(model=model, method=method, max_text_tokens=max_text_tokens, beam_width=beam_width)
         # The price is never shown to the model; Item only requires a positive one.
         item = Item(id=make_id(text), text=text.strip(), price=1.0)
         with err_console.status(f"Loading {escape(pricer.label)} and pricing…"):
             dist = pricer.distributions([item])[0]
-    except (ModelNotFound, OSError, ValueError) as e:
-        raise _fail(str(e)) from None
+    except (OSError, ValueError) as e:  # what transformers says of a folder or hub id it cannot read
+        raise fail(str(e)) from None
     method = pricer.method
 
     price = None if dist is None else (dist.greedy if method == "greedy" else dist.mean)
