@@ -323,8 +323,8 @@ def _dense_features(max_features: int, n_components: int, seed: int):
 class RandomForest(SklearnBaseline):
     """Trees need dense, low-dimensional input: 100 SVD components of TF-IDF plus simple features.
 
-    Tree count and leaf size are capped so a fit on the 15.6k training items takes about a
-    minute on two cores.
+    Tree count and leaf size are capped to keep a fit on the whole training split short on two CPU
+    cores (its time is the "fit s" column that `python benchmarks/baselines.py` prints).
     """
 
     name = "random-forest"
@@ -366,10 +366,10 @@ class RandomForest(SklearnBaseline):
 
 @register("xgboost", "gradient-boosted trees (XGBoost) on TF-IDF→SVD components + simple features")
 class XGBoost(SklearnBaseline):
-    """XGBoost on dense SVD features: on the raw sparse TF-IDF matrix it is ~20× slower for no gain.
+    """XGBoost on dense SVD features (TF-IDF → SVD components + simple features), not on the raw sparse matrix.
 
-    Sizes are capped for two CPU cores (about a minute on the 15.6k training items); 400 trees on
-    150 components scored the same on validation within its confidence interval at 3× the time.
+    Sizes are capped for two CPU cores; the fit time is the "fit s" column that
+    `python benchmarks/baselines.py` prints.
     """
 
     name = "xgboost"
@@ -412,9 +412,10 @@ EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 class EmbeddingCache:
     """Sentence embeddings on disk, keyed by a hash of (model, max tokens, text).
 
-    Embedding the 15.6k training texts takes minutes on two CPU cores; with the cache a second
-    fit (another weighting, another k) costs nothing, and an interrupted run resumes: vectors
-    are committed every chunk. A SQLite file holds them so several processes can share it.
+    Embedding a whole training split is the slow part of knn-embed on a CPU (the first fit's "fit s" in
+    `python benchmarks/baselines.py`); with the cache a second fit (another weighting, another k) embeds
+    nothing, and an interrupted run resumes: vectors are committed every chunk. A SQLite file holds them
+    so several processes can share it.
     """
 
     def __init__(self, folder: str | Path | None = None, max_tokens: int = 128, chunk: int = 256):
