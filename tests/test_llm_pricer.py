@@ -13,7 +13,7 @@ from appraiser.data.io import read_items
 from appraiser.evaluation.evaluator import evaluate
 from appraiser.models import FINETUNE_INFO, load_model
 from appraiser.pricers import registry
-from appraiser.pricers.base import Pricer
+from appraiser.pricers.base import Pricer, parse_price_text
 from appraiser.pricers.llm import LLMPricer
 
 runner = CliRunner()
@@ -83,7 +83,9 @@ def test_greedy_predictions_are_the_parsed_text(pricer, items):
     greedy = LLMPricer(max_text_tokens=20, method="greedy", max_new_tokens=5)
     greedy._model, greedy._tokenizer = pricer.model_and_tokenizer()  # share the loaded weights
     preds = greedy.predict(items[:2])
-    assert all(p.price is not None and p.low is None for p in preds)
+    for p in preds:
+        assert p.raw and p.low is None and p.high is None  # one answer, no interval
+        assert p.price is not None and p.price == parse_price_text(p.raw)  # the price is what the text says
 
 
 def test_saved_pricer_keeps_settings_not_weights(pricer, items, tmp_path):
