@@ -231,6 +231,48 @@ def test_fuzz_train_config_and_model(files, config, model):
     check(args)
 
 
+NUMBERS = st.one_of(st.integers(-3, 10**7).map(str), st.floats().map(str), TEXT, st.sampled_from(["0", "1e400"]))
+TRAIN_FLAGS = st.sampled_from(
+    [
+        "--n-train", "--weighting", "--off-category-weight", "--max-steps", "--epochs", "--batch-size",
+        "--grad-accum", "--lr", "--warmup-ratio", "--lora-r", "--lora-alpha", "--lora-dropout",
+        "--target-modules", "--max-text-tokens", "--head-weight", "--lm-weight", "--head-pooling",
+        "--head-refit", "--probe-every", "--probe-size", "--probe-method", "--save-every",
+        "--keep-checkpoints", "--patience", "--seed", "--threads", "--report-to", "--name", "--resume",
+    ]
+)  # fmt: skip
+
+
+@given(flags=st.lists(st.tuples(TRAIN_FLAGS, NUMBERS), min_size=1, max_size=4))
+@settings(FUZZ, max_examples=20)
+def test_fuzz_train_options(files, flags):
+    """Random option values for `train`: each fails validation (or names no model) before anything loads."""
+    args = ["train", "--train", str(files["train"]), "--model", "typo", "--dry-run"]
+    for flag, value in flags:
+        args += [flag, value]
+    check(args)
+
+
+CURATE_FLAGS = st.sampled_from(
+    ["--size", "--min-chars", "--seed", "--split", "--format", "--band-width", "--flatten", "--category-weight"]
+)
+
+
+@given(flags=st.lists(st.tuples(CURATE_FLAGS, NUMBERS | st.sampled_from(["8,1,1", "0.5,0.5", "A=0.5"])), max_size=3))
+@settings(FUZZ, max_examples=15)
+def test_fuzz_curate_options(files, raw_sample, flags):
+    """`data curate` on 20 real raw records with random options: it curates them or says what is wrong."""
+    raw = files["dir"] / "meta_Fuzz.jsonl"
+    if not raw.exists():
+        with open(raw_sample, encoding="utf-8") as f:
+            raw.write_text("".join(next(f) for _ in range(20)), encoding="utf-8")
+    args = ["data", "curate", str(raw), "--out", str(files["dir"] / "curated-opts"), "--workers", "1"]
+    args += ["--no-charts", "--fresh"]
+    for flag, value in flags:
+        args += [flag, value]
+    check(args)
+
+
 @pytest.mark.parametrize(
     "args",
     [
