@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from appraiser.cli import app
 from appraiser.data.io import read_items
 from appraiser.data.prompts import PromptConfig, make_completion
+from appraiser.pricers.base import parse_price_text
 from appraiser.runs.store import RunStore
 from appraiser.training import TrainConfig, audit, encode, start
 from appraiser.training.dataset import (
@@ -258,7 +259,9 @@ def test_training_run_logs_probes_and_saves_loadable_adapters(tiny_files):
     dists = predict_prices(
         model, tok, ["What does this cost to the nearest dollar?\n\nA pen\n\nPrice is $"], method="greedy"
     )
-    assert len(dists) == 1
+    (dist,) = dists
+    assert dist is not None, "the fine-tune wrote no price"
+    assert dist.greedy == dist.mean == parse_price_text(dist.raw) > 0
 
 
 def test_early_stopping_when_the_probe_stops_improving(tiny_files):
