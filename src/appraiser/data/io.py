@@ -203,9 +203,9 @@ def record_to_item(record: dict[str, Any]) -> Item:
 
 
 def _validation_reason(e: ValidationError) -> str:
-    first = e.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "record"
-    return f"invalid {loc}: {first['msg']}"
+    from appraiser.errors import validation_message  # the one formatter of pydantic errors
+
+    return validation_message(e, "invalid")
 
 
 def iter_parquet_records(
