@@ -20,7 +20,8 @@ What it does, all through the library (the same code as `appraiser train` and `a
    with its CI, and a sign test).
 
 On the 2-core development machine it took about 90 minutes in fp32 and 44 in bf16, which Appraiser uses on
-CPUs with native bf16 (AVX512-BF16 or AMX); the README quotes both runs with their commands. Validation is the only set anything is tuned on; the holdout is never read.
+CPUs with native bf16 (AVX512-BF16 or AMX); the README quotes both runs with their commands. Validation
+is the only set anything is tuned on; the holdout is never read.
 """
 
 from __future__ import annotations
