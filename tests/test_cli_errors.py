@@ -98,7 +98,7 @@ def test_resume_with_a_damaged_config_names_the_file():
     config = victim.folder / "config.json"
     config.write_text('{"model": "smollm2-135m", "max_st', encoding="utf-8")  # cut off mid-write
     r = run("train", "--resume", victim.id)
-    assert_user_error(r, str(config), "damaged, not valid JSON", f"cannot resume run {victim.id}")
+    assert_user_error(r, str(config), "damaged, not a readable JSON config", f"cannot resume run {victim.id}")
     config.write_text(json.dumps({"lora_r": "many"}), encoding="utf-8")  # valid JSON, invalid config
     r = run("train", "--resume", victim.name)
     assert_user_error(r, str(config), "invalid training option lora_r")

@@ -61,28 +61,19 @@ def _build_config(options: dict[str, Any], config_file: Path | None) -> Any:
 
 
 def _resume_config(ref: str) -> None:
-    """Check a run's saved `config.json` before resuming it: damaged or invalid, it is a DataError naming it."""
-    from pydantic import ValidationError
-
-    from appraiser.errors import validation_message
+    """Check a run's saved `config.json` and its model before resuming: a damaged or invalid file is a
+    DataError naming it (`TrainConfig.load`), before any model or data loads."""
+    from appraiser.models import check_model
     from appraiser.runs.store import RunStore
     from appraiser.training import TrainConfig
 
     run = RunStore().get(ref)
-    if run.folder is None:
+    if run.folder is None or not (Path(run.folder) / "config.json").exists():
         return  # the trainer says what is wrong with such a run
-    path = Path(run.folder) / "config.json"
-    if not path.exists():
-        return
     try:
-        cfg = TrainConfig.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: damaged, not valid JSON ({e}); cannot resume run {run.id}") from None
-    except ValidationError as e:
-        invalid = validation_message(e, "invalid training option")
-        raise DataError(f"{path}: {invalid}; cannot resume run {run.id}") from None
-    from appraiser.models import check_model
-
+        cfg = TrainConfig.load(Path(run.folder) / "config.json")
+    except DataError as e:
+        raise DataError(f"{e}; cannot resume run {run.id}") from None
     check_model(cfg.model)
 
 

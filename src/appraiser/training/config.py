@@ -157,6 +157,6 @@ class TrainConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "config"
-            raise DataError(f"{path}: invalid training option {where}: {first['msg']}") from None
+            from appraiser.errors import validation_message
+
+            raise DataError(f"{path}: {validation_message(e, 'invalid training option')}") from None
