@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from appraiser.data.prompts import PromptConfig, make_prompt
 from appraiser.inference.decode import METHODS, PriceDistribution, predict_prices
 from appraiser.items import Item
-from appraiser.models import DEFAULT_MODEL, find_adapter, finetune_info, load_model
+from appraiser.models import DEFAULT_MODEL, check_model, find_adapter, finetune_info, load_model
 from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.registry import register
 
@@ -97,6 +97,8 @@ class LLMPricer(Pricer):
         self.load_in_4bit = bool(load_in_4bit)
         self.device = device
         self.adapter = find_adapter(self.model) or run_adapter(self.model)
+        if self.adapter is None:
+            check_model(self.model)  # a typo fails here, in a second, not when the first batch loads the model
         info = finetune_info(self.adapter) if self.adapter is not None else {}
         if method == "auto":  # a fine-tune's regression head when it has one: trained for exactly this
             method = "head" if info.get("head") else "expected"
