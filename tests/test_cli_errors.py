@@ -18,6 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from appraiser.cli import app
+from appraiser.data.io import DataError
+from appraiser.pricers.base import Prediction, Pricer
+from appraiser.pricers.registry import register
 from appraiser.runs.store import RunStore
 
 runner = CliRunner()
@@ -84,6 +87,39 @@ def test_train_with_an_unknown_model_fails_before_loading_anything(split):
     r = run("train", "--model", str(train.parent), "--dry-run", "--train", train)  # a folder with no model
     assert_user_error(r, "no model here")
     assert time.perf_counter() - start < 30  # checked up front: no model load, no tokenizing
+
+
+@register("test-fails-on-batch", "Test only: prices batch 1, then fails as told.", kind="other", needs_fit=False)
+class FailsOnBatch(Pricer):
+    name = "test-fails-on-batch"
+    batch_size = 2
+
+    def __init__(self, at: int = 0, interrupt: bool = False):
+        self.at, self.interrupt, self.calls = at, interrupt, 0
+
+    def config(self):
+        return {"at": self.at, "interrupt": self.interrupt}
+
+    def predict(self, items):
+        self.calls += 1
+        if self.calls > self.at:
+            if self.interrupt:
+                raise KeyboardInterrupt
+            raise DataError("the pricing service refused the request")
+        return [Prediction(price=10.0) for _ in items]
+
+
+def test_evaluator_says_interrupted_only_when_there_is_progress_to_resume(split):
+    _, validation = split
+    base = ["eval", "test-fails-on-batch", "--test", validation, "--size", "6"]
+    r = run(*base, "-o", "at=0")  # fails on its first batch: nothing to resume
+    assert_user_error(r, "the pricing service refused the request")
+    assert "rerun to resume" not in r.output and "interrupted" not in r.output
+    r = run(*base, "-o", "at=1")  # one batch priced, then an error: that batch is kept
+    assert_user_error(r, "stopped by an error: 2/6 predictions are cached; rerun to resume", "refused")
+    assert "interrupted" not in r.output
+    r = run(*base, "-o", "at=1", "-o", "interrupt=true")  # Ctrl-C after one batch
+    assert_user_error(r, "interrupted: 2/6 predictions are cached; rerun to resume", code=130)
 
 
 def _failed_run(store: RunStore, name: str = "victim") -> object:
