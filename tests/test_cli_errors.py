@@ -246,3 +246,9 @@ def test_ctrl_c_during_train_and_resume_is_one_line_and_exit_130(small_split):
     assert code == 130 and "Traceback" not in err, err
     assert resumed.status == "cancelled" and resumed.step > first_stop
     assert f"interrupted at step {resumed.step}; `appraiser train --resume {victim.id}` continues" in err, err
+
+
+def test_unknown_or_missing_tracker_is_refused_before_anything_loads(split):
+    train, _ = split
+    r = run("train", "--train", train, "--report-to", "wandbb", "--dry-run")
+    assert_user_error(r, "--report-to wandbb: unknown tracker", "tensorboard")

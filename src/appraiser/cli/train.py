@@ -57,7 +57,25 @@ def _build_config(options: dict[str, Any], config_file: Path | None) -> Any:
     from appraiser.models import check_model
 
     check_model(cfg.model)
+    _check_report_to(cfg.report_to)
     return cfg
+
+
+def _check_report_to(report_to: list[str]) -> None:
+    """Every `--report-to` tracker known to transformers and installed here, checked before the model loads
+    (transformers would only refuse it when the trainer is built, after data and model are ready)."""
+    wanted = [r for r in report_to if r not in ("none", "all")]
+    if not wanted:
+        return
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    installed = set(get_available_reporting_integrations())
+    for r in wanted:
+        if r not in INTEGRATION_TO_CALLBACK:
+            raise DataError(f"--report-to {r}: unknown tracker; known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+        if r not in installed:
+            raise DataError(f"--report-to {r}: not installed here (pip install {r.replace('_', '-')})")
 
 
 def _resume_config(ref: str) -> None:
