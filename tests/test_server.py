@@ -42,8 +42,20 @@ def server(tmp_path_factory):
     exe = shutil.which("appraiser") or str(Path(sys.executable).parent / "appraiser")
     log = home / "serve.log"
     env = {**os.environ, "APPRAISER_HOME": str(home), "APPRAISER_DTYPE": "fp32"}
-    cmd = [exe, "serve", "--port", str(port), "--api-key", KEY, "--api-key", OTHER_KEY,
-           "--max-body", "20000", "--max-tokens", "64"]
+    cmd = [
+        exe,
+        "serve",
+        "--port",
+        str(port),
+        "--api-key",
+        KEY,
+        "--api-key",
+        OTHER_KEY,
+        "--max-body",
+        "20000",
+        "--max-tokens",
+        "64",
+    ]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -85,8 +97,7 @@ def test_models_lists_the_embedded_model(client):
 
 def test_chat_completion_continues_the_prefilled_price(client, data_dir):
     item = read_items(data_dir / "validation.jsonl", limit=1)[0]
-    r = client.chat.completions.create(model=MODEL, messages=_ask(item.text[:400]), max_tokens=6, temperature=0,
-                                       seed=1)
+    r = client.chat.completions.create(model=MODEL, messages=_ask(item.text[:400]), max_tokens=6, temperature=0, seed=1)
     choice = r.choices[0]
     assert r.object == "chat.completion" and choice.message.role == "assistant"
     assert choice.finish_reason in ("stop", "length")
@@ -98,8 +109,16 @@ def test_chat_completion_continues_the_prefilled_price(client, data_dir):
 def test_stream_carries_the_same_text_as_the_plain_call(client):
     msgs = [{"role": "user", "content": "Name three colours."}]
     plain = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=12, temperature=0)
-    chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=12, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=msgs,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content and len(chunks) > 3
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -118,8 +137,14 @@ def test_stop_sequence_ends_the_answer_and_is_not_in_it(client):
 
 
 def test_logprobs_rank_the_greedy_token_first(client):
-    r = client.chat.completions.create(model=MODEL, messages=_ask("Boss DS-1 Distortion guitar pedal"),
-                                       max_tokens=4, temperature=0, logprobs=True, top_logprobs=5)
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=_ask("Boss DS-1 Distortion guitar pedal"),
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=5,
+    )
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     for tok in content:
@@ -130,15 +155,17 @@ def test_logprobs_rank_the_greedy_token_first(client):
     # the expected price over the first token's alternatives lies within their range
     v = expected_from_logprobs(r.choices[0].message.content, content[0])
     if v is not None:
-        rest = r.choices[0].message.content.strip()[len(content[0].token.strip()):]
+        rest = r.choices[0].message.content.strip()[len(content[0].token.strip()) :]
         alts = [parse_price_text(t.token.strip() + rest) for t in content[0].top_logprobs if t.token.strip().isdigit()]
         assert min(alts) <= v <= max(alts)
 
 
 def test_seeded_sampling_repeats(client):
     msgs = [{"role": "user", "content": "Write a word."}]
-    a, b = (client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=1.0, seed=7)
-            for _ in range(2))
+    a, b = (
+        client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=1.0, seed=7)
+        for _ in range(2)
+    )
     assert a.choices[0].message.content == b.choices[0].message.content
 
 
@@ -175,12 +202,13 @@ def test_bad_requests_are_400s_never_500s(server):
         "no messages": json.dumps({"model": MODEL, "messages": []}),
         "bad role": json.dumps({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}),
         "n=2": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 2}),
-        "temperature 9": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
-                                     "temperature": 9}),
-        "max_tokens over the cap": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
-                                               "max_tokens": 1000}),
-        "top_logprobs without logprobs": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
-                                                     "top_logprobs": 3}),
+        "temperature 9": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 9}),
+        "max_tokens over the cap": json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1000}
+        ),
+        "top_logprobs without logprobs": json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}
+        ),
         "a list": json.dumps([1, 2]),
     }
     for what, body in cases.items():
@@ -204,9 +232,12 @@ def test_logs_carry_no_key_and_no_prompt(server, client):
 
 def test_price_route_prices_items(server):
     base, hdr = server[0], {"Authorization": f"Bearer {KEY}"}
-    r = httpx2.post(f"{base}/price", json={"model": MODEL, "items": [{"text": "Boss DS-1 Distortion pedal"},
-                                                                     {"text": "USB-C cable, 1 m"}]},
-                    headers=hdr, timeout=180)
+    r = httpx2.post(
+        f"{base}/price",
+        json={"model": MODEL, "items": [{"text": "Boss DS-1 Distortion pedal"}, {"text": "USB-C cable, 1 m"}]},
+        headers=hdr,
+        timeout=180,
+    )
     assert r.status_code == 200, r.text
     data = r.json()["data"]
     assert [d["index"] for d in data] == [0, 1] and all(d["price"] > 0 for d in data)
@@ -262,3 +293,95 @@ def test_messages_are_the_courses_prompt(data_dir):
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
     assert msgs[1]["content"].endswith(item.text) and msgs[2]["content"] == "Price is $"
     assert str(item.price) not in msgs[1]["content"].replace(item.text, "")
+
+
+# ---------------------------------------------------------------- files, batches, summaries
+
+
+def test_files_belong_to_their_key(server):
+    one = openai.OpenAI(base_url=server[0], api_key=KEY, max_retries=0)
+    two = openai.OpenAI(base_url=server[0], api_key=OTHER_KEY, max_retries=0)
+    f = one.files.create(file=("train.jsonl", b'{"a": 1}\n'), purpose="fine-tune")
+    assert f.id.startswith("file-") and f.bytes == 9 and f.status == "processed"
+    assert one.files.retrieve(f.id).filename == "train.jsonl"
+    assert one.files.content(f.id).content == b'{"a": 1}\n'
+    assert f.id in [x.id for x in one.files.list()]
+    assert f.id not in [x.id for x in two.files.list()]  # the other key neither lists it …
+    for call in (two.files.retrieve, two.files.content, two.files.delete):  # … nor reads or deletes it
+        with pytest.raises(openai.NotFoundError):
+            call(f.id)
+    assert one.files.delete(f.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        one.files.retrieve(f.id)
+    with pytest.raises(openai.BadRequestError):
+        one.files.create(file=("x.jsonl", b"{}"), purpose="no-such-purpose")
+
+
+def test_a_batch_with_bad_lines_fails_and_names_them(server):
+    c = openai.OpenAI(base_url=server[0], api_key=KEY, max_retries=0)
+    good = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    }
+    lines = [good, {**good, "custom_id": "a"}, {**good, "custom_id": "b", "url": "/v1/embeddings"}]
+    data = ("\n".join(json.dumps(x) for x in lines) + "\n{not json\n").encode()
+    f = c.files.create(file=("in.jsonl", data), purpose="batch")
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert b.status == "failed" and [e.line for e in b.errors.data] == [2, 3, 4]
+    with pytest.raises(openai.BadRequestError):  # a file uploaded for another purpose
+        c.batches.create(
+            input_file_id=c.files.create(file=("t.jsonl", data), purpose="fine-tune").id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+
+
+def _summarize_client(server, monkeypatch):
+    monkeypatch.setenv("TEST_SERVE_KEY", KEY)
+    return ApiClient(resolve_endpoint(base_url=server[0], key_env="TEST_SERVE_KEY"), concurrency=2, max_retries=0)
+
+
+def test_summaries_are_parsed_from_the_real_summary_rows(data_dir):
+    from appraiser.data.summaries import FIELDS, parse_summary
+
+    rows = [json.loads(line) for line in (data_dir / "train.jsonl").read_text().splitlines()]
+    summaries = [r["text"] for r in rows if r.get("format") == "summary"][:200]
+    parsed = [parse_summary(s) for s in summaries]
+    assert sum(p is not None for p in parsed) >= 0.95 * len(summaries)
+    for p in filter(None, parsed):
+        assert [line.split(":", 1)[0] for line in p.splitlines()] == list(FIELDS)
+    assert parse_summary("Title: x\nBrand: y") is None and parse_summary("A nice pedal.") is None
+
+
+def test_summarize_plain_then_batch_against_the_server(server, data_dir, monkeypatch, tmp_path):
+    """SmolLM2-135M rarely writes the five fields: what must hold is the bookkeeping. Every item is either
+    written as a five-field summary or reported with its reason; a rerun asks again only for what failed;
+    the batch path matches every answer back to its item by custom_id."""
+    from appraiser.data.summaries import done_ids, parse_summary, summarize, summarize_batch
+
+    items = read_items(data_dir / "validation.jsonl", limit=3)
+    out = tmp_path / "summaries.jsonl"
+    client = _summarize_client(server, monkeypatch)
+    report = summarize(items, client, MODEL, out, max_tokens=48)
+    assert report.written + len(report.failed) == 3 and client.usage.requests == 3
+    assert all(reason for _, reason in report.failed)
+    written = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    assert all(parse_summary(r["summary"]) == r["summary"] and r["text"] for r in written)
+    again = _summarize_client(server, monkeypatch)
+    report2 = summarize(items, again, MODEL, out, max_tokens=48)
+    assert report2.skipped == report.written and again.usage.requests == len(report.failed)
+
+    batch_out = tmp_path / "batch.jsonl"
+    polls = []
+    client = _summarize_client(server, monkeypatch)
+    report = summarize_batch(
+        items, client, MODEL, batch_out, max_tokens=48, poll_s=0.5, timeout_s=300, on_poll=polls.append
+    )
+    assert polls and polls[-1].status == "completed" and polls[-1].request_counts.total == 3
+    assert report.written + len(report.failed) == 3
+    assert all(why == "not a five-field summary" for _, why in report.failed)  # every answer was matched back
+    assert client.usage.requests == 3 and client.usage.prompt_tokens > 0
+    assert len(done_ids(batch_out)) == report.written
+    assert not batch_out.with_name(batch_out.name + ".batch.json").exists()

@@ -40,6 +40,7 @@ def register(name: str, description: str, kind: str = "baseline", needs_fit: boo
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
+    import appraiser.pricers.api  # noqa: F401
     import appraiser.pricers.baselines  # noqa: F401
     import appraiser.pricers.llm  # noqa: F401
 

@@ -10,22 +10,29 @@ works against it unchanged: `OPENAI_BASE_URL=http://127.0.0.1:8321/v1`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import FastAPI, Form, Query, Request, Response, UploadFile
+from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
+from appraiser import config
 from appraiser.server import errors
 from appraiser.server.batcher import PriceBatcher
+from appraiser.server.batches import BatchRunner
+from appraiser.server.chat import ChatRequest, chat_messages, check_chat, complete_chat, generation_args, usage_of
 from appraiser.server.engine import ModelPool, generate, stream_pieces
 from appraiser.server.errors import OpenAIError
 from appraiser.server.security import Guard
+from appraiser.server.store import FILE_PURPOSES, ServerStore
 
 DEFAULT_PORT = 8321
 
@@ -41,51 +48,10 @@ class ServerSettings:
     max_loaded: int = 2
     max_waiting: int = 64  # generation requests queued or running before a 429
     device: str | None = None
+    root: Path | None = None  # where files and batches live (default: <home>/server)
 
 
 # ---------------------------------------------------------------- request bodies
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(str(p.get("text", "")) for p in self.content if p.get("type", "text") == "text")
-        return self.content or ""
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the SDK sends fields we ignore (user, metadata, store …)
-    model: str
-    messages: Annotated[list[Message], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v: str | list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        v = [v] if isinstance(v, str) else v
-        if len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
 
 
 class PriceItem(BaseModel):
@@ -93,6 +59,13 @@ class PriceItem(BaseModel):
     title: str | None = None
     category: str | None = None
     id: str | None = None
+
+
+class BatchRequest(BaseModel):
+    input_file_id: str
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
 
 
 class PriceRequest(BaseModel):
@@ -105,12 +78,22 @@ class PriceRequest(BaseModel):
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
-    app = FastAPI(title="Appraiser", version="0.1.0", summary="OpenAI-compatible API for Appraiser's models")
+    store = ServerStore(settings.root or config.home() / "server")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runner.resume_unfinished()  # batches a killed server left unfinished
+        yield
+
+    app = FastAPI(
+        title="Appraiser", version="0.1.0", summary="OpenAI-compatible API for Appraiser's models", lifespan=lifespan
+    )
     errors.install(app)
     pool = ModelPool(settings.max_loaded, settings.device)
     batchers: dict[str, PriceBatcher] = {}
     waiting = {"n": 0}
-    app.state.settings, app.state.pool, app.state.batchers = settings, pool, batchers
+    runner = BatchRunner(store, pool, settings)
+    app.state.settings, app.state.pool, app.state.batchers, app.state.store = settings, pool, batchers, store
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -125,59 +108,77 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         return _model_obj(pool.card(model_id))
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest, request: Request) -> Any:
-        max_tokens = req.max_completion_tokens or req.max_tokens or 16
-        if max_tokens > settings.max_tokens_cap:
-            raise OpenAIError(
-                400,
-                f"max_tokens is {max_tokens}; this server allows at most {settings.max_tokens_cap}.",
-                code="invalid_value",
-                param="max_tokens",
-            )
-        if req.top_logprobs is not None and not req.logprobs:
-            raise OpenAIError(400, "top_logprobs needs logprobs: true.", code="invalid_value", param="top_logprobs")
+    async def chat(req: ChatRequest) -> Any:
+        check_chat(req, settings)
         if waiting["n"] >= settings.max_waiting:
             raise OpenAIError(
                 429, "The server is busy; retry shortly.", code="rate_limit_exceeded", headers={"Retry-After": "1"}
             )
         lm = await anyio.to_thread.run_sync(pool.get, req.model)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-        kwargs = dict(
-            max_tokens=max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=req.top_p or 1.0,
-            seed=req.seed,
-            stop=req.stop,
-            top_logprobs=(req.top_logprobs or 0) if req.logprobs else None,
-        )
-        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventSourceResponse(
-                _chat_stream(lm, messages, kwargs, cid, created, req.model, include_usage, waiting),
-                ping=15,
-            )
+            return EventSourceResponse(_chat_stream(lm, req, include_usage, waiting), ping=15)
         waiting["n"] += 1
         try:
-            g = await anyio.to_thread.run_sync(lambda: generate(lm, messages, **kwargs))
+            return await anyio.to_thread.run_sync(complete_chat, lm, req)
         finally:
             waiting["n"] -= 1
-        return {
-            "id": cid,
-            "object": "chat.completion",
-            "created": created,
-            "model": req.model,
-            "system_fingerprint": "appraiser",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": g.text, "refusal": None},
-                    "logprobs": {"content": g.logprobs, "refusal": None} if g.logprobs is not None else None,
-                    "finish_reason": g.finish_reason,
-                }
-            ],
-            "usage": _usage(g),
-        }
+
+    # ------------------------------------------------------------ files and batches
+
+    @app.post("/v1/files")
+    async def upload_file(request: Request, file: UploadFile, purpose: Annotated[str, Form()]) -> dict[str, Any]:
+        if purpose not in FILE_PURPOSES:
+            raise OpenAIError(
+                400, f"purpose must be one of {', '.join(FILE_PURPOSES)}", code="invalid_value", param="purpose"
+            )
+        data = await file.read()
+        return store.add_file(_owner(request), file.filename or "upload", purpose, data)
+
+    @app.get("/v1/files")
+    def list_files(
+        request: Request,
+        purpose: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+        after: str | None = None,
+        order: Literal["asc", "desc"] = "desc",
+    ) -> dict[str, Any]:
+        rows = store.list_files(_owner(request), purpose, limit + 1, after, order)
+        return _page(rows, limit)
+
+    @app.get("/v1/files/{file_id}")
+    def get_file(request: Request, file_id: str) -> dict[str, Any]:
+        return store.get_file(_owner(request), file_id)
+
+    @app.get("/v1/files/{file_id}/content")
+    def file_content(request: Request, file_id: str) -> Response:
+        return Response(store.read_file(_owner(request), file_id), media_type="application/octet-stream")
+
+    @app.delete("/v1/files/{file_id}")
+    def delete_file(request: Request, file_id: str) -> dict[str, Any]:
+        return store.delete_file(_owner(request), file_id)
+
+    @app.post("/v1/batches")
+    def create_batch(request: Request, body: BatchRequest) -> dict[str, Any]:
+        return runner.create(_owner(request), body.input_file_id, body.endpoint, body.completion_window, body.metadata)
+
+    @app.get("/v1/batches")
+    def list_batches(
+        request: Request, limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None
+    ) -> dict[str, Any]:
+        rows = store.list_batches(_owner(request))
+        if after:
+            ids = [r["id"] for r in rows]
+            rows = rows[ids.index(after) + 1 :] if after in ids else []
+        return _page(rows[: limit + 1], limit)
+
+    @app.get("/v1/batches/{batch_id}")
+    def get_batch(request: Request, batch_id: str) -> dict[str, Any]:
+        return store.get_batch(_owner(request), batch_id)
+
+    @app.post("/v1/batches/{batch_id}/cancel")
+    def cancel_batch(request: Request, batch_id: str) -> dict[str, Any]:
+        return runner.cancel(_owner(request), batch_id)
 
     @app.post("/v1/price")
     async def price(req: PriceRequest) -> dict[str, Any]:
@@ -224,29 +225,29 @@ def _guarded(app: FastAPI, settings: ServerSettings) -> Any:
     return app
 
 
+def _owner(request: Request) -> str:
+    return getattr(request.state, "owner", "default")
+
+
+def _page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    page = rows[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(rows) > limit,
+    }
+
+
 def _model_obj(card: Any) -> dict[str, Any]:
     return {"id": card.id, "object": "model", "created": card.created, "owned_by": card.owned_by}
 
 
-def _usage(g: Any) -> dict[str, int]:
-    return {
-        "prompt_tokens": g.prompt_tokens,
-        "completion_tokens": g.completion_tokens,
-        "total_tokens": g.prompt_tokens + g.completion_tokens,
-    }
-
-
-def _chat_stream(
-    lm: Any,
-    messages: list[dict[str, str]],
-    kwargs: dict[str, Any],
-    cid: str,
-    created: int,
-    model: str,
-    include_usage: bool,
-    waiting: dict[str, int],
-) -> Any:
+def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, waiting: dict[str, int]) -> Any:
     """SSE events: a role chunk, content chunks as tokens arrive, a finish chunk, usage, then [DONE]."""
+    cid, created, kwargs = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), generation_args(req)
+    messages = chat_messages(req)
 
     def chunk(
         delta: dict[str, Any], finish: str | None = None, logprobs: Any = None, usage: Any = None, choices: bool = True
@@ -255,7 +256,7 @@ def _chat_stream(
             "id": cid,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": model,
+            "model": req.model,
             "system_fingerprint": "appraiser",
             "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}] if choices else [],
         }
@@ -273,7 +274,7 @@ def _chat_stream(
                 lp = {"content": value.logprobs, "refusal": None} if value.logprobs is not None else None
                 yield {"data": chunk({}, value.finish_reason, lp)}
                 if include_usage:
-                    yield {"data": chunk({}, usage=_usage(value), choices=False)}
+                    yield {"data": chunk({}, usage=usage_of(value), choices=False)}
             else:
                 err = errors.error_body(500, f"generation failed: {type(value).__name__}")
                 yield {"data": json.dumps(err)}
