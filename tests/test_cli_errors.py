@@ -252,3 +252,10 @@ def test_unknown_or_missing_tracker_is_refused_before_anything_loads(split):
     train, _ = split
     r = run("train", "--train", train, "--report-to", "wandbb", "--dry-run")
     assert_user_error(r, "--report-to wandbb: unknown tracker", "tensorboard")
+
+
+def test_a_target_module_the_model_lacks_is_refused_before_a_run_exists(split):
+    train, validation = split
+    r = run("train", "--train", train, "--validation", validation, "--target-modules", "q_proj,bogus_proj")
+    assert_user_error(r, "target module(s) bogus_proj not in smollm2-135m", "v_proj")
+    assert RunStore().list() == []

@@ -253,6 +253,34 @@ def check_model(name_or_path: str) -> None:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def check_target_modules(name_or_path: str, targets: list[str] | tuple[str, ...]) -> None:
+    """Raise ModelNotFound unless every LoRA target module names modules of the model (PEFT matches a
+    target against the end of each module's dotted name), listing the ones it has.
+
+    Reads only the model's config and builds it on the meta device (no weights, well under a second),
+    so a typo in `--target-modules` fails before data, run and model. A model whose config cannot be read
+    here (a hub id with no network) is left for the loader to judge.
+    """
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(model_source(name_or_path))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        names = [n for n, _ in model.named_modules() if n]
+    except ModelNotFound:
+        raise
+    except Exception:  # noqa: BLE001 - a best-effort early check; the loader gives the real error
+        return
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+        raise ModelNotFound(
+            f"target module(s) {', '.join(missing)} not in {name_or_path}; its modules: {', '.join(leaves)}"
+        )
+
+
 def _hub_error(name: str, e: OSError) -> ModelNotFound:
     """A hub id or folder that transformers could not read, as one line (its first line of explanation)."""
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -54,9 +54,10 @@ def _build_config(options: dict[str, Any], config_file: Path | None) -> Any:
     except ValidationError as e:
         where = f" in {config_file}" if config_file is not None else ""
         raise DataError(validation_message(e, "invalid training option") + where) from None
-    from appraiser.models import check_model
+    from appraiser.models import check_model, check_target_modules
 
     check_model(cfg.model)
+    check_target_modules(cfg.model, cfg.target_modules)
     _check_report_to(cfg.report_to)
     return cfg
 
