@@ -23,8 +23,11 @@ def validation_message(e: ValidationError, subject: str = "invalid", *, as_flag:
     loc = ".".join(str(p) for p in first.get("loc", ()))
     if as_flag and loc:
         loc = "--" + loc.replace("_", "-")
+    msg = str(first.get("msg", "invalid value"))
+    for prefix in ("Value error, ", "Assertion failed, "):  # pydantic's wrapping of a validator's own message
+        msg = msg.removeprefix(prefix)
     head = " ".join(part for part in (subject, loc) if part)
-    text = f"{head}: {first.get('msg', 'invalid value')}" if head else str(first.get("msg", "invalid value"))
+    text = f"{head}: {msg}" if head else msg
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more)"
     return text
