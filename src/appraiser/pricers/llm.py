@@ -88,6 +88,12 @@ class LLMPricer(Pricer):
             raise ValueError(f"method must be one of auto, {', '.join(METHODS)}, not {method!r}")
         if point not in POINTS:
             raise ValueError(f"point must be one of {', '.join(POINTS)}, not {point!r}")
+        sizes = {"batch_size": batch_size, "beam_width": beam_width, "max_new_tokens": max_new_tokens}
+        for option, value in sizes.items():
+            if int(value) < 1:
+                raise ValueError(f"{option} must be at least 1, not {value}")
+        if max_text_tokens is not None and int(max_text_tokens) < 1:
+            raise ValueError(f"max_text_tokens must be at least 1, not {max_text_tokens}")
         self.point = point
         self.model = str(model)
         self.batch_size = int(batch_size)
