@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx2
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,3 +71,56 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- one `appraiser serve` per test session
+
+KEY, OTHER_KEY = "sk-test-one", "sk-test-two"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """(base_url, process, log path) of a running `appraiser serve`."""
+    home = tmp_path_factory.mktemp("serve-home")
+    port = _free_port()
+    exe = shutil.which("appraiser") or str(Path(sys.executable).parent / "appraiser")
+    log = home / "serve.log"
+    env = {**os.environ, "APPRAISER_HOME": str(home), "APPRAISER_DTYPE": "fp32"}
+    cmd = [
+        exe,
+        "serve",
+        "--port",
+        str(port),
+        "--api-key",
+        KEY,
+        "--api-key",
+        OTHER_KEY,
+        "--max-body",
+        "20000",
+        "--max-tokens",
+        "64",
+    ]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"appraiser serve exited: {log.read_text()}")
+        try:
+            if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx2.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail(f"appraiser serve did not come up: {log.read_text()}")
+    yield f"{base}/v1", proc, log
+    proc.terminate()
+    proc.wait(timeout=30)
