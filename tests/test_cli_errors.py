@@ -122,6 +122,26 @@ def test_evaluator_says_interrupted_only_when_there_is_progress_to_resume(split)
     assert_user_error(r, "interrupted: 2/6 predictions are cached; rerun to resume", code=130)
 
 
+@register(
+    "test-markup-raw",
+    "Test only: fails every item with raw text that looks like markup.",
+    kind="other",
+    needs_fit=False,
+)
+class MarkupRaw(Pricer):
+    name = "test-markup-raw[/]"
+
+    def predict(self, items):
+        return [Prediction(price=None, raw="[/] [bold]Price is $[/bold]") for _ in items]
+
+
+def test_model_text_and_labels_that_look_like_markup_are_printed_as_written(split):
+    _, validation = split
+    r = run("eval", "test-markup-raw", "--test", validation, "--size", "3", "--name", "mine[/]")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "[/] [bold]Price is $[/bold]" in r.output and "mine[/]" in r.output
+
+
 def _failed_run(store: RunStore, name: str = "victim") -> object:
     run_ = store.create(kind="local", name=name, model="smollm2-135m", config={})
     store.set_status(run_.id, "failed", error="RuntimeError: killed")

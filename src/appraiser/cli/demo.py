@@ -45,7 +45,7 @@ def demo_command(
         view = ProgressView()
 
         def stage(msg: str) -> None:
-            console.rule(f"[bold]{msg}")
+            console.rule(f"[bold]{escape(msg)}")
 
         def train_stage(msg: str) -> None:
             view.stage(msg)

@@ -203,7 +203,7 @@ def leaderboard_command(
         from appraiser.evaluation.charts import leaderboard_chart
 
         paths = leaderboard_chart(rows, charts or config.home() / "charts", name=f"leaderboard-{chosen}")
-        console.print("chart: " + ", ".join(str(p) for p in paths))
+        console.print("chart: " + escape(", ".join(str(p) for p in paths)))
     if others:
         console.print(
             "other test sets (use --fingerprint or --test): "
@@ -339,7 +339,10 @@ def human_export(
         test = config.default_data_dir() / "validation.jsonl"
     items = load_test_items(test, n, offset)
     export_human(items, out)
-    console.print(f"wrote {len(items)} items to {out}; fill in the price column, then `appraiser human import {out}`")
+    where = escape(str(out))
+    console.print(
+        f"wrote {len(items)} items to {where}; fill in the price column, then `appraiser human import {where}`"
+    )
 
 
 @human_app.command("import")

@@ -130,14 +130,14 @@ def _dry_run(cfg: Any) -> None:
     console.print(
         Panel(
             Group(token_view(ex, tokenizer), Text(""), legend),
-            title=f"example 1 of {len(data.examples)}: item {ex.item_id}, ${data.train_items[0].price:,.2f}",
+            title=escape(f"example 1 of {len(data.examples)}: item {ex.item_id}, ${data.train_items[0].price:,.2f}"),
             subtitle=f"{len(ex)} tokens, {len(ex) - ex.prompt_len} trained",
         )
     )
     report = data.audit
     console.print(("[green]✓[/green] " if report.ok else "[red]✗[/red] ") + escape(report.summary()), soft_wrap=True)
     console.print(
-        f"training pool {cfg.train}: {len(data.train_items)} items drawn ({cfg.weighting} weighting); "
+        f"training pool {escape(str(cfg.train))}: {len(data.train_items)} items drawn ({cfg.weighting} weighting); "
         f"probe: {len(data.probe_items)} validation items every {cfg.probe_every} steps",
         soft_wrap=True,
     )

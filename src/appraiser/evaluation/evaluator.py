@@ -170,7 +170,7 @@ def item_line(i: int, r: ItemResult, width: int = 60) -> str:
         body = f"FAILED  truth {_money(r.truth):>10}  raw: {raw!r}"
     else:
         body = f"guess {_money(r.guess):>10}  truth {_money(r.truth):>10}  error {_money(r.error):>10}"
-    return f"[{style}]{i + 1:>5} {body}[/]  {escape(title)}"
+    return f"[{style}]{i + 1:>5} {escape(body)}[/]  {escape(title)}"  # raw model text may hold "[/]"
 
 
 def summary_table(result: EvalResult) -> Table:
