@@ -279,3 +279,11 @@ def test_a_target_module_the_model_lacks_is_refused_before_a_run_exists(split):
     r = run("train", "--train", train, "--validation", validation, "--target-modules", "q_proj,bogus_proj")
     assert_user_error(r, "target module(s) bogus_proj not in smollm2-135m", "v_proj")
     assert RunStore().list() == []
+
+
+def test_a_command_module_that_fails_to_import_is_an_error_not_a_missing_command():
+    """Blocking `appraiser.cli.runs` (as a broken import would) must stop the CLI, not drop `runs` silently."""
+    code = "import sys; sys.modules['appraiser.cli.runs'] = None; import appraiser.cli"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "appraiser.cli.runs" in r.stderr
