@@ -43,7 +43,8 @@ def user_errors() -> Iterator[None]:
     """User errors → one red line on stderr and exit code 2; Ctrl-C → "interrupted" and exit code 130.
 
     User errors are DataError (bad input, unknown run or model, failed label audit; the library raises
-    them) and pydantic ValidationError (a config or option that fails validation). Every command runs
+    them), pydantic ValidationError (a config or option that fails validation) and OSError (a path given
+    that cannot be read or written: a folder where a file goes, a missing parent). Every command runs
     inside this (`_register` wraps them all), so typer's test runner, which bypasses `main()`, sees what
     a user sees.
     """
