@@ -101,6 +101,18 @@ class ApiPricer(Pricer):
         if self.max_tokens < 1 or not 0 <= self.top_logprobs <= 20:
             raise ValueError("max_tokens must be at least 1 and top_logprobs between 0 and 20")
         self.concurrency = int(concurrency)
+        checks = {
+            "concurrency": self.concurrency >= 1,
+            "rpm": rpm is None or int(rpm) >= 1,
+            "tpm": tpm is None or int(tpm) >= 1,
+            "max_retries": int(max_retries) >= 0,
+            "timeout": float(timeout) > 0,
+        }
+        if bad := [k for k, ok in checks.items() if not ok]:  # checked now, not when the first call builds the client
+            raise ValueError(
+                f"bad {', '.join(bad)}: concurrency, rpm and tpm must be at least 1, max_retries at least 0, "
+                "timeout more than 0"
+            )
         self._client_args = {
             "concurrency": self.concurrency,
             "rpm": rpm,
