@@ -48,8 +48,14 @@ def list_command(
     limit: Annotated[int, typer.Option(help="newest N runs")] = 50,
 ) -> None:
     """Runs, newest first."""
+    from appraiser.runs.store import KINDS, STATUSES
+
     if limit < 1:
         raise DataError("--limit must be at least 1")
+    if kind is not None and kind not in KINDS:
+        raise DataError(f"--kind {kind!r}: use one of {', '.join(KINDS)}")
+    if status is not None and status not in STATUSES:
+        raise DataError(f"--status {status!r}: use one of {', '.join(STATUSES)}")
     runs = _store().list(kind=kind, status=status, limit=limit)
     if not runs:
         console.print("no runs yet (start one with `appraiser train`)")
