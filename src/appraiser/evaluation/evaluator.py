@@ -501,6 +501,10 @@ def load_test_items(path_or_folder: str | Path, size: int | None = DEFAULT_TEST_
     A folder means its test split, or its validation split when it has no test split. `size=None`
     takes every item. Asking for more items than the file holds is an error, not a smaller test set.
     """
+    if offset < 0:
+        raise DataError(f"the offset must be 0 or more, not {offset}")
+    if size is not None and size < 0:
+        raise DataError(f"the test size must be 0 or more, not {size}")
     path = Path(path_or_folder)
     if path.is_dir():
         found = find_split_file(path, "test") or find_split_file(path, "validation")
