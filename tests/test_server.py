@@ -7,7 +7,12 @@ is also checked for its key handling. The `api` pricer and the client layer are 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx2
 import openai
@@ -206,10 +211,33 @@ def test_api_pricer_evaluates_and_reuses_its_cache(server, data_dir, monkeypatch
         assert pricer.usage()["requests"] == 4 and pricer.usage()["prompt_tokens"] > 0
         assert pricer.usage()["dollars"] == 0.0  # a local model is free in the price table
         assert sum(r.guess is not None for r in first.results) >= 3
+        assert first.metrics["requests"] == 4 and first.metrics["tokens"] > 0  # recorded with the row
+        assert store.get(first.run_id).metrics["tokens"] == first.metrics["tokens"]
         again = ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", concurrency=4)
         second = evaluate(again, items, show=False, store=store)
         assert again.usage()["requests"] == 0  # everything came from the cache
         assert [r.guess for r in second.results] == [r.guess for r in first.results]
+
+
+def test_failed_calls_are_not_cached(server, data_dir, monkeypatch, tmp_path):
+    from appraiser.evaluation.evaluator import evaluate
+    from appraiser.evaluation.store import LeaderboardStore
+
+    items = read_items(data_dir / "validation.jsonl", limit=2)
+    with LeaderboardStore(tmp_path / "lb.db") as store:
+        monkeypatch.setenv("TEST_SERVE_KEY", "wrong")
+        bad = evaluate(
+            ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0),
+            items,
+            show=False,
+            store=store,
+            record=False,
+        )
+        assert bad.metrics["failures"] == 2
+        monkeypatch.setenv("TEST_SERVE_KEY", KEY)
+        p = ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0)
+        evaluate(p, items, show=False, store=store, record=False)
+        assert p.usage()["requests"] == 2  # the 401s were not kept as answers
 
 
 def test_a_failed_call_is_a_failed_prediction_with_its_reason(server, data_dir, monkeypatch):
@@ -331,3 +359,77 @@ def test_summarize_plain_then_batch_against_the_server(server, data_dir, monkeyp
     assert client.usage.requests == 3 and client.usage.prompt_tokens > 0
     assert len(done_ids(batch_out)) == report.written
     assert not batch_out.with_name(batch_out.name + ".batch.json").exists()
+
+
+# ---------------------------------------------------------------- the commands, end to end
+
+
+def _appraiser(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    exe = shutil.which("appraiser") or str(Path(sys.executable).parent / "appraiser")
+    return subprocess.run([exe, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_summarize_dry_run_prices_before_sending(data_dir, tmp_path):
+    r = _appraiser(
+        "data",
+        "summarize",
+        str(data_dir / "validation.jsonl"),
+        "--model",
+        "gpt-4o-mini",
+        "--out",
+        str(tmp_path / "s.jsonl"),
+        "--limit",
+        "20",
+        "--dry-run",
+        "--batch",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "20 of 20 items" in r.stdout and "Batch API" in r.stdout and "about $0.0" in r.stdout
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_eval_api_and_summarize_batch_commands(server, data_dir, tmp_path):
+    env = {"APPRAISER_HOME": str(tmp_path / "home"), "TEST_SERVE_KEY": KEY}
+    r = _appraiser(
+        "eval",
+        "api",
+        "-o",
+        f"model={MODEL}",
+        "-o",
+        f"base_url={server[0]}",
+        "-o",
+        "key_env=TEST_SERVE_KEY",
+        "--test",
+        str(data_dir / "validation.jsonl"),
+        "--size",
+        "3",
+        env=env,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "API use" in r.stdout and "3 requests" in r.stdout
+    r = _appraiser("leaderboard", env=env)
+    assert r.returncode == 0 and f"api[{MODEL}]" in r.stdout
+    out = tmp_path / "sum.jsonl"
+    r = _appraiser(
+        "data",
+        "summarize",
+        str(data_dir / "validation.jsonl"),
+        "--limit",
+        "2",
+        "--model",
+        MODEL,
+        "--base-url",
+        server[0],
+        "--key-env",
+        "TEST_SERVE_KEY",
+        "--out",
+        str(out),
+        "--batch",
+        "--poll",
+        "0.5",
+        "--max-tokens",
+        "48",
+        env=env,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "completed" in r.stdout and "wrote" in r.stdout

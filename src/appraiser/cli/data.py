@@ -226,6 +226,77 @@ def stats(
         console.print(f"skipped {report.skipped:,} bad records")
 
 
+@app.command()
+def summarize(
+    source: Annotated[Path, typer.Argument(help="an items file (.jsonl, .jsonl.gz, .parquet)")],
+    model: Annotated[str, typer.Option(help="The model that writes the summaries (e.g. gpt-4o-mini).")],
+    out: Annotated[Path, typer.Option(help="Output items file (JSONL); a rerun skips the ids already in it.")],
+    provider: Annotated[
+        str | None, typer.Option(help="A provider preset (openai, anthropic, ollama, appraiser …).")
+    ] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="Any OpenAI-compatible endpoint (default $OPENAI_BASE_URL).")
+    ] = None,
+    key_env: Annotated[str | None, typer.Option(help="Environment variable holding the key.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N items.", min=0)] = None,
+    batch: Annotated[bool, typer.Option("--batch", help="Through the Batch API (half price at OpenAI).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print tokens and dollars; send nothing.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Calls in flight at once (plain mode).", min=1)] = 8,
+    max_tokens: Annotated[int, typer.Option(help="Output tokens per summary.", min=16)] = 200,
+    poll: Annotated[float, typer.Option(help="Seconds between batch status polls.", min=0.1)] = 10.0,
+    prices: Annotated[Path | None, typer.Option(help="A JSON price table {model: [input, output]} $/1M.")] = None,
+) -> None:
+    """Rewrite items into the five-field summary (Title, Category, Brand, Description, Details) with an LLM."""
+    from appraiser.api import ApiClient, load_prices, resolve_endpoint
+    from appraiser.data import summaries
+    from appraiser.data.io import read_items
+
+    table = load_prices(prices)
+    items = read_items(source, limit=limit)
+    todo = [it for it in items if it.id not in summaries.done_ids(out)]
+    est = summaries.estimate(todo, model, table, batch=batch)
+    dollars = f"${est.dollars:,.4f}" if est.dollars is not None else "unknown (model not in the price table)"
+    console.print(
+        f"{len(todo):,} of {len(items):,} items to summarise with {escape(model)}"
+        f"{' via the Batch API' if batch else ''}: ~{est.prompt_tokens:,} input + ~{est.completion_tokens:,} "
+        f"output tokens, about {dollars}"
+    )
+    if dry_run or not todo:
+        return
+    client = ApiClient(resolve_endpoint(provider, base_url, key_env), concurrency=concurrency, prices=table)
+    if batch:
+        report = summaries.summarize_batch(
+            items,
+            client,
+            model,
+            out,
+            max_tokens=max_tokens,
+            poll_s=poll,
+            on_poll=lambda b: console.print(
+                f"batch {b.id}: {b.status} ({b.request_counts.completed if b.request_counts else 0}/"
+                f"{b.request_counts.total if b.request_counts else '?'})"
+            ),
+        )
+    else:
+        from rich.progress import Progress
+
+        with Progress(console=console) as bar:
+            task = bar.add_task("summarising", total=len(todo))
+            report = summaries.summarize(
+                items, client, model, out, max_tokens=max_tokens, on_done=lambda it, s: bar.advance(task)
+            )
+    u = client.usage
+    spent = f"${u.dollars:,.4f}" if u.dollars is not None else "unknown"
+    console.print(
+        f"wrote {report.written:,} summaries to {escape(str(out))} ({report.skipped:,} already there); "
+        f"{u.prompt_tokens:,} + {u.completion_tokens:,} tokens, {spent}"
+    )
+    for item_id, why in report.failed[:SHOWN_ERRORS]:
+        err_console.print(f"{escape(item_id)}: {escape(why)}", soft_wrap=True, highlight=False)
+    if report.failed:
+        err_console.print(f"{len(report.failed):,} items failed; rerun the same command to retry them")
+
+
 def register(app_: typer.Typer) -> None:
     """Add the `data` group to the `appraiser` app."""
     app_.add_typer(app, name="data", help="Curate raw metadata into splits; inspect datasets and prompts.")

@@ -168,7 +168,7 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
             "time": _secs(r.seconds + r.fit_seconds),
             "fit": _secs(r.fit_seconds),
             "predict": _secs(r.seconds),
-            "cost": f"${r.cost:,.2f}" if r.cost else "—",
+            "cost": (f"${r.cost:,.2f}" if r.cost >= 1 else f"${r.cost:.4f}") if r.cost else "—",
             "run": str(r.run_id),
         }
         t.add_row(*(cells[c] for c in cols))

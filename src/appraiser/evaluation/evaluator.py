@@ -188,6 +188,8 @@ def summary_table(result: EvalResult) -> Table:
     t.add_row("predict time", f"{result.seconds:,.1f} s" + (f"  ({result.cached} cached)" if result.cached else ""))
     if result.fit_seconds:
         t.add_row("fit time", f"{result.fit_seconds:,.1f} s")
+    if "tokens" in m:
+        t.add_row("API use", f"{int(m['requests']):,} requests, {int(m['tokens']):,} tokens (this run)")
     if result.cost:
         t.add_row("cost", f"${result.cost:,.4f}")
     return t
@@ -286,11 +288,15 @@ def evaluate(
             share = elapsed / len(idx) / min(workers, len(batches))
             for i, p in zip(idx, batch_preds, strict=True):
                 preds[i], secs[i] = p, share
-            if pcache is not None:
+            if pcache is not None:  # a failed API call ("error: …") is not an answer: the next run asks again
                 pcache.put(
                     label,
                     chash,
-                    [(*keys[i], p.price, p.low, p.high, p.raw, share) for i, p in zip(idx, batch_preds, strict=True)],
+                    [
+                        (*keys[i], p.price, p.low, p.high, p.raw, share)
+                        for i, p in zip(idx, batch_preds, strict=True)
+                        if not (p.failed and (p.raw or "").startswith("error:"))
+                    ],
                 )
             show_items(idx, batch_preds)
             progress.advance(task, len(idx))
@@ -311,6 +317,9 @@ def evaluate(
             if pcache is not None:
                 pcache.close()
     run_seconds = time.perf_counter() - start
+    usage = pricer.usage() if callable(getattr(pricer, "usage", None)) else None  # API pricers: what this run spent
+    if usage and not cost and usage.get("dollars"):
+        cost = float(usage["dollars"])
 
     seconds = sum(secs[i] for i in done_cached) + run_seconds if cached else run_seconds
     result = score(
@@ -324,6 +333,9 @@ def evaluate(
     )
     result.cached = cached
     result.fit_seconds = fit_seconds
+    if usage:
+        result.metrics["requests"] = float(usage.get("requests", 0))
+        result.metrics["tokens"] = float(usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0))
     if record:
         record_result(result, store)
     if predictions_path is not None:
