@@ -111,9 +111,7 @@ def main() -> None:
             size_mb = path.stat().st_size / 1e6
             print(f"\n{n:,} records ({size_mb:,.0f} MB) written in {time.perf_counter() - t0:.1f} s")
             naive = run_child("naive", str(path))
-            print(
-                f"  for contrast, json.loads of every record into a list: peak {naive['main_mib']:,.0f} MiB"
-            )
+            print(f"  for contrast, json.loads of every record into a list: peak {naive['main_mib']:,.0f} MiB")
             for w in workers:
                 r = run_child(str(path), str(Path(tmp) / f"out-{n}-{w}"), str(w))
                 r.update(n=n, workers=w, rate=r["records"] / r["seconds"])

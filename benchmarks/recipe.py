@@ -101,8 +101,12 @@ def main() -> None:
             f"best probe MAE ${result.best_probe_mae or float('nan'):,.2f} at step {result.best_step}"
         )
         summary.update(
-            run=run.id, steps=result.steps, train_seconds=round(train_s, 1), tokens_per_s=round(tokens_per_s, 1),
-            best_probe_mae=result.best_probe_mae, best_step=result.best_step,
+            run=run.id,
+            steps=result.steps,
+            train_seconds=round(train_s, 1),
+            tokens_per_s=round(tokens_per_s, 1),
+            best_probe_mae=result.best_probe_mae,
+            best_step=result.best_step,
         )
         import torch
 

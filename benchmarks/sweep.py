@@ -45,8 +45,20 @@ VARIANTS: dict[str, list[str]] = {
     "both-qlora": ["head_pooling=both", "load_in_4bit=true"],
 }
 #: the settings --check prints for each variant
-SHOWN = ("model", "max_steps", "n_train", "batch_size", "max_text_tokens", "head_pooling", "head_weight",
-         "lm_weight", "head_refit", "probe_method", "load_in_4bit", "target_modules")
+SHOWN = (
+    "model",
+    "max_steps",
+    "n_train",
+    "batch_size",
+    "max_text_tokens",
+    "head_pooling",
+    "head_weight",
+    "lm_weight",
+    "head_refit",
+    "probe_method",
+    "load_in_4bit",
+    "target_modules",
+)
 
 
 def variant_sets(name: str, max_steps: int | None, extra: list[str]) -> list[str]:
@@ -131,8 +143,10 @@ def main() -> None:
                 log.close()
                 del running[name]
                 print(f"[{time.perf_counter() - started:5.0f} s] {name} ended (exit {proc.returncode})", flush=True)
-    print(f"\n{'variant':<12} {'steps':>5} {'train s':>8} {'tok/s':>8} {'probe':>8} {'MAE final':>10} {'CI':>17} "
-          f"{'hit':>6} {'LM MAE':>8}")
+    print(
+        f"\n{'variant':<12} {'steps':>5} {'train s':>8} {'tok/s':>8} {'probe':>8} {'MAE final':>10} {'CI':>17} "
+        f"{'hit':>6} {'LM MAE':>8}"
+    )
     for name in names:
         f = args.out / f"{name}.json"
         if not f.exists():

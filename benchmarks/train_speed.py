@@ -183,9 +183,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--max-text-tokens", type=int, default=100, help="description budget (prompts ~120 tokens)"
-    )
+    ap.add_argument("--max-text-tokens", type=int, default=100, help="description budget (prompts ~120 tokens)")
     opts = ap.parse_args()
     if opts.only:
         child(opts)

@@ -97,9 +97,7 @@ def test_stats_command(curated):
 
 def test_prompts_command(curated):
     out, _ = curated
-    result = runner.invoke(
-        app, ["data", "prompts", str(out / "test.jsonl"), "--limit", "5", "--max-tokens", "40"]
-    )
+    result = runner.invoke(app, ["data", "prompts", str(out / "test.jsonl"), "--limit", "5", "--max-tokens", "40"])
     assert result.exit_code == 0, result.output
     assert "prompt" in result.stdout and "completion" in result.stdout
     assert "What does this cost to the nearest dollar?" in result.stdout and "Price is $" in result.stdout

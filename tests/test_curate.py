@@ -213,9 +213,7 @@ def test_details_as_json_string_gives_the_same_item(records: list[dict]):
     as_dict = record_to_item(rec)
     rec["details"] = json.dumps(rec["details"])
     as_string = record_to_item(rec)
-    assert (
-        isinstance(as_string, Item) and as_string.text == as_dict.text and as_string.weight == as_dict.weight
-    )
+    assert isinstance(as_string, Item) and as_string.text == as_dict.text and as_string.weight == as_dict.weight
     rec["details"] = "{not json"
     assert isinstance(record_to_item(rec), Item)  # unreadable details: still an item, just without them
 
@@ -232,9 +230,7 @@ def test_part_numbers_stripped(records: list[dict]):
     rec["title"] = "Amazon Elements B07XJ8C8F5 Women's Multi CSC2A2CH8540 size 4X Vitamin-D3 2000IU"
     item = record_to_item(rec)
     first_line = item.text.split("\n")[0]
-    assert (
-        first_line == "Amazon Elements Women's Multi size 4X Vitamin-D3 2000IU"
-    )  # short or lowercase tokens stay
+    assert first_line == "Amazon Elements Women's Multi size 4X Vitamin-D3 2000IU"  # short or lowercase tokens stay
     assert item.title == rec["title"]  # the title field itself is kept as listed
 
 
@@ -256,9 +252,7 @@ def test_field_and_total_caps(records: list[dict]):
     parts = text.split("\n")
     assert len(parts[1]) == 3000 or len(parts[1]) == 2999  # capped (then stripped of a trailing space)
     assert len(text) <= 4000 and len(text) >= 3990
-    small = record_to_item(
-        rec, config=CurateConfig(max_field_chars=100, max_text_chars=250, min_chars=0)
-    ).text
+    small = record_to_item(rec, config=CurateConfig(max_field_chars=100, max_text_chars=250, min_chars=0)).text
     assert all(len(p) <= 100 for p in small.split("\n")) and len(small) <= 250
 
 
@@ -501,10 +495,7 @@ def test_malformed_lines_reported_and_good_records_kept(
     result = curate([path], out, CurateConfig(workers=2, chunk_bytes=300_000), charts=False)
     by_line = {int(e.split(":")[1]): e for e in result.error_examples}
     assert set(by_line) == {11, 502, 1004, 1501}  # the blank line inserted before them shifts the last two
-    assert (
-        by_line[11]
-        == f"{path}:11: malformed JSON (Expecting property name enclosed in double quotes at column 2)"
-    )
+    assert by_line[11] == f"{path}:11: malformed JSON (Expecting property name enclosed in double quotes at column 2)"
     assert by_line[502] == f"{path}:502: expected a JSON object, got list"
     assert "malformed JSON" in by_line[1004] and "malformed JSON" in by_line[1501]
     stats = stats_of(out)
@@ -552,8 +543,7 @@ def test_blocks_cut_at_any_size_give_the_same_records(
     assert result.stats["kept"] == len(expect.kept)
     for s in ("train", "validation", "test"):
         assert [(it.id, it.source) for it in read_items(tmp_path / "out" / f"{s}.jsonl")] == [
-            (it.id, it.source.replace(raw_sample.name, path.name))
-            for it in read_items(curated / f"{s}.jsonl")
+            (it.id, it.source.replace(raw_sample.name, path.name)) for it in read_items(curated / f"{s}.jsonl")
         ]
 
 
@@ -565,9 +555,7 @@ def test_changed_config_starts_fresh(raw_sample: Path, tmp_path: Path, expect: E
 
     with pytest.raises(KeyboardInterrupt):
         curate([raw_sample], out, CurateConfig(workers=1, chunk_bytes=500_000), progress=stop, charts=False)
-    result = curate(
-        [raw_sample], out, CurateConfig(workers=1, chunk_bytes=500_000, min_chars=300), charts=False
-    )
+    result = curate([raw_sample], out, CurateConfig(workers=1, chunk_bytes=500_000, min_chars=300), charts=False)
     assert result.stats["resumed_from_records"] == 0
     assert result.stats["dropped"]["too_short"] < expect.too_short
 

@@ -34,12 +34,8 @@ json_values = st.recursive(
     | st.integers(min_value=-(10**30), max_value=10**30)
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=60)
-    | st.sampled_from(
-        ["None", "$1,299.00", "from 9.99", "9.99 - 19.99", "12 Ounces", "{}", '{"Item Weight": "3 kg"}']
-    ),
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=20), children, max_size=5)
-    ),
+    | st.sampled_from(["None", "$1,299.00", "from 9.99", "9.99 - 19.99", "12 Ounces", "{}", '{"Item Weight": "3 kg"}']),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=20), children, max_size=5),
     max_leaves=20,
 )
 
@@ -92,9 +88,7 @@ def test_non_dicts_and_anything(value):
 
 
 @FUZZ
-@given(
-    lines=st.lists(st.binary(max_size=80) | json_values.map(lambda v: json.dumps(v).encode()), max_size=12)
-)
+@given(lines=st.lists(st.binary(max_size=80) | json_values.map(lambda v: json.dumps(v).encode()), max_size=12))
 def test_chunks_of_random_lines(lines):
     """A worker never raises on a chunk; every non-blank line is counted as kept, dropped or reported."""
     lines = [ln.replace(b"\n", b" ") + b"\n" for ln in lines]

@@ -44,8 +44,16 @@ def test_sweep_check_builds_every_variant_of_both_recipes(data_dir):
 
 def test_sweep_check_reports_an_invalid_variant_and_fails(data_dir):
     # no head but a kernel refit: every variant that keeps the config's refit is invalid, lm-only is not
-    proc = sweep("--config", str(REPO / "recipes" / "gemma3-kernel.json"), "--only", "last,lm-only",
-                 "--set", "head_weight=0", "--data", str(data_dir))
+    proc = sweep(
+        "--config",
+        str(REPO / "recipes" / "gemma3-kernel.json"),
+        "--only",
+        "last,lm-only",
+        "--set",
+        "head_weight=0",
+        "--data",
+        str(data_dir),
+    )
     assert proc.returncode == 1
     assert "last         INVALID" in proc.stdout and "1 of 2 variants valid" in proc.stdout
 
@@ -56,8 +64,18 @@ def test_recipe_script_trains_scores_and_writes_predictions(data_dir, tmp_path):
     cmd += ["--data", str(data_dir), "--out", str(out), "--summary", str(summary), "--test-size", "4"]
     cmd += ["--no-baseline", "--no-charts"]
     # the documented recipe's code path (kernel head refit) on the model CI installs
-    for kv in ("model=smollm2-135m", "max_steps=2", "n_train=16", "batch_size=4", "max_text_tokens=24",
-               "probe_every=1", "probe_size=3", "save_every=1", "threads=1", "head_refit_items=12"):
+    for kv in (
+        "model=smollm2-135m",
+        "max_steps=2",
+        "n_train=16",
+        "batch_size=4",
+        "max_text_tokens=24",
+        "probe_every=1",
+        "probe_size=3",
+        "save_every=1",
+        "threads=1",
+        "head_refit_items=12",
+    ):
         cmd += ["--set", kv]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

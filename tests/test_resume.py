@@ -89,9 +89,7 @@ def test_killed_run_resumes_from_checkpoint_with_identical_losses(tiny_data):
                 if marker.exists():
                     break
             time.sleep(0.02)
-        assert proc.poll() is None, (
-            f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        )
+        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
         assert marker is not None and marker.exists(), "no checkpoint-4 within the time limit"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -109,9 +107,7 @@ def test_killed_run_resumes_from_checkpoint_with_identical_losses(tiny_data):
     newest = max(int(p.name.split("-")[1]) for p in complete)
     assert newest == 4
 
-    done = subprocess.run(
-        CLI + ["train", "--resume", victim.id], env=env, capture_output=True, text=True, timeout=600
-    )
+    done = subprocess.run(CLI + ["train", "--resume", victim.id], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     resumed = store.get(victim.id)

@@ -95,9 +95,7 @@ def test_wal_lets_a_reader_see_committed_rows_while_a_writer_holds_a_transaction
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     writer = sqlite3.connect(store.path, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
-    writer.execute(
-        "INSERT INTO events (run_id, time, level, message) VALUES (?, 0, 'info', 'pending')", (run_id,)
-    )
+    writer.execute("INSERT INTO events (run_id, time, level, message) VALUES (?, 0, 'info', 'pending')", (run_id,))
     try:
         reader = RunStore(store.path)  # opens, reads and sets WAL while the write lock is held
         assert [e.message for e in reader.events(run_id)][-1] == "Step 2/2: training loss=1.2000"
@@ -110,9 +108,7 @@ def test_wal_lets_a_reader_see_committed_rows_while_a_writer_holds_a_transaction
 def test_a_run_whose_process_died_reads_as_killed():
     store = RunStore()
     run_id = _filled(store, steps=1)
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     store.update(run_id, pid=int(dead.stdout))
     run = store.get(run_id)
     assert run.status == "running" and run.alive() is False and run.display_status == "killed"
@@ -135,16 +131,12 @@ def test_smoothing():
 def test_line_chart_draws_series_with_axis_labels():
     xs = list(range(1, 41))
     ys = [5.0 - 0.1 * x for x in xs]
-    chart = line_chart(
-        [Series("loss", xs, ys, "red"), Series("flat", xs, [3.0] * 40, "blue")], width=40, height=8
-    )
+    chart = line_chart([Series("loss", xs, ys, "red"), Series("flat", xs, [3.0] * 40, "blue")], width=40, height=8)
     lines = chart.plain.splitlines()
     assert len(lines) == 8 + 3  # rows, axis, x labels, legend
     assert lines[0].strip().startswith("4.9")  # max at the top
     assert lines[7].strip().startswith("1")  # min at the bottom
-    assert all(
-        any(0x2800 < ord(ch) <= 0x28FF for ch in line) for line in lines[:8]
-    )  # a line crosses every row
+    assert all(any(0x2800 < ord(ch) <= 0x28FF for ch in line) for line in lines[:8])  # a line crosses every row
     assert "40" in lines[9] and "loss" in lines[10] and "flat" in lines[10]
     assert "no data" in line_chart([Series("loss", [], [], "red")]).plain
 
@@ -160,17 +152,11 @@ def test_runs_cli_list_events_show_and_watch_once():
     assert "Step 4/5: training loss=0.4500" in events.output and "Step 5/5" in events.output
     assert "Step 3/5" not in events.output
     shown = runner.invoke(app, ["runs", "show", run_id[:12]], env={"COLUMNS": "200"})
-    assert (
-        shown.exit_code == 0
-        and "probe_mae = 99.5000 at step 4" in shown.output
-        and '"lr": 0.0002' in shown.output
-    )
+    assert shown.exit_code == 0 and "probe_mae = 99.5000 at step 4" in shown.output and '"lr": 0.0002' in shown.output
     store.set_status(run_id, "succeeded")
     watched = runner.invoke(app, ["runs", "watch", "demo", "--once", "--width", "30"])
     assert watched.exit_code == 0
-    assert (
-        "training loss" in watched.output and "smoothed" in watched.output and "succeeded" in watched.output
-    )
+    assert "training loss" in watched.output and "smoothed" in watched.output and "succeeded" in watched.output
     assert any(0x2800 < ord(ch) <= 0x28FF for ch in watched.output)
     live = runner.invoke(app, ["runs", "watch", "demo", "--interval", "0.1"])  # ends at once: the run is over
     assert live.exit_code == 0 and f"run {run_id} is succeeded" in live.output

@@ -106,15 +106,11 @@ def test_audit_catches_masked_eos_wrong_labels_and_truncation(tokenizer, train_i
     items = train_items[:4]
     examples = encode_items(items, tokenizer, PROMPT)
     examples[0].labels[-1] = IGNORE_INDEX  # EOS masked
-    examples[1].labels[examples[1].prompt_len - 1] = examples[1].input_ids[
-        examples[1].prompt_len - 1
-    ]  # prompt
+    examples[1].labels[examples[1].prompt_len - 1] = examples[1].input_ids[examples[1].prompt_len - 1]  # prompt
     examples[2].completion = "9999.00"  # label text from another price
     longest = max(len(ex) for ex in examples)
     report = audit(items, examples, tokenizer, PROMPT, max_length=longest - 1)
-    reasons = {
-        p.index: " ".join(q.reason for q in report.problems if q.index == p.index) for p in report.problems
-    }
+    reasons = {p.index: " ".join(q.reason for q in report.problems if q.index == p.index) for p in report.problems}
     assert "EOS is not trained" in reasons[0]
     assert "not exactly the completion" in reasons[1]
     assert "does not match the price" in reasons[2]
@@ -150,9 +146,7 @@ def test_length_grouped_sampler_is_seeded_per_epoch_and_groups_lengths():
     assert [len(b) for b in batches][-1] == 203 % 8 and all(len(b) == 8 for b in batches[:-1])
 
     def padding(order):
-        return sum(
-            max(lengths[i] for i in order[k : k + 8]) * len(order[k : k + 8]) for k in range(0, 203, 8)
-        )
+        return sum(max(lengths[i] for i in order[k : k + 8]) * len(order[k : k + 8]) for k in range(0, 203, 8))
 
     shuffled = list(LengthGroupedSampler(lengths, 8, 3, group=False))
     assert padding(first) < 0.8 * padding(shuffled)
@@ -163,12 +157,8 @@ def test_weighting_draws_a_seeded_sample_shaped_like_validation(data_dir, valida
     plain = choose_items(pool, 500, "none", seed=1)
     matched = choose_items(pool, 500, "match", seed=1, reference=validation_items)
     flat = choose_items(pool, 500, "price_flat", seed=1)
-    assert [it.id for it in matched] == [
-        it.id for it in choose_items(pool, 500, "match", 1, validation_items)
-    ]
-    assert [it.id for it in matched] != [
-        it.id for it in choose_items(pool, 500, "match", 2, validation_items)
-    ]
+    assert [it.id for it in matched] == [it.id for it in choose_items(pool, 500, "match", 1, validation_items)]
+    assert [it.id for it in matched] != [it.id for it in choose_items(pool, 500, "match", 2, validation_items)]
     assert len({it.id for it in matched}) == 500  # without replacement
     median = {k: statistics.median(it.price for it in v) for k, v in (("plain", plain), ("matched", matched))}
     val_median = statistics.median(it.price for it in validation_items)
@@ -230,9 +220,7 @@ def test_training_run_logs_probes_and_saves_loadable_adapters(tiny_files):
     steps, losses = store.series(run.id, "loss")
     assert steps == [1, 2, 3] and all(0 < v < 20 for v in losses)
     latest = store.latest(run.id)
-    assert {"lr", "grad_norm", "tokens_per_s", "eta_s", "probe_mae", "probe_hit_rate", "eval_loss"} <= set(
-        latest
-    )
+    assert {"lr", "grad_norm", "tokens_per_s", "eta_s", "probe_mae", "probe_hit_rate", "eval_loss"} <= set(latest)
     assert latest["tokens_per_s"] > 0 and latest["eta_s"] == 0
     assert store.series(run.id, "probe_mae")[0] == [2, 3]
     assert (2, 3, {"probe_mae", "probe_hit_rate", "probe_failures", "eval_loss"}) in seen
@@ -309,9 +297,7 @@ def test_cli_train_rejects_bad_input_with_one_line(tiny_files, tmp_path):
     bad = runner.invoke(app, ["train", "--train", str(train), "--weighting", "bogus", "--dry-run"])
     assert bad.exit_code == 2
     assert "invalid training option weighting" in bad.output
-    missing = runner.invoke(
-        app, ["train", "--train", str(tmp_path / "nope.jsonl"), "--dry-run", "--probe-every", "0"]
-    )
+    missing = runner.invoke(app, ["train", "--train", str(tmp_path / "nope.jsonl"), "--dry-run", "--probe-every", "0"])
     assert missing.exit_code == 2
     assert "no such file" in missing.output
     unknown = runner.invoke(app, ["train", "--resume", "no-such-run"])

@@ -357,7 +357,7 @@ def _load_base(name_or_path: str, *, load_in_4bit: bool, dtype: Any, device: str
 def load_tokenizer(name: str = DEFAULT_MODEL) -> Any:
     """The tokenizer of a named packaged model, a local folder, a hub id or a fine-tuned folder.
 
-    A packaged model's converted folder is used when it exists (fast); otherwise its GGUF (~10 s),
+    A packaged model's converted folder is used when it exists (fast); otherwise its GGUF (slower: the file is parsed),
     so asking for a tokenizer never triggers the model conversion.
     """
     from transformers import AutoTokenizer

@@ -95,12 +95,8 @@ class CurateConfig(BaseModel):
     size: int | None = Field(default=None, ge=0, description="how many items to keep; None keeps all")
     seed: int = 42
     band_width: float = Field(default=10.0, gt=0, description="width in dollars of the price bands flattened")
-    flatten: float = Field(
-        default=1.0, ge=0, description="0 keeps the price distribution, 1 makes bands equal"
-    )
-    category_weights: dict[str, float] = Field(
-        default_factory=dict, description="sampling weight per category"
-    )
+    flatten: float = Field(default=1.0, ge=0, description="0 keeps the price distribution, 1 makes bands equal")
+    category_weights: dict[str, float] = Field(default_factory=dict, description="sampling weight per category")
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     # execution
     workers: int = Field(default=2, ge=1)
@@ -131,9 +127,7 @@ _PART_NUMBERS: dict[int, re.Pattern[str]] = {}
 def _part_number_re(min_len: int) -> re.Pattern[str]:
     """Tokens of `min_len`+ uppercase letters and digits, at least one a digit (ASINs, SKUs, UPCs)."""
     if min_len not in _PART_NUMBERS:
-        _PART_NUMBERS[min_len] = re.compile(
-            rf"(?<![A-Za-z0-9])(?=[A-Z]*\d)[A-Z0-9]{{{min_len},}}(?![A-Za-z0-9])"
-        )
+        _PART_NUMBERS[min_len] = re.compile(rf"(?<![A-Za-z0-9])(?=[A-Z]*\d)[A-Z0-9]{{{min_len},}}(?![A-Za-z0-9])")
     return _PART_NUMBERS[min_len]
 
 
@@ -148,9 +142,7 @@ def collapse_whitespace(text: str) -> str:
 
 def clean_field(text: str, config: CurateConfig) -> str:
     """One field made ready for the text: part numbers out, whitespace collapsed, capped."""
-    return collapse_whitespace(strip_part_numbers(text, config.part_number_min_len))[
-        : config.max_field_chars
-    ].strip()
+    return collapse_whitespace(strip_part_numbers(text, config.part_number_min_len))[: config.max_field_chars].strip()
 
 
 def as_text(value: Any) -> str:
@@ -307,9 +299,7 @@ def hub_filename(category: str) -> str:
     return f"raw/meta_categories/meta_{category}.jsonl"
 
 
-def download_category(
-    category: str, cache_dir: str | Path | None = None, local_files_only: bool = False
-) -> Path:
+def download_category(category: str, cache_dir: str | Path | None = None, local_files_only: bool = False) -> Path:
     """The raw metadata file of one category from the hub (downloaded once, then cached)."""
     if not re.fullmatch(r"[A-Za-z0-9_&-]+", category):
         raise DataError(f"{HUB_PREFIX}{category}: not a category name (e.g. hub:Appliances)")
@@ -712,9 +702,7 @@ def scan(
     if ckpt is None:
         for p in (ckpt_path, errors_path):
             p.unlink(missing_ok=True)
-        manifest.write_text(
-            json.dumps({"fingerprint": fp, "record_stage": config.record_stage()}, default=list)
-        )
+        manifest.write_text(json.dumps({"fingerprint": fp, "record_stage": config.record_stage()}, default=list))
         store.open()
         errors_file = open(errors_path, "wb")
     assert errors_file is not None
@@ -777,9 +765,7 @@ def scan(
 # ---------------------------------------------------------------- sample and split
 
 
-def sampling_weights(
-    prices: np.ndarray, categories: Sequence[str | None], config: CurateConfig
-) -> np.ndarray:
+def sampling_weights(prices: np.ndarray, categories: Sequence[str | None], config: CurateConfig) -> np.ndarray:
     """Per-item weights: (items in its price band)^-flatten × its category's weight.
 
     With flatten=1 every populated band has the same total weight, so a weighted sample takes
@@ -790,9 +776,7 @@ def sampling_weights(
     counts = np.bincount(bands)
     w = counts[bands].astype(np.float64) ** -config.flatten
     if config.category_weights:
-        cw = np.array(
-            [config.category_weights.get(category_key(c), 1.0) for c in categories], dtype=np.float64
-        )
+        cw = np.array([config.category_weights.get(category_key(c), 1.0) for c in categories], dtype=np.float64)
         w *= cw
     return w
 
@@ -826,9 +810,7 @@ def parse_split(text: str) -> tuple[float, float, float]:
     except ValueError:
         parts = ()
     if len(parts) != 3 or any(not math.isfinite(x) or x < 0 for x in parts):
-        raise DataError(
-            f"--split {text!r}: expected three non-negative numbers, e.g. 0.8,0.1,0.1 or 8000,500,500"
-        )
+        raise DataError(f"--split {text!r}: expected three non-negative numbers, e.g. 0.8,0.1,0.1 or 8000,500,500")
     return parts  # type: ignore[return-value]
 
 
@@ -843,9 +825,7 @@ def split_counts(n: int, split: Sequence[float]) -> tuple[int, int, int]:
         train = n - val - test if abs(total - 1) < 1e-9 else round(n * split[0])
         return max(train, 0), val, test
     if any(x != int(x) for x in split):
-        raise DataError(
-            f"split {tuple(split)}: fractions must sum to at most 1; counts must be whole numbers"
-        )
+        raise DataError(f"split {tuple(split)}: fractions must sum to at most 1; counts must be whole numbers")
     counts = tuple(int(x) for x in split)
     if sum(counts) > n:
         raise DataError(f"split {counts} asks for {sum(counts)} items but only {n} survived curation")

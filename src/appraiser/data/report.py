@@ -40,9 +40,7 @@ def summary(values: Sequence[float] | np.ndarray) -> dict[str, float | int]:
     }
 
 
-def build_stats(
-    result: ScanResult, config: CurateConfig, parts: dict[str, np.ndarray], fmt: str
-) -> dict[str, Any]:
+def build_stats(result: ScanResult, config: CurateConfig, parts: dict[str, np.ndarray], fmt: str) -> dict[str, Any]:
     """The numbers of a curation run, as written to `stats.json`."""
     from appraiser.data.curate import REASONS, category_key
 
@@ -82,9 +80,7 @@ def build_stats(
         "price": {"candidates": summary(prices), "kept": summary(prices[kept_idx] if prices.size else [])},
         "text_length": {"candidates": summary(lens), "kept": summary(lens[kept_idx] if lens.size else [])},
         "scan_seconds": round(result.seconds, 3),
-        "records_per_second": round((records - result.resumed_from) / result.seconds, 1)
-        if result.seconds
-        else None,
+        "records_per_second": round((records - result.resumed_from) / result.seconds, 1) if result.seconds else None,
         "workers": config.workers,
         "resumed_from_records": result.resumed_from,
     }
@@ -144,9 +140,7 @@ def category_chart(by_category: dict[str, dict[str, Any]], path: Path) -> None:
     fig = Figure(figsize=(8, max(2.5, 0.45 * len(names) + 1)))
     ax = fig.subplots()
     y = np.arange(len(names))
-    ax.barh(
-        y - 0.2, [by_category[c]["candidates"] for c in names], height=0.4, label="after checks and dedupe"
-    )
+    ax.barh(y - 0.2, [by_category[c]["candidates"] for c in names], height=0.4, label="after checks and dedupe")
     ax.barh(y + 0.2, [by_category[c]["kept"] for c in names], height=0.4, label="kept in the splits")
     ax.set_yticks(y, names)
     ax.set_xlabel("items")
@@ -198,10 +192,7 @@ def markdown(stats: dict[str, Any], charts: bool, error_examples: list[str]) -> 
         "## Prices",
         "",
         _table(
-            [
-                (k, p_c.get(k, ""), p_k.get(k, ""))
-                for k in ("count", "min", "p10", "median", "mean", "p90", "max")
-            ],
+            [(k, p_c.get(k, ""), p_k.get(k, "")) for k in ("count", "min", "p10", "median", "mean", "p90", "max")],
             ("", "candidates", "kept"),
         ),
         "",

@@ -157,6 +157,12 @@ class LLMPricer(Pricer):
             self._model, self._tokenizer = load_model(source, load_in_4bit=self.load_in_4bit, device=self.device)
         return self._model, self._tokenizer
 
+    def use_model(self, model: Any, tokenizer: Any) -> LLMPricer:
+        """Price with an already loaded (model, tokenizer) of the same source — the server's, say — instead
+        of loading a second copy."""
+        self._model, self._tokenizer = model, tokenizer
+        return self
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_model"] = None

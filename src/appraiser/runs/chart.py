@@ -33,9 +33,7 @@ def _fmt(v: float) -> str:
 
 def line_chart(series: Sequence[Series], width: int = 60, height: int = 12) -> Text:
     """The series drawn into `width` x `height` character cells; later series are drawn on top."""
-    pts = [
-        (x, y) for s in series for x, y in zip(s.xs, s.ys, strict=True) if y is not None and math.isfinite(y)
-    ]
+    pts = [(x, y) for s in series for x, y in zip(s.xs, s.ys, strict=True) if y is not None and math.isfinite(y)]
     out = Text()
     if not pts:
         out.append("(no data yet)", style="dim")
@@ -88,9 +86,7 @@ def line_chart(series: Sequence[Series], width: int = 60, height: int = 12) -> T
         out.append("\n")
     left, right = _fmt(x0), _fmt(x1)
     out.append(" " * pad + " └" + "─" * width + "\n", style="dim")
-    out.append(
-        " " * (pad + 2) + left + " " * max(1, width - len(left) - len(right)) + right + "\n", style="dim"
-    )
+    out.append(" " * (pad + 2) + left + " " * max(1, width - len(left) - len(right)) + right + "\n", style="dim")
     for i, s in enumerate(series):
         out.append("  " if i else " " * (pad + 2))
         out.append("⣿⣿ ", style=s.style)

@@ -273,9 +273,7 @@ class RunStore:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (ref,)).fetchone()
             if row is not None:
                 return self._run(row)
-            rows = db.execute(
-                "SELECT * FROM runs WHERE id LIKE ? ESCAPE '\\'", (_like_prefix(ref),)
-            ).fetchall()
+            rows = db.execute("SELECT * FROM runs WHERE id LIKE ? ESCAPE '\\'", (_like_prefix(ref),)).fetchall()
             if len(rows) == 1:
                 return self._run(rows[0])
             if len(rows) > 1:
@@ -288,9 +286,7 @@ class RunStore:
                 return self._run(row)
         raise RunNotFound(f"no run {ref!r} in {self.path} (see `appraiser runs list`)")
 
-    def list(
-        self, *, kind: str | None = None, status: str | None = None, limit: int | None = None
-    ) -> list[Run]:
+    def list(self, *, kind: str | None = None, status: str | None = None, limit: int | None = None) -> list[Run]:
         """Runs, newest first."""
         sql, params = "SELECT * FROM runs WHERE 1=1", []
         if kind is not None:
@@ -327,9 +323,7 @@ class RunStore:
             if cur.rowcount == 0:
                 raise RunNotFound(f"no run {run_id!r}")
 
-    def set_status(
-        self, run_id: str, status: str, *, message: str | None = None, error: str | None = None
-    ) -> None:
+    def set_status(self, run_id: str, status: str, *, message: str | None = None, error: str | None = None) -> None:
         """Change a run's status, logging `message` (or a default line) as an event."""
         fields: dict[str, Any] = {"status": status}
         if error is not None:

@@ -191,8 +191,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             )
         batcher = batchers.get(req.model)
         if batcher is None:
-            pricer = await anyio.to_thread.run_sync(_pricer_for, pool, req.model)
-            batcher = batchers.setdefault(req.model, PriceBatcher(pricer))
+            pricer, lock = await anyio.to_thread.run_sync(_pricer_for, pool, req.model)
+            batcher = batchers.setdefault(req.model, PriceBatcher(pricer, lock=lock))
         from appraiser.items import Item
 
         items = [
@@ -284,15 +284,15 @@ def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, waiting: dict[s
         waiting["n"] -= 1
 
 
-def _pricer_for(pool: ModelPool, model: str) -> Any:
-    """The pricer `/v1/price` uses for `model`: a saved fitted pricer (`<home>/models/NAME.pkl`), or a
-    local LLM (a packaged model, or a run: read by its head when it has one)."""
-    from appraiser import config
+def _pricer_for(pool: ModelPool, model: str) -> tuple[Any, Any]:
+    """(pricer, lock) that `/v1/price` uses for `model`: a saved fitted pricer (`<home>/models/NAME.pkl`), or
+    a local LLM on the pool's own copy of the model (a packaged model, or a run: read by its head when it has
+    one), sharing that model's lock with chat completions."""
     from appraiser.pricers.base import Pricer
     from appraiser.pricers.llm import LLMPricer
 
     saved = config.home() / "models" / f"{model}.pkl"
     if "/" not in model and saved.exists():
-        return Pricer.load(saved)
-    card = pool.card(model)
-    return LLMPricer(model=card.source)
+        return Pricer.load(saved), None
+    lm = pool.get(model)
+    return LLMPricer(model=lm.card.source).use_model(lm.model, lm.tokenizer), lm.lock

@@ -18,8 +18,9 @@ from appraiser.pricers.base import Prediction, Pricer
 
 
 class PriceBatcher:
-    def __init__(self, pricer: Pricer, max_items: int = 64, wait_s: float = 0.004):
+    def __init__(self, pricer: Pricer, max_items: int = 64, wait_s: float = 0.004, lock: Any = None):
         self.pricer, self.max_items, self.wait_s = pricer, max_items, wait_s
+        self.lock = lock  # the model's lock, when chat completions share the model
         self._queue: asyncio.Queue[tuple[Sequence[Item], asyncio.Future[Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.calls = 0  # predict calls made (the benchmark and tests read it)
@@ -30,6 +31,12 @@ class PriceBatcher:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._queue.put((items, fut))
         return await fut
+
+    def _predict(self, items: list[Item]) -> list[Prediction]:
+        if self.lock is None:
+            return self.pricer.predict(items)
+        with self.lock:
+            return self.pricer.predict(items)
 
     async def _run(self) -> None:
         while True:
@@ -49,7 +56,7 @@ class PriceBatcher:
             items = [it for its, _ in batch for it in its]
             self.calls += 1
             try:
-                preds = await anyio.to_thread.run_sync(self.pricer.predict, items)
+                preds = await anyio.to_thread.run_sync(self._predict, items)
             except Exception as e:  # every waiting request gets the same error
                 for _, fut in batch:
                     if not fut.done():

@@ -47,9 +47,7 @@ class StoreCallback(TrainerCallback):
         self._tokens0 = state.num_input_tokens_seen or 0
         self.store.update(self.run_id, max_steps=state.max_steps, step=state.global_step)
 
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
-    ) -> None:
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs:
             return
         step, total = state.global_step, state.max_steps
@@ -65,9 +63,7 @@ class StoreCallback(TrainerCallback):
         }
         self.store.log_metrics(self.run_id, step, values)
         self.store.update(self.run_id, step=step)
-        self.store.add_event(
-            self.run_id, f"Step {step}/{total}: training loss={values['loss']:.4f}", step=step
-        )
+        self.store.add_event(self.run_id, f"Step {step}/{total}: training loss={values['loss']:.4f}", step=step)
         for listener in self.listeners:
             listener(step, total, values)
 
@@ -123,17 +119,9 @@ class ProbeCallback(TrainerCallback):
     def enabled(self) -> bool:
         return bool(self.cfg.probe_every and self.items)
 
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
-    ) -> None:
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         step = state.global_step
-        if (
-            self.enabled
-            and logs
-            and "loss" in logs
-            and step % self.cfg.probe_every == 0
-            and step != self.last_step
-        ):
+        if self.enabled and logs and "loss" in logs and step % self.cfg.probe_every == 0 and step != self.last_step:
             self.probe(kwargs["model"], state, control)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -208,9 +196,7 @@ class ProbeCallback(TrainerCallback):
         device = next(model.parameters()).device
         total, count = 0.0, 0
         for s in range(0, len(self.examples), self.cfg.probe_batch_size):
-            batch = {
-                k: v.to(device) for k, v in collate(self.examples[s : s + self.cfg.probe_batch_size]).items()
-            }
+            batch = {k: v.to(device) for k, v in collate(self.examples[s : s + self.cfg.probe_batch_size]).items()}
             n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             loss = completion_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
             total += float(loss) * n

@@ -110,10 +110,7 @@ class Collator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: Sequence[dict[str, Any] | Example]) -> dict[str, torch.Tensor]:
-        rows = [
-            (f.input_ids, f.labels) if isinstance(f, Example) else (f["input_ids"], f["labels"])
-            for f in features
-        ]
+        rows = [(f.input_ids, f.labels) if isinstance(f, Example) else (f["input_ids"], f["labels"]) for f in features]
         prices = [f.price if isinstance(f, Example) else f.get("price", float("nan")) for f in features]
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
@@ -183,8 +180,7 @@ class AuditReport:
         if more > 0:
             lines.append(f"... and {more} more")
         raise LabelAuditError(
-            f"label audit failed for {self.bad_examples} of {self.n} examples; not training:\n  "
-            + "\n  ".join(lines)
+            f"label audit failed for {self.bad_examples} of {self.n} examples; not training:\n  " + "\n  ".join(lines)
         )
 
 
@@ -192,9 +188,7 @@ class LabelAuditError(DataError):
     """Training data whose labels are wrong; the message lists the offending examples."""
 
 
-def _check_example(
-    ex: Example, item: Item, tokenizer: Any, config: PromptConfig, max_length: int | None
-) -> list[str]:
+def _check_example(ex: Example, item: Item, tokenizer: Any, config: PromptConfig, max_length: int | None) -> list[str]:
     reasons = []
     eos = tokenizer.eos_token_id
     prompt = make_prompt(item, tokenizer, config)
@@ -202,18 +196,14 @@ def _check_example(
     p_ids = prompt_ids(tokenizer, prompt)
     joined = list(tokenizer(prompt + completion)["input_ids"])
     if joined[: len(p_ids)] != p_ids:
-        reasons.append(
-            "prompt tokens are not a prefix of prompt+completion tokens (tokenization differs at the seam)"
-        )
+        reasons.append("prompt tokens are not a prefix of prompt+completion tokens (tokenization differs at the seam)")
     if len(ex.labels) != len(ex.input_ids):
         reasons.append(f"{len(ex.labels)} labels for {len(ex.input_ids)} tokens")
         return reasons
     trained = [i for i, lab in enumerate(ex.labels) if lab != IGNORE_INDEX]
     expected_positions = list(range(ex.prompt_len, len(ex.input_ids)))
     if trained != expected_positions:
-        reasons.append(
-            f"trained positions {trained[:8]} are not exactly the completion's {expected_positions[:8]}"
-        )
+        reasons.append(f"trained positions {trained[:8]} are not exactly the completion's {expected_positions[:8]}")
     if any(ex.labels[i] != ex.input_ids[i] for i in trained):
         reasons.append("labels differ from the input tokens at trained positions")
     c_ids = [ex.labels[i] for i in trained]
@@ -268,20 +258,12 @@ def audit(
             want = [(k, lab) for k, lab in enumerate(ex.labels) if lab != IGNORE_INDEX]
             if got != want:
                 lost_eos = any(lab == eos for _, lab in want) and not any(lab == eos for _, lab in got)
-                why = (
-                    "the collator masks the EOS (pad == EOS?)"
-                    if lost_eos
-                    else "the collator changes the labels"
-                )
+                why = "the collator masks the EOS (pad == EOS?)" if lost_eos else "the collator changes the labels"
                 report.problems.append(
-                    AuditProblem(
-                        start + j, ex.item_id, f"{why}: {len(got)} trained tokens, expected {len(want)}"
-                    )
+                    AuditProblem(start + j, ex.item_id, f"{why}: {len(got)} trained tokens, expected {len(want)}")
                 )
             elif input_ids[j, : len(ex.input_ids)].tolist() != ex.input_ids:
-                report.problems.append(
-                    AuditProblem(start + j, ex.item_id, "the collator changes the input tokens")
-                )
+                report.problems.append(AuditProblem(start + j, ex.item_id, "the collator changes the input tokens"))
     return report
 
 
@@ -311,9 +293,7 @@ class LengthGroupedSampler(Sampler[int]):
     sees exactly the batches the interrupted one would have. A last, short batch stays last.
     """
 
-    def __init__(
-        self, lengths: Sequence[int], batch_size: int, seed: int, *, group: bool = True, mega: int = 50
-    ):
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, *, group: bool = True, mega: int = 50):
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed

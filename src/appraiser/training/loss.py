@@ -60,9 +60,7 @@ def price_loss(
     step) scales the Huber mean like `num_items` scales the cross-entropy.
     """
     lm = _causal_lm(model)
-    hidden = lm.get_decoder()(
-        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-    ).last_hidden_state
+    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     loss = hidden.new_zeros((), dtype=torch.float32)
     if lm_weight:
         targets = labels[:, 1:]

@@ -129,9 +129,7 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     )
 
 
-def prepare_data(
-    cfg: TrainConfig, tokenizer: Any, progress: Callable[[int], None] | None = None
-) -> PreparedData:
+def prepare_data(cfg: TrainConfig, tokenizer: Any, progress: Callable[[int], None] | None = None) -> PreparedData:
     """Read, draw (by the weighting), tokenize and audit the training items; pick the probe items."""
     if cfg.train is None:
         raise DataError("no training file given (--train)")
@@ -141,14 +139,10 @@ def prepare_data(
         validation = read_items(cfg.validation)
     elif cfg.weighting == "match" or cfg.probe_every or cfg.off_category_weight != 1.0:
         raise DataError("no validation file given (--validation): probes and --weighting match need it")
-    train_items = choose_items(
-        pool, cfg.n_train, cfg.weighting, cfg.seed, validation or None, cfg.off_category_weight
-    )
+    train_items = choose_items(pool, cfg.n_train, cfg.weighting, cfg.seed, validation or None, cfg.off_category_weight)
     prompt = cfg.prompt_config()
     examples = encode_items(train_items, tokenizer, prompt, progress=progress)
-    report = audit(
-        train_items, examples, tokenizer, prompt, max_length=cfg.max_length, batch_size=cfg.batch_size
-    )
+    report = audit(train_items, examples, tokenizer, prompt, max_length=cfg.max_length, batch_size=cfg.batch_size)
     # The probe picks the best checkpoint, so it comes from the END of the validation file: the fixed
     # test set that `appraiser eval` scores is the START of a split file (first 250 items by default),
     # and a checkpoint chosen on test items would flatter itself.
@@ -272,9 +266,7 @@ def _run(
         )
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
-        store.set_status(
-            run.id, "running", message="Training started" if resume_from is None else "Training resumed"
-        )
+        store.set_status(run.id, "running", message="Training started" if resume_from is None else "Training resumed")
         stage("training")
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         step = trainer.state.global_step
@@ -305,9 +297,7 @@ def _run(
         store.set_status(run.id, "cancelled", message="Run cancelled (interrupted); resume it with --resume")
         raise
     except BaseException as e:
-        store.set_status(
-            run.id, "failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        )
+        store.set_status(run.id, "failed", error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         raise
     finally:
         torch.set_num_threads(threads)  # an in-process run leaves the caller's setting as it was
@@ -366,9 +356,7 @@ def start(
     folder = Path(run.folder)  # type: ignore[arg-type]
     cfg.save(folder / "config.json")
     write_json_atomic(folder / FINETUNE_INFO, describe_finetune(cfg, run.id))
-    store.add_event(
-        run.id, f"Run created: {cfg.model}, LoRA r={cfg.lora_r} on {','.join(cfg.target_modules)}"
-    )
+    store.add_event(run.id, f"Run created: {cfg.model}, LoRA r={cfg.lora_r} on {','.join(cfg.target_modules)}")
     store.add_event(run.id, data.audit.summary())
     if on_created is not None:
         on_created(run)
