@@ -77,6 +77,28 @@ def test_stream_carries_the_same_text_as_the_plain_call(client):
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 
 
+def test_concurrent_requests_share_forward_passes_and_answer_as_alone(client, server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [f"Name a fruit that starts with {c}." for c in "ABCDEF"]
+
+    def ask(p: str) -> str:
+        r = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=8, temperature=0
+        )
+        return r.choices[0].message.content
+
+    alone = [ask(p) for p in prompts]
+    health = server[0].removesuffix("/v1") + "/health"
+    before = httpx2.get(health).json()["models"][MODEL]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(ask, prompts))
+    after = httpx2.get(health).json()["models"][MODEL]
+    assert together == alone  # fp32, greedy: batching changes nothing in the answers
+    assert after["chat_requests"] - before["chat_requests"] == 6
+    assert after["chat_batches"] - before["chat_batches"] < 6  # some requests shared a forward pass
+
+
 def test_stop_sequence_ends_the_answer_and_is_not_in_it(client):
     msgs = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
     full = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=24, temperature=0)

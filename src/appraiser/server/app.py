@@ -29,7 +29,7 @@ from appraiser.server import errors
 from appraiser.server.batcher import PriceBatcher
 from appraiser.server.batches import BatchRunner
 from appraiser.server.chat import ChatRequest, chat_messages, check_chat, complete_chat, generation_args, usage_of
-from appraiser.server.engine import ModelPool, generate, stream_pieces
+from appraiser.server.engine import ModelPool, stream_pieces
 from appraiser.server.errors import OpenAIError
 from appraiser.server.security import Guard
 from appraiser.server.store import FILE_PURPOSES, ServerStore
@@ -97,7 +97,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "loaded": list(pool._loaded)}
+        return {"status": "ok", "models": pool.stats()}
 
     @app.get("/v1/models")
     def list_models() -> dict[str, Any]:
@@ -267,7 +267,7 @@ def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, waiting: dict[s
     waiting["n"] += 1
     try:
         yield {"data": chunk({"role": "assistant", "content": ""})}
-        for kind, value in stream_pieces(lambda on_token: generate(lm, messages, on_token=on_token, **kwargs)):
+        for kind, value in stream_pieces(lambda on_token: lm.batcher.generate(messages, on_token=on_token, **kwargs)):
             if kind == "piece":
                 yield {"data": chunk({"content": value})}
             elif kind == "result":

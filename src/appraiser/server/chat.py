@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from appraiser.server.engine import Generation, Loaded, generate
+from appraiser.server.engine import Generation, Loaded
 from appraiser.server.errors import OpenAIError
 
 #: max_tokens when a request names none (the price is a few tokens; chat answers want more).
@@ -100,7 +100,7 @@ def usage_of(g: Generation) -> dict[str, int]:
 
 def complete_chat(lm: Loaded, req: ChatRequest) -> dict[str, Any]:
     """A whole `chat.completion` object (blocking: run it off the event loop)."""
-    g = generate(lm, chat_messages(req), **generation_args(req))
+    g = lm.batcher.generate(chat_messages(req), **generation_args(req))
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",

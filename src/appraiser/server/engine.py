@@ -33,6 +33,7 @@ class Loaded:
     model: Any
     tokenizer: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
+    batcher: Any = None  # its ChatBatcher
 
 
 @dataclass
@@ -86,6 +87,14 @@ class ModelPool:
     def cards(self) -> list[ModelCard]:
         return packaged_cards() + run_cards()
 
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Loaded models and how their chat requests were batched."""
+        with self._lock:
+            return {
+                k: {"chat_requests": v.batcher.requests, "chat_batches": v.batcher.batches}
+                for k, v in self._loaded.items()
+            }
+
     def card(self, model_id: str) -> ModelCard:
         for c in self.cards():
             if c.id == model_id:
@@ -108,7 +117,9 @@ class ModelPool:
         with self._lock:  # one load at a time: two loads of a 270M model at once would only double the memory
             if model_id not in self._loaded:
                 model, tokenizer = load_model(card.source, device=self.device)
-                self._loaded[model_id] = Loaded(card, model, tokenizer)
+                loaded = Loaded(card, model, tokenizer)
+                loaded.batcher = ChatBatcher(loaded)  # concurrent chat requests share its forward passes
+                self._loaded[model_id] = loaded
                 while len(self._loaded) > self.max_loaded:
                     self._loaded.popitem(last=False)
             return self._loaded[model_id]
@@ -137,71 +148,171 @@ def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def generate(
-    lm: Loaded,
-    messages: list[dict[str, str]],
-    *,
-    max_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    stop: list[str] | None = None,
-    top_logprobs: int | None = None,
-    on_token: Any = None,
-) -> Generation:
-    """Generate a chat answer. `top_logprobs` (0–20) asks for each token's logprob and alternatives;
-    `on_token(text_piece)` is called as tokens arrive (streaming). `stop` strings end the answer and are
-    not part of it, as at OpenAI."""
+@dataclass
+class GenRequest:
+    """One chat request's decoding state inside a batch."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] | None = None
+    top_logprobs: int | None = None
+    on_token: Any = None
+    # filled while decoding
+    ids: list[int] = field(default_factory=list)
+    out_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish: str | None = None
+
+
+def generate(lm: Loaded, messages: list[dict[str, str]], **params: Any) -> Generation:
+    """Generate one chat answer (see `generate_batch` for the parameters)."""
+    return generate_batch(lm, [GenRequest(messages, **params)])[0]
+
+
+def generate_batch(lm: Loaded, reqs: list[GenRequest]) -> list[Generation]:
+    """Answer several chat requests in one batched forward per token (left-padded prompts, one KV cache).
+
+    Each request keeps its own sampling (`temperature`, `top_p`, a seeded generator), `stop` strings (they end
+    the answer and are not part of it, as at OpenAI), `max_tokens`, `top_logprobs` (0–20: each token's
+    logprob and its alternatives) and `on_token(text_piece)` for streaming. A finished request's row is fed
+    padding until the longest one ends; its answer is already complete. In fp32 a request's greedy answer
+    is the same alone or in a batch.
+    """
     import torch
 
     tok, model = lm.tokenizer, lm.model
-    ids = chat_prompt_ids(tok, messages)
-    stop = [s for s in (stop or []) if s]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
-    sampled = temperature > 0
-    out_ids: list[int] = []
-    lps: list[dict[str, Any]] = []
-    text, emitted, finish = "", 0, "length"
-    hold = max((len(s) for s in stop), default=0)
+    for r in reqs:
+        r.ids = chat_prompt_ids(tok, r.messages)
+        r.stop = [x for x in (r.stop or []) if x]
+    width = max(len(r.ids) for r in reqs)
+    dev = model.device
+    input_ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in reqs], device=dev)
+    mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in reqs], device=dev)
+    gens = []
+    for r in reqs:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(r.seed if r.seed is not None else int(time.time_ns() % (2**31)))
+        gens.append(g)
     with lm.lock, torch.inference_mode():
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(seed if seed is not None else int(time.time_ns() % (2**31)))
-        input_ids = torch.tensor([ids], device=model.device)
-        past = None
-        for _ in range(max_tokens):
-            out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[0, -1].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            if sampled:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                if top_p < 1.0:
-                    sp, si = torch.sort(probs, descending=True)
-                    keep = torch.cumsum(sp, 0) - sp < top_p
-                    probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
-                nxt = int(torch.multinomial(probs.cpu(), 1, generator=gen))
-            else:
-                nxt = int(torch.argmax(logits))
-            if nxt in eos:
-                finish = "stop"
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        for _ in range(max(r.max_tokens for r in reqs)):
+            logits = out.logits[:, -1].float()
+            nxt = []
+            for i, r in enumerate(reqs):
+                if r.finish is not None:
+                    nxt.append(pad)
+                    continue
+                token = _pick(logits[i], r, gens[i])
+                nxt.append(token)
+                _advance(tok, r, token, logits[i], eos)
+            if all(r.finish is not None for r in reqs):
                 break
-            out_ids.append(nxt)
-            if top_logprobs is not None:
-                entry = _logprob_entry(tok, nxt, logp, top_logprobs)
-                lps.append(entry)
-            text = tok.decode(out_ids, skip_special_tokens=True)
-            cut, stopped = _cut_at_stop(text, stop)
-            if stopped:
-                text, finish = cut, "stop"
-                break
-            safe = len(text) - hold
-            if on_token is not None and safe > emitted and not text.endswith("\ufffd"):
-                on_token(text[emitted:safe])
-                emitted = safe
-            input_ids = torch.tensor([[nxt]], device=model.device)
-    if on_token is not None and len(text) > emitted:
-        on_token(text[emitted:])
-    return Generation(text, finish, len(ids), len(out_ids), lps if top_logprobs is not None else None)
+            mask = torch.cat([mask, mask.new_ones((len(reqs), 1))], dim=1)
+            step = torch.tensor([[t] for t in nxt], device=dev)
+            out = model(
+                input_ids=step,
+                attention_mask=mask,
+                position_ids=mask.sum(-1, keepdim=True) - 1,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+    results = []
+    for r in reqs:
+        if r.finish is None:
+            r.finish = "length"
+        if r.on_token is not None and len(r.text) > r.emitted:
+            r.on_token(r.text[r.emitted :])
+        results.append(
+            Generation(r.text, r.finish, len(r.ids), len(r.out_ids), r.logprobs if r.top_logprobs is not None else None)
+        )
+    return results
+
+
+def _pick(logits: Any, r: GenRequest, gen: Any) -> int:
+    import torch
+
+    if r.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / r.temperature, dim=-1)
+    if r.top_p < 1.0:
+        sp, si = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sp, 0) - sp < r.top_p
+        probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+def _advance(tok: Any, r: GenRequest, token: int, logits: Any, eos: set[int]) -> None:
+    """Add `token` to `r`: EOS, a stop string or `max_tokens` finish it; safe text is streamed."""
+    import torch
+
+    if token in eos:
+        r.finish = "stop"
+        return
+    r.out_ids.append(token)
+    if r.top_logprobs is not None:
+        r.logprobs.append(_logprob_entry(tok, token, torch.log_softmax(logits, dim=-1), r.top_logprobs))
+    text = tok.decode(r.out_ids, skip_special_tokens=True)
+    cut, stopped = _cut_at_stop(text, r.stop or [])
+    if stopped:
+        r.text, r.finish = cut, "stop"
+        return
+    r.text = text
+    safe = len(text) - max((len(x) for x in r.stop or []), default=0)
+    if r.on_token is not None and safe > r.emitted and not text.endswith("\ufffd"):
+        r.on_token(text[r.emitted : safe])
+        r.emitted = safe
+    if len(r.out_ids) >= r.max_tokens:
+        r.finish = "length"
+
+
+class ChatBatcher:
+    """Concurrent chat requests for one model become one `generate_batch` (up to `max_batch`, gathered
+    for `wait_s`), from a worker thread; callers block on their own answer."""
+
+    def __init__(self, lm: Loaded, max_batch: int = 8, wait_s: float = 0.005):
+        import queue
+
+        self.lm, self.max_batch, self.wait_s = lm, max_batch, wait_s
+        self._queue: queue.Queue[tuple[GenRequest, Any]] = queue.Queue()
+        self.batches = self.requests = 0  # forward loops run, requests answered (GET /health shows them)
+        threading.Thread(target=self._work, name=f"chat-{lm.card.id}", daemon=True).start()
+
+    def generate(self, messages: list[dict[str, str]], **params: Any) -> Generation:
+        from concurrent.futures import Future
+
+        fut: Future[Generation] = Future()
+        self._queue.put((GenRequest(messages, **params), fut))
+        return fut.result()
+
+    def _work(self) -> None:
+        import queue
+
+        while True:
+            batch = [self._queue.get()]
+            deadline = time.monotonic() + self.wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            self.batches += 1
+            self.requests += len(batch)
+            try:
+                results = generate_batch(self.lm, [r for r, _ in batch])
+            except Exception as e:  # every request of the batch gets the error
+                for _, fut in batch:
+                    fut.set_exception(e)
+                continue
+            for (_, fut), res in zip(batch, results, strict=True):
+                fut.set_result(res)
 
 
 def _logprob_entry(tok: Any, token_id: int, logp: Any, k: int) -> dict[str, Any]:
