@@ -202,7 +202,9 @@ def generate_batch(lm: Loaded, reqs: list[GenRequest]) -> list[Generation]:
         gens.append(g)
     with lm.lock, torch.inference_mode():
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        out = model(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1
+        )
         for _ in range(max(r.max_tokens for r in reqs)):
             logits = out.logits[:, -1].float()
             nxt = []
@@ -223,6 +225,7 @@ def generate_batch(lm: Loaded, reqs: list[GenRequest]) -> list[Generation]:
                 position_ids=mask.sum(-1, keepdim=True) - 1,
                 past_key_values=out.past_key_values,
                 use_cache=True,
+                logits_to_keep=1,
             )
     results = []
     for r in reqs:
