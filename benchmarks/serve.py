@@ -115,10 +115,14 @@ def main() -> None:
                 f"p50 {pct(lib_t, 0.5):.3f} s -> the server adds {100 * over:+.1f}% per item (target <= +10%)"
             )
             # 2. concurrency 8 and 32 vs the library's batched call, round by round
+            lib8 = LLMPricer(model=args.model, batch_size=8).use_model(model, tok)  # what 8 in flight can batch
             for conc in (8, 32):
-                ratios, rates, lat = [], [], []
+                ratios, rates, lat, ceil, libs = [], [], [], [], []
                 for _ in range(args.rounds):
                     lib_rate = len(items) / timed(lib.predict, items)
+                    libs.append(lib_rate)
+                    if conc == 8:
+                        ceil.append(len(items) / timed(lib8.predict, items))
 
                     def one(p: dict, lat: list[float] = lat) -> None:
                         lat.append(timed(price, [p]))
@@ -136,6 +140,12 @@ def main() -> None:
                     f"(median of {args.rounds} paired rounds"
                     f"{'; target >= 80%' if conc == 8 else ''})"
                 )
+                if ceil:
+                    c8, c16, srv = (statistics.median(x) for x in (ceil, libs, rates))
+                    print(
+                        f"    the ceiling at concurrency 8: the library at batch 8 makes {c8:.2f} items/s "
+                        f"({100 * c8 / c16:.0f}% of batch 16); the server reaches {100 * srv / c8:.0f}% of it"
+                    )
             # 3. chat completions vs direct generate, prompt by prompt
             prompts = [f"Describe product {i} in one sentence." for i in range(4)]
             warm = {"model": args.model, "max_tokens": 4, "messages": [{"role": "user", "content": "Hello"}]}

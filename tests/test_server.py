@@ -89,11 +89,12 @@ def test_concurrent_requests_share_forward_passes_and_answer_as_alone(client, se
         return r.choices[0].message.content
 
     alone = [ask(p) for p in prompts]
-    health = server[0].removesuffix("/v1") + "/health"
-    before = httpx2.get(health).json()["models"][MODEL]
+    health, auth = server[0].removesuffix("/v1") + "/health", {"Authorization": f"Bearer {KEY}"}
+    assert httpx2.get(health).json() == {"status": "ok"}  # without a key: liveness only
+    before = httpx2.get(health, headers=auth).json()["models"][MODEL]
     with ThreadPoolExecutor(6) as pool:
         together = list(pool.map(ask, prompts))
-    after = httpx2.get(health).json()["models"][MODEL]
+    after = httpx2.get(health, headers=auth).json()["models"][MODEL]
     assert together == alone  # fp32, greedy: batching changes nothing in the answers
     assert after["chat_requests"] - before["chat_requests"] == 6
     assert after["chat_batches"] - before["chat_batches"] < 6  # some requests shared a forward pass

@@ -110,6 +110,8 @@ class Guard:
                     await resp(scope, receive, send_with_id)
                     return
                 state["owner"] = owner
+            elif self.keys:  # an open path: who asks (if anyone) decides what it shows
+                state["owner"] = self._owner(scope)
             else:
                 state["owner"] = "default"
             headers = dict(scope.get("headers") or [])
