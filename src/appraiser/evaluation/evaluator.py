@@ -496,14 +496,13 @@ def record_result(result: EvalResult, store: LeaderboardStore | None = None) -> 
 
 def write_predictions(result: EvalResult, path: str | Path) -> Path:
     """One JSON line per test item: {"id", "price" (null on failure), "truth", "low", "high", "raw"}."""
+    from appraiser.atomic import replacing
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in result.results:
             rec = {"id": r.id, "price": r.guess, "truth": r.truth, "low": r.low, "high": r.high, "raw": r.raw}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp.replace(path)
     return path
 
 

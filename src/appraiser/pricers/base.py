@@ -7,7 +7,6 @@ local models can batch and API models can fan out. A failed guess is a `Predicti
 
 from __future__ import annotations
 
-import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -67,17 +66,11 @@ class Pricer(ABC):
         """
         import pickle
 
+        from appraiser.atomic import replacing
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                pickle.dump(self, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with replacing(path) as tmp, open(tmp, "wb") as f:
+            pickle.dump(self, f)
         return path
 
     @staticmethod

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from appraiser import atomic
 from appraiser.server.errors import OpenAIError
 
 FILE_PURPOSES = (
@@ -75,9 +75,7 @@ class ServerStore:
 
     def add_file(self, owner: str, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
         fid = new_id("file-")
-        tmp = self.files_dir / f".{fid}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.file_path(fid))
+        atomic.write_bytes(self.file_path(fid), data)
         now = int(time.time())
         with self._db() as db:
             db.execute(

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appraiser import atomic
 from appraiser.models import FINETUNE_INFO
 from appraiser.training.config import TrainConfig
 
@@ -49,17 +50,7 @@ REQUIRED_FILES: tuple[tuple[str, ...], ...] = (
 
 def write_json_atomic(path: Path, obj: Any) -> Path:
     """Write `obj` as indented JSON to `path` via a temporary file and `os.replace`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic.write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _old(folder: Path) -> Path:

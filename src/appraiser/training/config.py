@@ -8,7 +8,6 @@ text budget and `n_train`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -134,13 +133,9 @@ class TrainConfig(BaseModel):
 
     def save(self, path: str | Path) -> None:
         """Write the config as JSON, atomically (temp file + rename: a kill never leaves half a file)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        from appraiser.atomic import write_text
+
+        write_text(path, self.model_dump_json(indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
