@@ -92,6 +92,20 @@ class ProgressView:
             )
 
 
+def trend_lines(store: Any, run_id: str) -> list[Text]:
+    """The trend verdicts of a run's loss (and probe MAE, once it has a few points), one line each."""
+    from appraiser.runs.trend import verdict
+
+    out = []
+    for name, label, min_points in (("loss", "loss", 20), ("probe_mae", "probe MAE", 3)):
+        _, values = store.series(run_id, name)
+        if values:
+            v = verdict(values, metric=label, min_points=min_points)
+            style = {"falling": "green", "flat": "yellow", "rising": "red", "diverging": "bold red"}.get(v.state, "")
+            out.append(Text.assemble(f"{label} trend: ", (v.message, style)))
+    return out
+
+
 def watch_frame(store: Any, run_id: str, *, alpha: float = 0.1, width: int = 70, height: int = 14) -> Group:
     """One frame of `runs watch`: header, raw and smoothed loss chart, latest events."""
     from appraiser.runs.chart import Series, line_chart
@@ -128,7 +142,7 @@ def watch_frame(store: Any, run_id: str, *, alpha: float = 0.1, width: int = 70,
         width=width,
         height=height,
     )
-    parts: list[Any] = [head, Panel(chart, title="training loss", expand=False)]
+    parts: list[Any] = [head, *trend_lines(store, r.id), Panel(chart, title="training loss", expand=False)]
     probe_steps, maes = store.series(r.id, "probe_mae")
     if maes:
         parts.append(

@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from appraiser.cli import console
-from appraiser.cli.progress import STATUS_STYLE, watch_frame
+from appraiser.cli.progress import STATUS_STYLE, trend_lines, watch_frame
 from appraiser.data.io import DataError
 
 app = typer.Typer(no_args_is_help=True, help="Training runs: list them, read their log, watch one live.")
@@ -148,6 +148,9 @@ def show_command(run: RunArg) -> None:
     if latest:
         values = ", ".join(f"{k}={v:.4g}" for k, v in sorted(latest.items()) if v is not None)
         table.add_row("latest", escape(values))
+    for line in trend_lines(store, r.id):
+        label = line.plain.partition(": ")[0]
+        table.add_row(label, line[len(label) + 2 :])
     if r.folder and Path(r.folder).exists():
         files = sorted(p.name for p in Path(r.folder).iterdir() if not p.name.startswith("."))
         table.add_row("files", escape(", ".join(files)))

@@ -1,0 +1,140 @@
+"""Is the loss still coming down? A verdict on a noisy curve, for local and hosted runs alike.
+
+The course's advice on a running job: past the first fast drop, the loss is noise around a trend, and what
+matters is whether there is "a gradual decrease". Two tools answer that:
+
+- `debiased_ema`: TensorBoard's smoothing (causal: `last = last·s + (1−s)·y`, shown as `last / (1 − sⁿ)`),
+  with a noise band from the spread of the raw values around it;
+- `verdict`: in the spirit of dlib's running-gradient test, the least-squares slope of the raw loss over a
+  recent window with its standard error gives P(slope < 0); a robust variant drops the top 10% of values
+  (one bad batch must not hide a trend); and `steps_without_decrease` counts how far back from the end
+  there is no evidence (P < 0.51) of a decrease.
+
+States: too early, falling, flat (no evidence of decrease over the window), rising, diverging (non-finite,
+or the median of the last 10 steps `diverge_ratio` times its best).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+STATES = ("too early", "falling", "flat", "rising", "diverging")
+
+
+def debiased_ema(values: Sequence[float], s: float = 0.6) -> list[float]:
+    """TensorBoard's debiased exponential moving average (s = 0: the raw values; s → 1: smoother)."""
+    if not 0 <= s < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {s}")
+    out, last, n = [], 0.0, 0
+    for y in values:
+        if not math.isfinite(y):
+            out.append(float("nan"))
+            continue
+        n += 1
+        last = last * s + (1 - s) * y
+        out.append(last / (1 - s**n))
+    return out
+
+
+def noise_band(values: Sequence[float], smoothed: Sequence[float], window: int = 50) -> list[tuple[float, float]]:
+    """(low, high) = smoothed ∓ the standard deviation of the last `window` residuals (raw − smoothed)."""
+    res = np.asarray(values, float) - np.asarray(smoothed, float)
+    out = []
+    for i, m in enumerate(smoothed):
+        r = res[max(0, i - window + 1) : i + 1]
+        r = r[np.isfinite(r)]
+        sd = float(r.std(ddof=1)) if len(r) > 1 else 0.0
+        out.append((m - sd, m + sd))
+    return out
+
+
+def _p_decrease(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(slope, its standard error, P(slope < 0)) of a least-squares line, t-distributed."""
+    n = len(x)
+    xm, ym = x.mean(), y.mean()
+    sxx = float(((x - xm) ** 2).sum())
+    if n < 3 or sxx == 0:
+        return 0.0, float("inf"), 0.5
+    slope = float(((x - xm) * (y - ym)).sum() / sxx)
+    resid = y - (ym + slope * (x - xm))
+    se = math.sqrt(float((resid**2).sum()) / (n - 2) / sxx)
+    if se == 0:
+        return slope, 0.0, 1.0 if slope < 0 else 0.0
+    return slope, se, float(stats.t.cdf(-slope / se, df=n - 2))
+
+
+def steps_without_decrease(values: Sequence[float], threshold: float = 0.51) -> int:
+    """How many values, counted back from the end, show no evidence (P(decrease) < threshold) of a
+    decreasing trend — dlib's `count_steps_without_decrease`."""
+    y = np.asarray([v for v in values if math.isfinite(v)], float)
+    count = 0
+    for n in range(3, len(y) + 1):
+        _, _, p = _p_decrease(np.arange(n, dtype=float), y[-n:])
+        if p < threshold:
+            count = n
+    return count
+
+
+@dataclass
+class Verdict:
+    state: str
+    p_decrease: float | None
+    window: int
+    slope: float | None = None
+    slope_se: float | None = None
+    p_decrease_robust: float | None = None
+    steps_without_decrease: int | None = None
+    metric: str = "loss"
+
+    @property
+    def message(self) -> str:
+        if self.state == "too early":
+            return f"too early: {self.window} points of {self.metric} so far"
+        if self.state == "diverging":
+            return f"diverging: the {self.metric} is non-finite or far above its best"
+        p = f"P(decrease) = {self.p_decrease:.2f} over the last {self.window} steps"
+        if self.state == "flat":
+            return f"flat: no evidence of decrease for {self.steps_without_decrease} steps ({p})"
+        return f"{self.state}: {p}"
+
+
+def verdict(
+    values: Sequence[float],
+    *,
+    window: int = 200,
+    min_points: int = 20,
+    metric: str = "loss",
+    diverge_ratio: float = 3.0,
+) -> Verdict:
+    """The trend of the last `window` raw values (one per step, oldest first)."""
+    vals = list(values)
+    recent = vals[-window:]
+    if any(not math.isfinite(v) for v in recent[-5:]):
+        return Verdict("diverging", None, len(recent), metric=metric)
+    recent = [v for v in recent if math.isfinite(v)]
+    if len(recent) < min_points:
+        return Verdict("too early", None, len(recent), metric=metric)
+    finite = np.asarray([v for v in vals if math.isfinite(v)], float)
+    k = min(10, len(finite))  # medians of 10 steps: one bad batch is not a divergence
+    medians = np.array([np.median(finite[i : i + k]) for i in range(len(finite) - k + 1)])
+    if medians[-1] > diverge_ratio * max(float(medians.min()), 1e-12):
+        return Verdict("diverging", None, len(recent), metric=metric)
+    y = np.asarray(recent, float)
+    x = np.arange(len(y), dtype=float)
+    slope, se, p = _p_decrease(x, y)
+    keep = y <= np.quantile(y, 0.9)  # the robust variant: the top 10% (bad batches) dropped
+    _, _, p_robust = _p_decrease(x[keep], y[keep])
+    flat_for = steps_without_decrease(recent)
+    p_best = max(p, p_robust)
+    if p_best >= 0.9:
+        state = "falling"
+    elif 1 - p >= 0.95 and 1 - p_robust >= 0.95:
+        state = "rising"
+    else:
+        state = "flat"
+    return Verdict(state, p, len(recent), slope, se, p_robust, flat_for, metric)
