@@ -179,3 +179,35 @@ def _render(renderable) -> str:
     console = Console(width=120, record=True)
     console.print(renderable)
     return console.export_text()
+
+
+def test_state_survives_reopen_and_claim_is_exactly_once_across_processes(tmp_path):
+    db = tmp_path / "runs.db"
+    store = RunStore(db)
+    run = store.create(kind="hosted", name="h", external_id="ftjob-1")
+    assert store.get_state(run.id, "cursor") is None
+    store.set_state(run.id, "cursor", {"after": "ftevent-9"})
+    assert RunStore(db).get_state(run.id, "cursor") == {"after": "ftevent-9"}
+    code = (
+        "import sys; from appraiser.runs import RunStore; "
+        f"print(RunStore({str(db)!r}).claim({run.id!r}, 'notified:succeeded'))"
+    )
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True) for _ in range(3)]
+    assert [o.stdout.strip() for o in outs] == ["True", "False", "False"]
+    store.unclaim(run.id, "notified:succeeded")
+    assert store.claim(run.id, "notified:succeeded") is True
+
+
+def test_an_old_database_gains_the_state_table(tmp_path):
+    db = tmp_path / "runs.db"
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE runs (id TEXT PRIMARY KEY, kind TEXT NOT NULL DEFAULT 'local', name TEXT, status TEXT NOT NULL"
+        " DEFAULT 'queued', model TEXT, config TEXT NOT NULL DEFAULT '{}', folder TEXT, created REAL NOT NULL,"
+        " updated REAL NOT NULL, step INTEGER NOT NULL DEFAULT 0, max_steps INTEGER, best_metric TEXT, best_value"
+        " REAL, best_step INTEGER, external_id TEXT, pid INTEGER, host TEXT, error TEXT); PRAGMA user_version=1;"
+    )
+    con.close()
+    store = RunStore(db)
+    run = store.create(name="old")
+    assert store.claim(run.id, "k") and not store.claim(run.id, "k")

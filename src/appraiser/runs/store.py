@@ -8,6 +8,9 @@ Tables:
   fine-tuning job's event list.
 - `metrics`: numbers per step (loss, lr, grad_norm, tokens_per_s, eta_s, probe_mae, ...), one row per
   (run, name, step), so a resumed run overwrites the steps it redoes.
+- `state`: small named values per run that must survive a restart: a hosted job's event cursor, which
+  notifications were already sent (`claim` is an atomic insert-if-absent: exactly once, across
+  processes and resumes).
 
 WAL mode lets a watcher (`appraiser runs watch`, a dashboard, a notifier) read while training writes.
 Each call opens its own short connection: safe across threads and processes, and cheap next to a
@@ -36,7 +39,7 @@ KINDS = ("local", "hosted")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 LEVELS = ("debug", "info", "warning", "error")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -76,6 +79,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     value REAL,
     time REAL NOT NULL,
     PRIMARY KEY (run_id, name, step)
+);
+CREATE TABLE IF NOT EXISTS state (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT,
+    time REAL NOT NULL,
+    PRIMARY KEY (run_id, key)
 );
 """
 
@@ -419,6 +429,41 @@ class RunStore:
         with self._connect() as db:
             cur = db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, step))
             return cur.rowcount
+
+
+    # ---- state ----
+
+    def get_state(self, run_id: str, key: str, default: Any = None) -> Any:
+        """A value saved with `set_state` or `claim` (JSON-decoded), or `default`."""
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM state WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
+        return default if row is None else json.loads(row["value"])
+
+    def set_state(self, run_id: str, key: str, value: Any) -> None:
+        """Save a JSON-able value under `key` for this run (replacing the old one)."""
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO state (run_id, key, value, time) VALUES (?, ?, ?, ?)",
+                (run_id, key, json.dumps(value, default=str), time.time()),
+            )
+
+    def claim(self, run_id: str, key: str, value: Any = True) -> bool:
+        """Record `key` if no one has yet; True for the one caller (any process) that did.
+
+        What makes "exactly once" hold across threads, processes, resumes and server restarts: e.g.
+        `claim(run, "notified:succeeded")` before sending a notification.
+        """
+        with self._connect() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO state (run_id, key, value, time) VALUES (?, ?, ?, ?)",
+                (run_id, key, json.dumps(value, default=str), time.time()),
+            )
+            return cur.rowcount == 1
+
+    def unclaim(self, run_id: str, key: str) -> None:
+        """Forget a key (e.g. a claimed send that then failed for good, so a later try may send)."""
+        with self._connect() as db:
+            db.execute("DELETE FROM state WHERE run_id = ? AND key = ?", (run_id, key))
 
 
 def _like_prefix(prefix: str) -> str:

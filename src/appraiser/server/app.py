@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
 from appraiser import config
-from appraiser.server import errors
+from appraiser.server import dashboard, errors, finetune
 from appraiser.server.batcher import PriceBatcher
 from appraiser.server.batches import BatchRunner
 from appraiser.server.chat import ChatRequest, chat_messages, check_chat, complete_chat, generation_args, usage_of
@@ -83,7 +83,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner.resume_unfinished()  # batches a killed server left unfinished
-        yield
+        async with contextlib.AsyncExitStack() as stack:
+            for hook in app.state.lifespan_hooks:  # e.g. the fine-tuning worker: started here, stopped here
+                await stack.enter_async_context(hook(app))
+            yield
 
     app = FastAPI(
         title="Appraiser", version="0.1.0", summary="OpenAI-compatible API for Appraiser's models", lifespan=lifespan
@@ -94,6 +97,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     waiting = {"n": 0}
     runner = BatchRunner(store, pool, settings)
     app.state.settings, app.state.pool, app.state.batchers, app.state.store = settings, pool, batchers, store
+    app.state.lifespan_hooks = []
 
     @app.get("/health")
     def health(request: Request) -> dict[str, Any]:
@@ -218,6 +222,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 for i, (it, p) in enumerate(zip(items, preds, strict=True))
             ],
         }
+
+    finetune.install(app, store, pool, settings)  # /v1/fine_tuning/jobs*
+    dashboard.install(app, store, pool, settings)  # the web dashboard
 
     return _guarded(app, settings)
 
