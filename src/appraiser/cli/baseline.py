@@ -45,7 +45,10 @@ def list_table() -> Table:
 def baseline_command(
     name: Annotated[str | None, typer.Argument(help="A baseline name (see --list).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="Name the baselines and exit.")] = False,
-    train: Annotated[Path | None, typer.Option(help="Training split (default: <data dir>/train.jsonl).")] = None,
+    train: Annotated[
+        list[Path] | None,
+        typer.Option(help="Training file or folder (its train files); repeat for several (default: data dir)."),
+    ] = None,
     test: Annotated[
         Path | None, typer.Option(help="Test split file or folder (default: <data dir>/validation.jsonl).")
     ] = None,

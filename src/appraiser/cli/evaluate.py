@@ -59,7 +59,10 @@ def eval_command(
     test: TestOpt = None,
     size: SizeOpt = DEFAULT_TEST_SIZE,
     offset: Annotated[int, typer.Option(help="Skip this many items at the start of the test file.")] = 0,
-    train: Annotated[Path | None, typer.Option(help="Training split for pricers that fit (default: data dir).")] = None,
+    train: Annotated[
+        list[Path] | None,
+        typer.Option(help="Training file or folder (its train files); repeat for several (default: data dir)."),
+    ] = None,
     validation: Annotated[
         Path | None, typer.Option(help="Validation split handed to fit (e.g. for distribution-matching weights).")
     ] = None,

@@ -115,6 +115,7 @@ def _interrupted(run_id: str | None, view: ProgressView) -> typer.Exit:
 
 
 def _dry_run(cfg: Any) -> None:
+    from appraiser.data.io import describe_sources
     from appraiser.models import load_tokenizer
     from appraiser.training.dataset import token_view
     from appraiser.training.trainer import prepare_data, resolve_paths
@@ -137,7 +138,8 @@ def _dry_run(cfg: Any) -> None:
     report = data.audit
     console.print(("[green]✓[/green] " if report.ok else "[red]✗[/red] ") + escape(report.summary()), soft_wrap=True)
     console.print(
-        f"training pool {escape(str(cfg.train))}: {len(data.train_items)} items drawn ({cfg.weighting} weighting); "
+        f"training pool {escape(describe_sources(cfg.train))}: {len(data.train_items)} items drawn "
+        f"({cfg.weighting} weighting); "
         f"probe: {len(data.probe_items)} validation items every {cfg.probe_every} steps",
         soft_wrap=True,
     )
@@ -146,7 +148,10 @@ def _dry_run(cfg: Any) -> None:
 
 def train_command(
     model: Annotated[str | None, typer.Option(help="smollm2-135m, gemma3-270m, a folder or a hub id")] = None,
-    train: Annotated[Path | None, typer.Option("--train", help="training items (.jsonl / .parquet)")] = None,
+    train: Annotated[
+        list[Path] | None,
+        typer.Option("--train", help="training items (.jsonl / .parquet), a folder of them; repeat for several"),
+    ] = None,
     validation: Annotated[Path | None, typer.Option(help="validation items, for probes and weighting")] = None,
     n_train: Annotated[int | None, typer.Option(help="items drawn from the training pool")] = None,
     weighting: Annotated[
@@ -217,7 +222,7 @@ def train_command(
     else:
         options = {
             "model": model,
-            "train": train,
+            "train": (train[0] if len(train) == 1 else list(train)) if train else None,
             "validation": validation,
             "n_train": n_train,
             "weighting": weighting,

@@ -400,3 +400,78 @@ def save_splits(splits: dict[str, list[Item]], folder: str | Path, fmt: str = "j
 def push_to_hub(splits: dict[str, list[Item]], repo_id: str, private: bool = True, token: str | None = None) -> None:
     """Publish the splits as a dataset repo on the Hugging Face hub."""
     to_dataset_dict(splits).push_to_hub(repo_id, private=private, token=token)
+
+
+# ---------------------------------------------------------------- training pools from several files
+
+
+def _is_data_file(path: Path) -> bool:
+    return path.is_file() and _suffix(path) in JSONL_SUFFIXES + PARQUET_SUFFIXES
+
+
+def _split_name(path: Path) -> str:
+    name = path.name.lower()
+    for s in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+        if name.endswith(s):
+            return name[: -len(s)]
+    return path.stem.lower()
+
+
+def pool_files(sources: str | Path | Iterable[str | Path]) -> list[Path]:
+    """The data files a `--train` names: files as given, and for a folder its training files.
+
+    A folder gives every `train.*` split file in it and below it (so `data/` is `data/train.jsonl` plus
+    `data/extra/train.jsonl`), or, when it holds none, its own data files except validation and test ones;
+    a validation or test split is never read from a folder, so pointing `--train` at the data folder cannot
+    leak the split the pricer is measured on. A file named twice counts once.
+    """
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    out: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if not path.is_dir():
+            _check_file(path)
+            found = [path]
+        else:
+            found = sorted(
+                (p for p in path.rglob("train.*") if _is_data_file(p) and _split_name(p) == "train"),
+                key=lambda p: (len(p.relative_to(path).parts), str(p)),
+            )
+            if not found:
+                found = sorted(
+                    p for p in path.iterdir() if _is_data_file(p) and _split_name(p) not in ("validation", "test")
+                )
+            if not found:
+                raise DataError(f"{path}: no training files (.jsonl, .jsonl.gz or .parquet) in this folder")
+        for p in found:
+            if p.resolve() not in {q.resolve() for q in out}:
+                out.append(p)
+    if not out:
+        raise DataError("no training files given")
+    return out
+
+
+def read_pool(
+    sources: str | Path | Iterable[str | Path], report: LoadReport | None = None, dedupe: bool = True
+) -> list[Item]:
+    """The items of every file `pool_files(sources)` names, in order; an id seen twice is kept once.
+
+    This is what each command's `--train` reads, so several files or a folder make one training pool.
+    """
+    items: list[Item] = []
+    seen: set[str] = set()
+    for path in pool_files(sources):
+        for it in read_items(path, report):
+            if dedupe and it.id in seen:
+                continue
+            seen.add(it.id)
+            items.append(it)
+    return items
+
+
+def describe_sources(sources: str | Path | Iterable[str | Path]) -> str:
+    """A short, readable name for a training pool: one path, or `a + b + c`."""
+    if isinstance(sources, (str, Path)):
+        return str(sources)
+    return " + ".join(str(s) for s in sources)

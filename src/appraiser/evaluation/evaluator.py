@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from appraiser.data.io import DataError, find_split_file, read_items
+from appraiser.data.io import DataError, describe_sources, find_split_file, read_items, read_pool
 from appraiser.evaluation.metrics import FAILED, colour, compute_metrics, squared_log_error
 from appraiser.evaluation.store import LeaderboardStore, PredictionCache
 from appraiser.items import Item, fingerprint
@@ -377,7 +377,7 @@ def fit_and_evaluate(
     items: Sequence[Item],
     *,
     fit: bool = True,
-    train: str | Path | None = None,
+    train: str | Path | Sequence[str | Path] | None = None,
     validation: str | Path | None = None,
     save: str | Path | None = None,
     say: Any = None,
@@ -385,7 +385,8 @@ def fit_and_evaluate(
 ) -> tuple[EvalResult, Path | None]:
     """The one fit → save → evaluate flow of `appraiser eval` and `appraiser baseline`.
 
-    With `fit`, the pricer is fitted on the items of the `train` file (and of `validation` when given);
+    With `fit`, the pricer is fitted on the items of `train` — a file, a folder or several files, read as one
+    pool by `read_pool` — (and of `validation` when given);
     then saved to `save` when given, then evaluated on `items` with `evaluate_options` (see `evaluate`).
     `say(text)` hears what happens (fitting, fitted, saved). Returns the result and the saved path.
     Every bad input on the way (a file, an option, a pairing of options and data) is a DataError.
@@ -398,11 +399,11 @@ def fit_and_evaluate(
     if fit:
         if train is None:
             raise DataError(f"{pricer.label} needs fitting: name a training split")
-        train_items = read_items(train)
+        train_items = read_pool(train)
         if not train_items:
-            raise DataError(f"{train}: no training items")
+            raise DataError(f"{describe_sources(train)}: no training items")
         val_items = read_items(validation) if validation is not None else None
-        say(f"fitting {escape(pricer.label)} on {len(train_items):,} items from {escape(str(train))} …")
+        say(f"fitting {escape(pricer.label)} on {len(train_items):,} items from {escape(describe_sources(train))} …")
         fit_seconds = fit_pricer(pricer, train_items, val_items)
         say(f"fitted in {fit_seconds:.1f} s")
     saved = None

@@ -29,7 +29,9 @@ class TrainConfig(BaseModel):
 
     # What to train
     model: str = Field("smollm2-135m", description="a named model, a local folder or a hub id")
-    train: Path | None = Field(None, description="training items; default <data dir>/train.jsonl")
+    train: Path | list[Path] | None = Field(
+        None, description="training items: a file, a folder or several files; default <data dir>/train.jsonl"
+    )
     validation: Path | None = Field(
         None, description="validation items (probe set); default <data dir>/validation.jsonl"
     )

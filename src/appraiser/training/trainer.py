@@ -41,7 +41,7 @@ import torch
 from transformers import PrinterCallback, ProgressCallback, TrainingArguments
 
 from appraiser import config as app_config
-from appraiser.data.io import DataError, read_items
+from appraiser.data.io import DataError, read_items, read_pool
 from appraiser.data.prompts import PromptConfig, make_prompt
 from appraiser.inference.head import head_module, log_stats
 from appraiser.items import Item, fingerprint
@@ -122,7 +122,11 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
         model = str(Path(model).expanduser().resolve())
     return cfg.model_copy(
         update={
-            "train": Path(train).expanduser().resolve(),
+            "train": (
+                [Path(t).expanduser().resolve() for t in train]
+                if isinstance(train, list)
+                else Path(train).expanduser().resolve()
+            ),
             "validation": Path(validation).expanduser().resolve() if validation else None,
             "model": model,
         }
@@ -133,7 +137,7 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any, progress: Callable[[int], Non
     """Read, draw (by the weighting), tokenize and audit the training items; pick the probe items."""
     if cfg.train is None:
         raise DataError("no training file given (--train)")
-    pool = read_items(cfg.train)
+    pool = read_pool(cfg.train)
     validation: list[Item] = []
     if cfg.validation is not None:
         validation = read_items(cfg.validation)
