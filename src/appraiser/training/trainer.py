@@ -92,6 +92,7 @@ __all__ = [
     "resume",
     "save_adapter",
     "start",
+    "train_prepared",
 ]
 
 
@@ -108,6 +109,10 @@ class PreparedData:
     audit: AuditReport
     prompt: PromptConfig
     fingerprint: str
+    # A caller that makes its own examples (the server's fine-tuning jobs, from chat files) also gives the
+    # probe's prompts and examples; None: made from `probe_items` with the course prompt.
+    probe_prompts: list[str] | None = None
+    probe_examples: list[Example] | None = None
 
 
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
@@ -235,6 +240,7 @@ def _run(
     resume_from: Path | None,
     listeners: Sequence[Listener],
     stage: Callable[[str], None],
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     folder = Path(run.folder)  # type: ignore[arg-type]
     threads = torch.get_num_threads()
@@ -255,6 +261,8 @@ def _run(
             info,
             listeners,
         )
+        if data.probe_prompts is not None:
+            probe_cb.prompts = list(data.probe_prompts)
         if resume_from is not None:
             probe_cb.restore(checkpoint_step(resume_from) or 0)
         trainer = PriceTrainer(
@@ -262,7 +270,7 @@ def _run(
             args=_training_args(cfg, folder, run.id),
             train_dataset=ExampleDataset(data.examples),
             data_collator=Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-            callbacks=[CheckpointMarker(), store_cb, probe_cb],  # the marker first: see CheckpointMarker
+            callbacks=[CheckpointMarker(), store_cb, probe_cb, *callbacks],  # the marker first: see CheckpointMarker
             group_by_length=cfg.length_grouping,
             lm_weight=cfg.lm_weight,
             head_weight=cfg.head_weight,
@@ -338,6 +346,8 @@ def _refit(
 
 
 def _probe_examples(cfg: TrainConfig, data: PreparedData, tokenizer: Any) -> list[Example]:
+    if data.probe_examples is not None:
+        return data.probe_examples
     return encode_items(data.probe_items, tokenizer, data.prompt) if data.probe_items else []
 
 
@@ -365,6 +375,26 @@ def start(
     if on_created is not None:
         on_created(run)
     return _run(store, run, cfg, data, resume_from=None, listeners=listeners, stage=stage)
+
+
+def train_prepared(
+    store: RunStore,
+    run: Run,
+    cfg: TrainConfig,
+    data: PreparedData,
+    *,
+    resume: bool = False,
+    listeners: Sequence[Listener] = (),
+    callbacks: Sequence[Any] = (),
+    on_stage: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train examples the caller made itself (the server's fine-tuning jobs train on chat files) as `run`,
+    whose folder already holds `config.json` and `appraiser.json`. `resume`: from the newest complete
+    checkpoint (step 0 when there is none), as `resume` does. `callbacks`: extra Trainer callbacks, after
+    the run's own (a job's cancel/pause control)."""
+    stage = on_stage or (lambda _msg: None)
+    resume_from = _resume_point(store, run, Path(run.folder)) if resume else None  # type: ignore[arg-type]
+    return _run(store, run, cfg, data, resume_from=resume_from, listeners=listeners, stage=stage, callbacks=callbacks)
 
 
 def resume(
