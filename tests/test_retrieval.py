@@ -36,3 +36,79 @@ def test_pool_errors_name_the_path(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no training files"):
         pool_files(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- the retrieval index
+
+
+@pytest.fixture(scope="session")
+def emb_dir(tmp_path_factory) -> Path:
+    """One embedding cache for the whole session: each text is embedded once, however many tests read it."""
+    return tmp_path_factory.mktemp("embeddings")
+
+
+@pytest.fixture(scope="session")
+def pool_and_held(data_dir: Path):
+    return read_items(data_dir / "train.jsonl", limit=200), read_items(data_dir / "validation.jsonl", limit=20)
+
+
+def _index(pool, held, emb_dir, backend="faiss-flat"):
+    from appraiser.retrieval.index import RetrievalIndex
+
+    return RetrievalIndex(backend, cache_dir=emb_dir).build(pool, held)
+
+
+def test_index_never_holds_a_held_out_item_nor_its_copy(pool_and_held, emb_dir):
+    pool, held = pool_and_held
+    copy = held[0].model_copy(update={"id": "copy-of-validation-0"})  # same title, another id
+    leaked = held[1]  # the very same item
+    idx = _index([*pool, copy, leaked], held, emb_dir)
+    ids = {r["id"] for r in idx.records}
+    assert copy.id not in ids and leaked.id not in ids
+    assert idx.info["dropped_held_out"] == 2 and len(idx) <= len(pool)
+
+
+def test_an_item_never_retrieves_itself_or_a_duplicate(pool_and_held, emb_dir):
+    from appraiser.retrieval.index import dedupe_key
+
+    pool, held = pool_and_held
+    idx = _index(pool, held, emb_dir)
+    queries = pool[:40]
+    twins = [it.model_copy(update={"id": f"twin-{i}"}) for i, it in enumerate(queries)]  # another id, same title
+    for q, found in zip(queries + twins, idx.search(queries + twins, k=5), strict=True):
+        assert len(found) == 5
+        assert all(n.id != q.id for n in found)
+        own = {r["id"] for r in idx.records if r["key"] == dedupe_key(q)}
+        assert not own & {n.id for n in found}
+    # without the exclusion an item's nearest neighbour is itself: the rule is what keeps it out
+    scores, rows = idx.searcher.search(idx.vectors[:5], 1)
+    assert list(rows[:, 0]) == [0, 1, 2, 3, 4]
+
+
+def test_faiss_flat_finds_what_exact_numpy_search_finds(pool_and_held, emb_dir):
+    pool, held = pool_and_held
+    a, b = _index(pool, held, emb_dir, "faiss-flat"), _index(pool, held, emb_dir, "numpy")
+    qa, qb = a.search(held, k=5), b.search(held, k=5)
+    assert [[n.id for n in ns] for ns in qa] == [[n.id for n in ns] for ns in qb]
+
+
+def test_index_refuses_another_pool(pool_and_held, emb_dir):
+    pool, held = pool_and_held
+    idx = _index(pool, held, emb_dir)
+    idx.check_pool(pool)
+    with pytest.raises(DataError, match="another training pool"):
+        idx.check_pool(pool[:-1])
+
+
+def test_saved_and_reloaded_index_searches_the_same(pool_and_held, emb_dir, tmp_path):
+    from appraiser.retrieval.index import RetrievalIndex
+
+    pool, held = pool_and_held
+    idx = _index(pool, held, emb_dir)
+    back = RetrievalIndex.load(idx.save(tmp_path / "idx"), cache_dir=emb_dir)
+    assert back.pool_fingerprint == idx.pool_fingerprint and len(back) == len(idx)
+    assert [[(n.id, n.price) for n in ns] for ns in back.search(held, 5)] == [
+        [(n.id, n.price) for n in ns] for ns in idx.search(held, 5)
+    ]
+    with pytest.raises(DataError, match="not a retrieval index"):
+        RetrievalIndex.load(tmp_path)
