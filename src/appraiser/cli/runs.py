@@ -6,6 +6,7 @@ commands. Everything a user named (run names, models, errors, config values) is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from datetime import datetime
@@ -179,7 +180,13 @@ def watch_command(
     if once:
         console.print(watch_frame(store, r.id, alpha=alpha, width=width))
         return
-    with Live(watch_frame(store, r.id, alpha=alpha, width=width), console=console, refresh_per_second=4) as live:
+    follow = contextlib.ExitStack()
+    if r.kind == "hosted" and not r.finished:  # a hosted job: mirror its events into the store while watching
+        from appraiser.cli.hosted import follow_while_watching
+
+        follow.enter_context(follow_while_watching(store, r, interval))
+    live_frame = Live(watch_frame(store, r.id, alpha=alpha, width=width), console=console, refresh_per_second=4)
+    with follow, live_frame as live:
         while True:
             current = store.get(r.id)
             live.update(watch_frame(store, r.id, alpha=alpha, width=width))

@@ -1,0 +1,260 @@
+"""Follow a hosted job: mirror its events and metrics into the run store (and trackers) as they appear.
+
+The provider lists events newest first, a page at a time (`after` = the oldest id of the previous page).
+Each poll walks pages from the newest until it meets the cursor (the newest event already mirrored, kept
+in the run store's `state`), then records the new ones oldest first, moving the cursor after each. Each
+event is also claimed by id (`RunStore.claim`), so two followers of one job (`hosted start` and a
+`runs watch` elsewhere) or a rerun after Ctrl-C never record an event twice. 429, 5xx and lost connections
+that outlast the SDK's own retries back off (2 s doubling to 60 s) and poll again; other errors stop.
+
+At the end: the result file (CSV) fills in the steps the events did not carry, the fine-tuned model is
+recorded on the run, and the run takes the job's final status.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from appraiser.api import ApiClient, ApiError
+from appraiser.hosted.events import LEVEL, metric_values, result_rows, run_status
+from appraiser.hosted.jobs import call
+
+CURSOR = "hosted:event_cursor"
+TRACKED = "hosted:tracked_step"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def retryable(e: ApiError) -> bool:
+    """Worth waiting for: rate limits, server errors, timeouts and lost connections."""
+    return e.status in (408, 409, 429) or (e.status or 0) >= 500 or e.code in ("timeout", "connection_error")
+
+
+class Follower:
+    """Mirrors one hosted run's job into the store until the job ends or `stop` is set."""
+
+    def __init__(
+        self,
+        store: Any,
+        run_id: str,
+        client: ApiClient,
+        *,
+        interval: float = 5.0,
+        page_size: int = 100,
+        trackers: Sequence[Any] = (),
+        say: Callable[[str], None] | None = None,
+        max_backoff: float = 60.0,
+    ):
+        self.store, self.run_id, self.client = store, run_id, client
+        self.interval, self.page_size, self.trackers = interval, page_size, list(trackers)
+        self.say = say or (lambda _msg: None)
+        self.max_backoff = max_backoff
+        self.stop = threading.Event()
+        self.job: Any = None
+        self.error: BaseException | None = None
+        run = store.get(run_id)
+        if not run.external_id:
+            from appraiser.data.io import DataError
+
+            raise DataError(f"run {run_id} has no provider job to follow")
+        self.job_id = run.external_id
+
+    # ---- one API call, backing off on what is worth waiting for
+
+    def _api(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        wait = 2.0
+        while True:
+            try:
+                return call(fn, *args, **kwargs)
+            except ApiError as e:
+                if not retryable(e) or self.stop.is_set():
+                    raise
+                self.say(f"{e}; retrying in {wait:.0f} s")
+                if self.stop.wait(wait):
+                    raise
+                wait = min(wait * 2, self.max_backoff)
+
+    # ---- events
+
+    def new_events(self) -> list[Any]:
+        """Events after the cursor, oldest first (walking newest-first pages until the cursor)."""
+        cursor = self.store.get_state(self.run_id, CURSOR)
+        found: list[Any] = []
+        seen: set[str] = set()
+        after: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": self.page_size}
+            if after is not None:
+                kwargs["after"] = after
+            page = self._api(self.client.sdk.fine_tuning.jobs.list_events, self.job_id, **kwargs)
+            data = list(page.data)
+            for ev in data:
+                if ev.id == cursor:
+                    return found[::-1]
+                if ev.id not in seen:
+                    seen.add(ev.id)
+                    found.append(ev)
+            if not data or not page.has_more:
+                return found[::-1]
+            after = data[-1].id
+
+    def record(self, ev: Any) -> bool:
+        """Mirror one event (message, metrics, progress, trackers) unless some follower already did."""
+        store, run_id = self.store, self.run_id
+        if store.claim(run_id, f"hosted:event:{ev.id}"):
+            step, total, values = metric_values(ev.data) if ev.type in (None, "metrics") else (None, None, {})
+            store.add_event(run_id, ev.message, level=LEVEL.get(ev.level, "info"), step=step, at=float(ev.created_at))
+            if step is not None and values:
+                store.log_metrics(run_id, step, values, at=float(ev.created_at))
+                self._progress(step, total, values)
+                self._track(step, values)
+            recorded = True
+        else:
+            recorded = False
+        store.set_state(run_id, CURSOR, ev.id)
+        return recorded
+
+    def _progress(self, step: int, total: int | None, values: dict[str, float]) -> None:
+        run = self.store.get(self.run_id)
+        fields: dict[str, Any] = {"step": max(run.step, step)}
+        if total:
+            fields["max_steps"] = total
+        self.store.update(self.run_id, **fields)
+        # The best validation loss so far: the full validation pass where the provider runs one, else
+        # the per-step (sampled) validation loss.
+        if "full_valid_loss" in values:
+            name = "full_valid_loss"
+        elif "valid_loss" in values and run.best_metric in (None, "valid_loss"):
+            name = "valid_loss"
+        else:
+            return
+        if run.best_metric != name or run.best_value is None or values[name] < run.best_value:
+            self.store.set_best(self.run_id, name, values[name], step)
+
+    def _track(self, step: int, values: dict[str, float]) -> None:
+        if not self.trackers:
+            return
+        done = self.store.get_state(self.run_id, TRACKED, 0)
+        if step <= done:
+            return
+        for t in self.trackers:
+            t.log(step, values)
+        self.store.set_state(self.run_id, TRACKED, step)
+
+    def poll(self) -> int:
+        """Record the events that appeared since the last poll; how many were new."""
+        n = 0
+        for ev in self.new_events():
+            if self.stop.is_set():
+                break
+            n += self.record(ev)
+        return n
+
+    # ---- the job
+
+    def sync_job(self) -> Any:
+        """Fetch the job and carry its status (not yet a final one) onto the run."""
+        self.job = self._api(self.client.sdk.fine_tuning.jobs.retrieve, self.job_id)
+        status = run_status(self.job.status)
+        run = self.store.get(self.run_id)
+        if status not in TERMINAL and status != run.status and not run.finished:
+            self.store.update(self.run_id, status=status)
+        return self.job
+
+    def finish(self, job: Any) -> None:
+        """The end of a job: the result CSV into metrics, the fine-tuned model and final status onto the run."""
+        store, run_id = self.store, self.run_id
+        status = run_status(job.status)
+        run = store.get(run_id)
+        cfg = dict(run.config)
+        if job.fine_tuned_model:
+            cfg["fine_tuned_model"] = job.fine_tuned_model
+        if job.trained_tokens is not None:
+            cfg["trained_tokens"] = job.trained_tokens
+        cfg["result_files"] = list(job.result_files or [])
+        store.update(run_id, config=cfg)
+        for file_id in job.result_files or []:
+            self._result_file(file_id)
+        if store.claim(run_id, "hosted:finished"):
+            error = job.error.message if job.error is not None and job.error.message else None
+            done = f"Job {job.status}" + (f": {job.fine_tuned_model}" if job.fine_tuned_model else "")
+            store.set_status(run_id, status, message=done, error=error)
+
+    def _result_file(self, file_id: str) -> None:
+        content = self._api(self.client.sdk.files.content, file_id).read()
+        rows = result_rows(content)
+        run = self.store.get(self.run_id)
+        if run.folder is not None and rows:
+            from appraiser.atomic import replacing
+
+            with replacing(run.folder / f"{file_id}.csv") as tmp:
+                tmp.write_bytes(content)
+        for step, values in rows:
+            if values:
+                self.store.log_metrics(self.run_id, step, values)
+                self._track(step, values)
+        if rows:
+            last = max(step for step, _ in rows)
+            self.store.update(self.run_id, step=max(run.step, last), max_steps=run.max_steps or last)
+
+    def run(self) -> Any:
+        """Follow until the job ends (returns the final job) or `stop` is set (returns None)."""
+        while not self.stop.is_set():
+            job = self.sync_job()
+            self.poll()
+            if run_status(job.status) in TERMINAL and not self.stop.is_set():
+                self.poll()  # the events written as the job ended
+                self.finish(job)
+                return job
+            self.stop.wait(self.interval)
+        return None
+
+    def close(self) -> None:
+        for t in self.trackers:
+            try:
+                t.close()
+            except Exception as e:  # a tracker that fails to flush must not hide the job's outcome
+                self.say(f"tracker {type(t).__name__} did not close: {e}")
+
+
+class Background:
+    """A follower in a thread, for a live view in the foreground: `with Background(f): ...`.
+
+    On leaving (normally or by Ctrl-C) the follower is asked to stop and joined, so it never stops half way
+    through recording an event; the thread's own error is re-raised in the caller.
+    """
+
+    def __init__(self, follower: Follower):
+        self.follower = follower
+        self.thread = threading.Thread(target=self._main, name=f"follow-{follower.run_id}", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            self.follower.run()
+        except BaseException as e:  # handed to the foreground, which reports it
+            self.follower.error = e
+
+    def __enter__(self) -> Background:
+        self.thread.start()
+        return self
+
+    @property
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.follower.stop.set()
+        self.thread.join(timeout=30)
+        self.follower.close()
+        if exc[0] is None and self.follower.error is not None:
+            raise self.follower.error
+
+
+def wait_done(bg: Background, tick: Callable[[], None], interval: float = 0.5) -> None:
+    """Call `tick` every `interval` seconds until the follower's thread has ended."""
+    while not bg.done:
+        tick()
+        time.sleep(interval)
+    tick()
