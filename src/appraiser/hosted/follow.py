@@ -1,11 +1,12 @@
 """Follow a hosted job: mirror its events and metrics into the run store (and trackers) as they appear.
 
 The provider lists events newest first, a page at a time (`after` = the oldest id of the previous page).
-Each poll walks pages from the newest until it meets the cursor (the newest event already mirrored, kept
-in the run store's `state`), then records the new ones oldest first, moving the cursor after each. Each
-event is also claimed by id (`RunStore.claim`), so two followers of one job (`hosted start` and a
-`runs watch` elsewhere) or a rerun after Ctrl-C never record an event twice. 429, 5xx and lost connections
-that outlast the SDK's own retries back off (2 s doubling to 60 s) and poll again; other errors stop.
+Each poll walks pages from the newest down to the page holding the cursor (the newest event id seen by the
+last complete poll, kept in the run store's `state`), records the events not yet mirrored oldest first,
+then moves the cursor. Each event is claimed by id (`RunStore.claim`): two followers of one job
+(`hosted start` and a `runs watch` elsewhere) or a rerun after Ctrl-C never record an event twice. 429,
+5xx and lost connections that outlast the SDK's own retries back off (2 s doubling to 60 s) and poll
+again; other errors stop the follower.
 
 At the end: the result file (CSV) fills in the steps the events did not carry, the fine-tuned model is
 recorded on the run, and the run takes the job's final status.
@@ -25,6 +26,11 @@ from appraiser.hosted.jobs import call
 CURSOR = "hosted:event_cursor"
 TRACKED = "hosted:tracked_step"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+_ABSENT = object()
+
+
+def _event_key(event_id: str) -> str:
+    return f"hosted:event:{event_id}"
 
 
 def retryable(e: ApiError) -> bool:
@@ -78,11 +84,14 @@ class Follower:
 
     # ---- events
 
-    def new_events(self) -> list[Any]:
-        """Events after the cursor, oldest first (walking newest-first pages until the cursor)."""
+    def new_events(self) -> tuple[list[Any], str | None]:
+        """(events not yet mirrored, oldest first; the newest event id), walking newest-first pages down to
+        the page that holds the cursor. That whole page is read, so an event a server lists just below the
+        cursor (same second, computed order) is not missed; the per-event claims keep it from doubling."""
         cursor = self.store.get_state(self.run_id, CURSOR)
         found: list[Any] = []
         seen: set[str] = set()
+        newest: str | None = None
         after: str | None = None
         while True:
             kwargs: dict[str, Any] = {"limit": self.page_size}
@@ -90,31 +99,31 @@ class Follower:
                 kwargs["after"] = after
             page = self._api(self.client.sdk.fine_tuning.jobs.list_events, self.job_id, **kwargs)
             data = list(page.data)
+            if newest is None and data:
+                newest = data[0].id
             for ev in data:
-                if ev.id == cursor:
-                    return found[::-1]
-                if ev.id not in seen:
+                if ev.id not in seen and not self._mirrored(ev.id):
                     seen.add(ev.id)
                     found.append(ev)
-            if not data or not page.has_more:
-                return found[::-1]
+            if not data or not page.has_more or any(ev.id == cursor for ev in data):
+                return found[::-1], newest
             after = data[-1].id
+
+    def _mirrored(self, event_id: str) -> bool:
+        return self.store.get_state(self.run_id, _event_key(event_id), _ABSENT) is not _ABSENT
 
     def record(self, ev: Any) -> bool:
         """Mirror one event (message, metrics, progress, trackers) unless some follower already did."""
         store, run_id = self.store, self.run_id
-        if store.claim(run_id, f"hosted:event:{ev.id}"):
-            step, total, values = metric_values(ev.data) if ev.type in (None, "metrics") else (None, None, {})
-            store.add_event(run_id, ev.message, level=LEVEL.get(ev.level, "info"), step=step, at=float(ev.created_at))
-            if step is not None and values:
-                store.log_metrics(run_id, step, values, at=float(ev.created_at))
-                self._progress(step, total, values)
-                self._track(step, values)
-            recorded = True
-        else:
-            recorded = False
-        store.set_state(run_id, CURSOR, ev.id)
-        return recorded
+        if not store.claim(run_id, _event_key(ev.id)):
+            return False
+        step, total, values = metric_values(ev.data) if ev.type in (None, "metrics") else (None, None, {})
+        store.add_event(run_id, ev.message, level=LEVEL.get(ev.level, "info"), step=step, at=float(ev.created_at))
+        if step is not None and values:
+            store.log_metrics(run_id, step, values, at=float(ev.created_at))
+            self._progress(step, total, values)
+            self._track(step, values)
+        return True
 
     def _progress(self, step: int, total: int | None, values: dict[str, float]) -> None:
         run = self.store.get(self.run_id)
@@ -144,12 +153,16 @@ class Follower:
         self.store.set_state(self.run_id, TRACKED, step)
 
     def poll(self) -> int:
-        """Record the events that appeared since the last poll; how many were new."""
+        """Record the events that appeared since the last poll; how many were new. The cursor moves only
+        once all of them are recorded (a stop half way re-reads them next time; the claims skip the done)."""
+        events, newest = self.new_events()
         n = 0
-        for ev in self.new_events():
+        for ev in events:
             if self.stop.is_set():
-                break
+                return n
             n += self.record(ev)
+        if newest is not None:
+            self.store.set_state(self.run_id, CURSOR, newest)
         return n
 
     # ---- the job
