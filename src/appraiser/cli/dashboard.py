@@ -1,0 +1,57 @@
+"""`appraiser dashboard`: the web dashboard alone, on this machine, for a quick look at runs and the leaderboard.
+
+It is the same dashboard `appraiser serve` has at `/dashboard`, without the model server (nothing is loaded)
+and without API keys, so it binds loopback only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from appraiser.cli import console, friendly
+from appraiser.cli.serve import _is_loopback
+from appraiser.data.io import DataError
+
+
+@friendly
+def dashboard_command(
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).", min=0, max=65535)] = 8322,
+    host: Annotated[str, typer.Option(help="A loopback address to bind (no keys: never a public one).")] = "127.0.0.1",
+    runs_db: Annotated[Path | None, typer.Option(help="The run store (default: <home>/runs.db).")] = None,
+    leaderboard: Annotated[
+        Path | None, typer.Option(help="The leaderboard database (default: <home>/leaderboard.db).")
+    ] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the dashboard in a browser.")] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Runs (live loss charts), the leaderboard and evaluations in a browser: http://127.0.0.1:8322/dashboard."""
+    from appraiser import config
+    from appraiser.server.dashboard import create_dashboard_app
+    from appraiser.server.dashboard_data import Paths
+
+    if not _is_loopback(host):
+        raise DataError(f"refusing to bind {host}: the dashboard alone has no API keys (use `appraiser serve`)")
+    home = config.home()
+    paths = Paths((runs_db or home / "runs.db").expanduser(), (leaderboard or home / "leaderboard.db").expanduser())
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))  # bound here, so `--port 0` can say which port it got before serving
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/dashboard"
+    console.print(f"appraiser dashboard on {url}", soft_wrap=True, highlight=False)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    server = uvicorn.Server(uvicorn.Config(create_dashboard_app(paths), log_level=log_level, access_log=False))
+    server.run(sockets=[sock])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("dashboard")(dashboard_command)
