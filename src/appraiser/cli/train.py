@@ -114,6 +114,43 @@ def _interrupted(run_id: str | None, view: ProgressView) -> typer.Exit:
     return typer.Exit(130)
 
 
+class _Watch:
+    """The run's notifier thread (appraiser.notify.RunNotifier): sends `--notify` cards on the end state and
+    logs stalls (with no URLs too); started once the run id is known, stopped after training."""
+
+    def __init__(self, urls: list[str], view: ProgressView):
+        self.urls = urls
+        self.view = view
+        self.notifier: Any = None
+
+    def start(self, run_id: str) -> None:
+        from appraiser.notify import RunNotifier
+        from appraiser.runs.store import RunStore
+
+        def stalled(message: str) -> None:
+            self.view.progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+
+        self.notifier = RunNotifier(RunStore(), run_id, self.urls, on_stall=stalled).start()
+
+    def stop(self) -> None:
+        if self.notifier is None:
+            return
+        if self.urls:
+            err_console.print("sending notifications...", highlight=False)
+        self.notifier.stop(timeout=120)
+
+
+def _check_notify(urls: list[str]) -> list[str]:
+    """Every `--notify` URL checked before the model loads (a typo must not cost a training run)."""
+    from appraiser.notify import check_url
+
+    for url in urls:
+        problem = check_url(url)
+        if problem is not None:
+            raise DataError(f"--notify: {problem}")
+    return urls
+
+
 def _dry_run(cfg: Any) -> None:
     from appraiser.data.io import describe_sources
     from appraiser.models import load_tokenizer
@@ -202,23 +239,38 @@ def train_command(
     config_file: Annotated[Path | None, typer.Option("--config", help="a TrainConfig JSON (options override)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show one example's labels and the audit; exit")] = False,
     resume: Annotated[str | None, typer.Option(help="continue run RUN from its last checkpoint")] = None,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--notify",
+            help="send the result card here when the run ends or stalls (an Apprise URL: mailto://, json://, "
+            "slack://, discord://, tgram://, ntfy://, ...); repeat for several",
+        ),
+    ] = None,
 ) -> None:
-    """Fine-tune a model with LoRA on price prompts (loss on the price and EOS only)."""
+    """Fine-tune a model with LoRA on price prompts (loss on the price and EOS only).
+
+    A non-finite training loss stops the run at once (failed, exit code 2).
+    """
     quiet_libraries()  # before `training` imports transformers/peft/bitsandbytes, which warn as they load
     from appraiser import training
 
     view = ProgressView()
+    watch = _Watch(_check_notify(list(notify or [])), view)
     run_id: str | None = resume
     if resume is not None:
         _resume_config(resume)
         from appraiser.runs.store import RunStore
 
         run_id = RunStore().get(resume).id
+        watch.start(run_id)
         try:
             with view.progress:
                 result = training.resume(resume, listeners=[view], data_progress=view.data, on_stage=view.stage)
         except KeyboardInterrupt:
             raise _interrupted(run_id, view) from None
+        finally:
+            watch.stop()
     else:
         options = {
             "model": model,
@@ -265,6 +317,7 @@ def train_command(
             nonlocal run_id
             run_id = run.id
             view.progress.console.print(f"run [bold]{escape(run.id)}[/bold] in {escape(str(run.folder))}")
+            watch.start(run.id)
 
         try:
             with view.progress:
@@ -277,6 +330,8 @@ def train_command(
                 )
         except KeyboardInterrupt:
             raise _interrupted(run_id, view) from None
+        finally:
+            watch.stop()
     line = f"[green]done[/green]: run {escape(result.run_id)}, {result.steps} steps, mean loss {result.train_loss:.4f}"
     if result.best_probe_mae is not None:
         line += f", best probe MAE ${result.best_probe_mae:,.2f} at step {result.best_step}"

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from appraiser.data.io import DataError
 from appraiser.data.prompts import make_prompt
 from appraiser.items import Item
 from appraiser.runs.store import Run, RunStore
@@ -30,8 +31,16 @@ from appraiser.training.loss import completion_loss
 Listener = Callable[[int, int, dict[str, float]], None]
 
 
+class NonFiniteLoss(DataError):
+    """The training loss became NaN or infinite: the run stops at once and is marked failed (a DataError:
+    the CLI prints it as one line and exits with code 2). Every later step would only train on garbage."""
+
+
 class StoreCallback(TrainerCallback):
-    """Writes every logged step to the run store: metrics, an event line, progress; tells listeners."""
+    """Writes every logged step to the run store: metrics, an event line, progress; tells listeners.
+
+    A non-finite loss stops the run at once (`NonFiniteLoss`), after it is recorded, so the store shows it.
+    """
 
     def __init__(self, store: RunStore, run_id: str, listeners: Sequence[Listener] = ()):
         self.store = store
@@ -46,6 +55,9 @@ class StoreCallback(TrainerCallback):
         self._step0 = state.global_step
         self._tokens0 = state.num_input_tokens_seen or 0
         self.store.update(self.run_id, max_steps=state.max_steps, step=state.global_step)
+        # The Trainer's default logs the window's mean in place of a NaN/inf loss (a NaN logged as 0.0 at
+        # logging_steps=1): it would hide exactly what must stop the run.
+        args.logging_nan_inf_filter = False
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs:
@@ -64,6 +76,11 @@ class StoreCallback(TrainerCallback):
         self.store.log_metrics(self.run_id, step, values)
         self.store.update(self.run_id, step=step)
         self.store.add_event(self.run_id, f"Step {step}/{total}: training loss={values['loss']:.4f}", step=step)
+        if not math.isfinite(values["loss"]):
+            raise NonFiniteLoss(
+                f"training loss is {values['loss']} at step {step}/{total}: run {self.run_id} stopped "
+                f"(learning rate {values['lr']:.2e}; try a lower --lr)"
+            )
         for listener in self.listeners:
             listener(step, total, values)
 
