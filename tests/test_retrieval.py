@@ -112,3 +112,77 @@ def test_saved_and_reloaded_index_searches_the_same(pool_and_held, emb_dir, tmp_
     ]
     with pytest.raises(DataError, match="not a retrieval index"):
         RetrievalIndex.load(tmp_path)
+
+
+# ---------------------------------------------------------------- the knn pricer and the RAG prompts
+
+
+def test_knn_pricer_prices_from_neighbours_never_itself(pool_and_held, emb_dir, tmp_path):
+    from appraiser.pricers import registry
+    from appraiser.pricers.base import Pricer
+
+    pool, held = pool_and_held
+    knn = registry.create("knn", k=1, cache_dir=emb_dir).fit(pool, held)
+    # priced with k=1 on its own training items: never its own price back (it would be an exact hit)
+    own = [p.price for p in knn.predict(pool[:30])]
+    assert sum(abs(g - it.price) < 1e-6 for g, it in zip(own, pool[:30], strict=True)) < 5
+    back = Pricer.load(knn.save(tmp_path / "knn.pkl"))
+    assert [p.price for p in back.predict(held)] == [p.price for p in knn.predict(held)]
+
+
+def test_knn_reuses_a_built_index_only_for_its_own_pool(pool_and_held, emb_dir, tmp_path):
+    from appraiser.pricers import registry
+
+    pool, held = pool_and_held
+    folder = _index(pool, held, emb_dir).save(tmp_path / "idx")
+    own = registry.create("knn", cache_dir=emb_dir).fit(pool, held)
+    reused = registry.create("knn", index=str(folder), cache_dir=emb_dir).fit(pool)
+    assert [p.price for p in reused.predict(held)] == pytest.approx([p.price for p in own.predict(held)])
+    with pytest.raises(DataError, match="another training pool"):
+        registry.create("knn", index=str(folder), cache_dir=emb_dir).fit(pool[:150])
+
+
+def test_rag_context_shows_neighbours_and_prices(pool_and_held, emb_dir):
+    from appraiser.pricers.api import messages_for
+    from appraiser.pricers.rag import CONTEXT_INTRO, api_context
+
+    pool, held = pool_and_held
+    found = _index(pool, held, emb_dir).search(held[:1], 3)[0]
+    user = messages_for(held[0], True, api_context(found))[1]["content"]
+    assert user.startswith(CONTEXT_INTRO) and user.endswith(held[0].text)
+    assert all(f"Price is ${n.price:.2f}" in user for n in found)
+    assert user.index("And now the question for you:") < user.index("How much does this cost?")
+    assert held[0].id not in {n.id for n in found}
+
+
+def test_llm_rag_prompts_put_neighbours_before_the_question(pool_and_held, emb_dir, tmp_path, one_thread):
+    from appraiser.pricers.llm import LLMPricer
+
+    pool, held = pool_and_held
+    folder = _index(pool, held, emb_dir).save(tmp_path / "idx")
+    plain = LLMPricer(model="smollm2-135m", method="greedy")
+    rag = LLMPricer(model="smollm2-135m", method="greedy", rag=2, index=str(folder))
+    assert rag.label.endswith(",greedy,rag=2]") and "pool" in rag.config() and "pool" not in plain.config()
+    _, tok = rag.model_and_tokenizer()
+    with_ctx, without = rag.prompts(held[:2], tok), plain.prompts(held[:2], tok)
+    for a, b in zip(with_ctx, without, strict=True):
+        assert a.endswith(b) and a.startswith("Similar items and their prices:") and a.count("\n- ") == 2
+    assert all(p.price is not None for p in rag.predict(held[:2]))
+
+
+def test_api_rag_against_a_real_server(server, pool_and_held, emb_dir, tmp_path, monkeypatch):
+    """The course's RAG prompt sent to `appraiser serve`: answers parse, and the context costs prompt tokens."""
+    from conftest import KEY
+
+    from appraiser.pricers.api import ApiPricer
+
+    monkeypatch.setenv("TEST_SERVE_KEY", KEY)
+    pool, held = pool_and_held
+    folder = _index(pool, held, emb_dir).save(tmp_path / "idx")
+    plain = ApiPricer(model="smollm2-135m", base_url=server[0], key_env="TEST_SERVE_KEY")
+    rag = ApiPricer(model="smollm2-135m", base_url=server[0], key_env="TEST_SERVE_KEY", rag=3, index=str(folder))
+    assert rag.label == "api[smollm2-135m,rag=3]" and rag.config()["rag"] == 3
+    a, b = plain.predict(held[:2]), rag.predict(held[:2])
+    assert sum(p.price is not None for p in b) >= 1
+    assert rag.usage()["prompt_tokens"] > plain.usage()["prompt_tokens"] + 2 * 3 * 10  # three neighbours each
+    assert len(a) == len(b) == 2

@@ -74,6 +74,9 @@ def baseline_command(
     ] = None,
     charts: Annotated[Path | None, typer.Option(help="Write PNG/HTML charts to this folder.")] = None,
     name_as: Annotated[str | None, typer.Option("--name", help="Leaderboard name (default: the label).")] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Split-conformal interval on log price at this level (0: none).")
+    ] = 0.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-item lines, just the summary.")] = False,
     no_record: Annotated[bool, typer.Option("--no-record", help="Do not add a leaderboard row.")] = False,
     db: Annotated[Path | None, typer.Option(help="Leaderboard database (default: <home>/leaderboard.db).")] = None,
@@ -95,10 +98,15 @@ def baseline_command(
     pricer = registry.create(name, **opts)
     if hasattr(pricer, "progress"):
         pricer.progress = True  # embedding thousands of texts takes minutes: show it
+    weighting_of, off_category = pricer.weighting, pricer.off_category_weight
+    if interval:
+        from appraiser.cli.evaluate import with_interval
+
+        pricer = with_interval(pricer, interval, True)
 
     data = config.default_data_dir()
     test_items = load_test_items(test or data / "validation.jsonl", None if size <= 0 else size, offset)
-    if validation is None and (pricer.weighting == "match" or pricer.off_category_weight != 1.0):
+    if validation is None and (weighting_of == "match" or off_category != 1.0):
         validation = data / "validation.jsonl"  # what `match` and category weights aim at, by default
 
     with LeaderboardStore(db) as store:

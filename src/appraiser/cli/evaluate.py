@@ -31,7 +31,24 @@ TestOpt = Annotated[
     Path | None, typer.Option("--test", help="Test split file (or a folder: its test, else validation split).")
 ]
 SizeOpt = Annotated[int, typer.Option("--size", help="Number of test items, from the start of the file (0 = all).")]
+IntervalOpt = Annotated[
+    float,
+    typer.Option(
+        "--interval",
+        help="Add a split-conformal interval on log price at this level (e.g. 0.8), calibrated on a slice of "
+        "the training pool; coverage and width join the summary (0: none).",
+    ),
+]
 DbOpt = Annotated[Path | None, typer.Option("--db", help="Leaderboard database (default: .appraiser/leaderboard.db).")]
+
+
+def with_interval(pricer, level: float, needs_fit: bool):
+    """`pricer` wrapped in split-conformal intervals at `level` (a pricer that needs no fit prices 300 pool items)."""
+    from appraiser.pricers.conformal import Conformal
+
+    if not 0 < level < 1:
+        raise DataError(f"--interval must be between 0 and 1 (e.g. 0.8), not {level}")
+    return Conformal(pricer, level=level, needs_fit=needs_fit, max_calibration=2000 if needs_fit else 300)
 
 
 def _size(size: int) -> int | None:
@@ -75,6 +92,7 @@ def eval_command(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Predict every item again.")] = False,
     no_record: Annotated[bool, typer.Option("--no-record", help="Do not add the result to the leaderboard.")] = False,
     cost: Annotated[float, typer.Option(help="Cost of this evaluation in dollars, recorded with it.")] = 0.0,
+    interval: IntervalOpt = 0.0,
     db: DbOpt = None,
 ) -> None:
     """Evaluate a pricer on a fixed test set: per-item lines, summary, charts, leaderboard row."""
@@ -100,6 +118,8 @@ def eval_command(
 
         p = registry.create(pricer, **parse_options(option))
         needs_fit = registry.get(pricer).needs_fit
+        if interval:
+            p, needs_fit = with_interval(p, interval, needs_fit), True
     with _store(db) as store:
         fit_and_evaluate(
             p,
@@ -148,6 +168,8 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
         title=f"Leaderboard — test set {fp} ({rows[0].test_size if rows else 0} items), by MAE", box=box.SIMPLE_HEAD
     )
     cols = ["#", "pricer", "MAE", "95% CI"] + (["median", "R²"] if wide else []) + ["RMSLE", "hit", "fail"]
+    if any("interval_coverage" in r.metrics for r in rows):  # rows without intervals show "—"
+        cols += ["cover", "width"]
     cols += ["fit", "predict"] if wide else ["time"]
     cols += (["cost"] if wide or any(r.cost for r in rows) else []) + (["run"] if wide else [])
     longest = max((len(r.label) for r in rows), default=6)
@@ -168,6 +190,8 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
             "RMSLE": f"{m.get('rmsle', float('nan')):.3f}",
             "hit": f"{m.get('hit_rate', 0):.1%}",
             "fail": str(int(m.get("failures", 0))),
+            "cover": f"{m['interval_coverage']:.0%}" if "interval_coverage" in m else "—",
+            "width": _whole(m.get("interval_width")),
             "time": _secs(r.seconds + r.fit_seconds),
             "fit": _secs(r.fit_seconds),
             "predict": _secs(r.seconds),

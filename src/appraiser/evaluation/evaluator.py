@@ -184,6 +184,11 @@ def summary_table(result: EvalResult) -> Table:
     t.add_row("MSE", f"{m['mse']:,.0f}")
     t.add_row("R²", f"{m['r2']:.3f}")
     t.add_row("hit rate (green)", f"{m['hit_rate']:.1%}")
+    if "interval_coverage" in m:
+        t.add_row(
+            "interval coverage",
+            f"{m['interval_coverage']:.1%} of {int(m['interval_n'])}  (mean width ${m['interval_width']:,.2f})",
+        )
     t.add_row("failures", f"{int(m['failures'])}  (coverage {m['coverage']:.1%})")
     t.add_row("predict time", f"{result.seconds:,.1f} s" + (f"  ({result.cached} cached)" if result.cached else ""))
     if result.fit_seconds:
@@ -467,7 +472,12 @@ def score(
         ItemResult(it.id, it.title, it.category, it.price, p.price, p.low, p.high, p.raw)
         for it, p in zip(items, preds, strict=True)
     ]
-    metrics = compute_metrics([r.truth for r in results], [r.guess for r in results])
+    metrics = compute_metrics(
+        [r.truth for r in results],
+        [r.guess for r in results],
+        lows=[r.low for r in results],
+        highs=[r.high for r in results],
+    )
     return EvalResult(
         pricer=name,
         config=dict(config or {}),

@@ -8,6 +8,10 @@ Conventions, so every number on the leaderboard means the same thing:
 - `hit_rate` is the share of *all* items that are green (a failure is not a hit).
 - Log metrics use log1p and clip guesses below at 0 (a negative price has no logarithm).
 - The MAE's 95% confidence interval is a seeded percentile bootstrap, so it is reproducible.
+- Intervals (a guess's low..high, when the pricer gives them) are scored by `interval_coverage`, the share of
+  the items with an interval whose true price lies inside it (ends included), and `interval_width`, their
+  mean width in dollars; both are left out (not NaN) when no guess has an interval, so older rows and
+  interval-less pricers look as before.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ METRIC_NAMES = (
     "r2",
     "hit_rate",
 )
+#: Present only when some guess had an interval.
+INTERVAL_METRICS = ("interval_n", "interval_coverage", "interval_width", "interval_log_width")
 
 
 def colour(guess: float | None, truth: float) -> str:
@@ -84,8 +90,11 @@ def compute_metrics(
     guesses: Sequence[float | None] | np.ndarray,
     n_resamples: int = 2000,
     seed: int = 0,
+    lows: Sequence[float | None] | None = None,
+    highs: Sequence[float | None] | None = None,
 ) -> dict[str, float]:
-    """All leaderboard metrics for paired truths and guesses (None or NaN marks a failure)."""
+    """All leaderboard metrics for paired truths and guesses (None or NaN marks a failure), plus the interval
+    metrics when `lows` and `highs` give some guesses an interval."""
     t = np.asarray(truths, dtype=float)
     g = np.array([np.nan if v is None else v for v in guesses], dtype=float)
     if t.shape != g.shape:
@@ -100,6 +109,8 @@ def compute_metrics(
         "failures": n - n_ok,
         "coverage": n_ok / n if n else nan,
     }
+    if lows is not None and highs is not None:
+        out.update(interval_metrics(t, g, lows, highs))
     if n_ok == 0:
         out.update(dict.fromkeys(("mae", "mae_ci_low", "mae_ci_high", "median_ae", "rmsle", "mse", "r2"), nan))
         out["hit_rate"] = 0.0 if n else nan
@@ -120,3 +131,27 @@ def compute_metrics(
         hit_rate=colours.count(GREEN) / n,
     )
     return out
+
+
+def interval_metrics(
+    truths: Sequence[float] | np.ndarray,
+    guesses: Sequence[float | None] | np.ndarray,
+    lows: Sequence[float | None],
+    highs: Sequence[float | None],
+) -> dict[str, float]:
+    """Coverage and mean width of the intervals of the non-failed guesses that have one ({} when none has)."""
+    t = np.asarray(truths, dtype=float)
+    g = np.array([np.nan if v is None else v for v in guesses], dtype=float)
+    lo = np.array([np.nan if v is None else v for v in lows], dtype=float)
+    hi = np.array([np.nan if v is None else v for v in highs], dtype=float)
+    has = ~np.isnan(g) & ~np.isnan(lo) & ~np.isnan(hi)
+    if not has.any():
+        return {}
+    t, lo, hi = t[has], lo[has], hi[has]
+    inside = (lo <= t) & (t <= hi)
+    return {
+        "interval_n": float(has.sum()),
+        "interval_coverage": float(inside.mean()),
+        "interval_width": float((hi - lo).mean()),
+        "interval_log_width": float((np.log(np.clip(hi, 1e-9, None)) - np.log(np.clip(lo, 1e-9, None))).mean()),
+    }

@@ -6,7 +6,9 @@ temperature 0 and a seed, a few output tokens, the number read by `parse_price_t
 (`batch_size = 1`): the evaluator's worker pool supplies the concurrency, its cache means a repeated or
 interrupted evaluation pays only for items it has not priced, and a failed call is a failed prediction
 with its reason — never a $0 guess. With `logprobs=true` the guess is the expected price over the first
-number token's alternatives (see `expected_from_logprobs`).
+number token's alternatives (see `expected_from_logprobs`). With `rag=K` the user turn starts with the course's
+frontier-agent context: the item's K most similar training items (from `appraiser index build`'s index, or
+`index=FOLDER`) and their prices (see `pricers.rag`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, ClassVar
 from appraiser.api import ApiClient, ApiError, load_prices, resolve_endpoint
 from appraiser.items import Item
 from appraiser.pricers.base import Prediction, Pricer, parse_price_text
+from appraiser.pricers.rag import CONTEXT_INTRO, Retriever, api_context
 from appraiser.pricers.registry import register
 
 SYSTEM = "You estimate prices of items. Reply only with the price, no explanation"
@@ -26,11 +29,12 @@ QUESTION = "How much does this cost?"
 PREFILL = "Price is $"
 
 
-def messages_for(item: Item, prefill: bool = True) -> list[dict[str, str]]:
-    """The course's messages for one item (its text is what a pricer may see; never the price)."""
+def messages_for(item: Item, prefill: bool = True, context: str = "") -> list[dict[str, str]]:
+    """The course's messages for one item (its text is what a pricer may see; never the price); `context`
+    (the RAG block of similar items and their prices, see `pricers.rag.api_context`) goes before the question."""
     msgs = [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": f"{QUESTION}\n\n{item.text}"},
+        {"role": "user", "content": f"{context}{QUESTION}\n\n{item.text}"},
     ]
     if prefill:
         msgs.append({"role": "assistant", "content": PREFILL})
@@ -92,6 +96,8 @@ class ApiPricer(Pricer):
         max_retries: int = 3,
         timeout: float = 60.0,
         prices: str | None = None,
+        rag: int = 0,
+        index: str | None = None,
     ):
         self.endpoint = resolve_endpoint(provider, base_url, key_env)
         self.model = str(model)
@@ -121,6 +127,10 @@ class ApiPricer(Pricer):
             "timeout": float(timeout),
         }
         self.prices = load_prices(prices)
+        if int(rag) < 0:
+            raise ValueError(f"rag must be 0 (no retrieval) or the number of similar items to show, not {rag}")
+        self.rag = int(rag)
+        self.retriever = Retriever(index) if self.rag else None
         self._client: ApiClient | None = None
         self._lock = threading.Lock()
 
@@ -136,11 +146,13 @@ class ApiPricer(Pricer):
             "prefill": self.prefill,
             "logprobs": self.logprobs,
             "prompt": [SYSTEM, QUESTION, PREFILL if self.prefill else None],
+            **({"rag": self.rag, **self.retriever.describe(), "context": CONTEXT_INTRO} if self.retriever else {}),
         }
 
     @property
     def label(self) -> str:
-        return f"{self.name}[{self.model}{',logprobs' if self.logprobs else ''}]"
+        extra = (",logprobs" if self.logprobs else "") + (f",rag={self.rag}" if self.rag else "")
+        return f"{self.name}[{self.model}{extra}]"
 
     @property
     def client(self) -> ApiClient:
@@ -166,13 +178,14 @@ class ApiPricer(Pricer):
         self._lock = threading.Lock()
 
     def predict_one(self, item: Item) -> Prediction:
+        context = api_context(self.retriever.neighbours([item], self.rag)[0]) if self.retriever else ""
         params: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature}
         if self.endpoint.provider.seed:
             params["seed"] = self.seed
         if self.logprobs and self.endpoint.provider.logprobs:
             params.update(logprobs=True, top_logprobs=self.top_logprobs)
         try:
-            resp = self.client.chat(self.model, messages_for(item, self.prefill), **params)
+            resp = self.client.chat(self.model, messages_for(item, self.prefill, context), **params)
         except ApiError as e:
             return Prediction(price=None, raw=f"error: {e}")
         if not resp.choices:

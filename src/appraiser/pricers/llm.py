@@ -8,6 +8,8 @@ run folder (its `best/` adapter, else `final/`), or a run of the run store by id
 `RUN/final`). A fine-tuned model is prompted exactly as it was
 trained: the prompt settings come from the run's `appraiser.json`.
 
+With `rag=K` each prompt starts with the item's K most similar training items and their prices
+(`pricers.rag.local_context`, from the retrieval index).
 The model loads on first use and is never pickled (a saved pricer stores only its settings).
 """
 
@@ -24,6 +26,7 @@ from appraiser.inference.decode import METHODS, PriceDistribution, predict_price
 from appraiser.items import Item
 from appraiser.models import DEFAULT_MODEL, check_model, find_adapter, finetune_info, load_model
 from appraiser.pricers.base import Prediction, Pricer
+from appraiser.pricers.rag import Retriever, local_context
 from appraiser.pricers.registry import register
 
 #: Which summary of the price distribution is the guess: the mean (the expected price; best for MAE when the
@@ -83,6 +86,8 @@ class LLMPricer(Pricer):
         load_in_4bit: bool = False,
         device: str | None = None,
         point: str = "mean",
+        rag: int = 0,
+        index: str | None = None,
     ):
         if method not in (*METHODS, "auto"):
             raise ValueError(f"method must be one of auto, {', '.join(METHODS)}, not {method!r}")
@@ -95,6 +100,10 @@ class LLMPricer(Pricer):
         if max_text_tokens is not None and int(max_text_tokens) < 1:
             raise ValueError(f"max_text_tokens must be at least 1, not {max_text_tokens}")
         self.point = point
+        if int(rag) < 0:
+            raise ValueError(f"rag must be 0 (no retrieval) or the number of similar items to show, not {rag}")
+        self.rag = int(rag)
+        self.retriever = Retriever(index) if self.rag else None
         self.model = str(model)
         self.batch_size = int(batch_size)
         self.beam_width = int(beam_width)
@@ -134,6 +143,7 @@ class LLMPricer(Pricer):
             "point": self.point,
             "load_in_4bit": self.load_in_4bit,
             "prompt": vars(self.prompt_config),
+            **({"rag": self.rag, **self.retriever.describe()} if self.retriever else {}),
         }
 
     @property
@@ -146,6 +156,7 @@ class LLMPricer(Pricer):
             what = self.model
         extra = "" if self.method in ("expected", "head") else f",{self.method}"
         extra += "" if self.point == "mean" or self.method in ("greedy", "head") else f",{self.point}"
+        extra += f",rag={self.rag}" if self.rag else ""
         return f"{self.name}[{what}{extra}]"
 
     # ------------------------------------------------------------ model
@@ -171,10 +182,18 @@ class LLMPricer(Pricer):
 
     # ------------------------------------------------------------ predict
 
+    def prompts(self, items: Sequence[Item], tokenizer: Any) -> list[str]:
+        """The prompts the model reads: the fine-tune's own, after the RAG context when `rag` > 0."""
+        prompts = [make_prompt(it, tokenizer, self.prompt_config) for it in items]
+        if self.retriever is not None:  # similar training items and their prices before the question
+            found = self.retriever.neighbours(items, self.rag)
+            prompts = [local_context(ns, tokenizer) + p for ns, p in zip(found, prompts, strict=True)]
+        return prompts
+
     def distributions(self, items: Sequence[Item], progress: Any = None) -> list[PriceDistribution | None]:
         """The full price distribution per item (None where the model wrote no number)."""
         model, tokenizer = self.model_and_tokenizer()
-        prompts = [make_prompt(it, tokenizer, self.prompt_config) for it in items]
+        prompts = self.prompts(items, tokenizer)
         return predict_prices(
             model,
             tokenizer,

@@ -42,6 +42,8 @@ def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
     import appraiser.pricers.api  # noqa: F401
     import appraiser.pricers.baselines  # noqa: F401
+    import appraiser.pricers.ensemble  # noqa: F401
+    import appraiser.pricers.knn  # noqa: F401
     import appraiser.pricers.llm  # noqa: F401
 
 

@@ -1,0 +1,235 @@
+"""`ensemble`: a stacked combination of base pricers, fitted on their out-of-fold predictions.
+
+Why stacking and not a plain average: members differ in how good they are and in how they err, and the
+weights that combine them should be learned — but never on predictions a member made for items it was
+trained on (those look better than they are), and never on the split the ensemble is measured on. So
+
+* the training draw is cut into K folds; each member is fitted on K-1 of them and predicts the last, which
+  gives every training item an out-of-fold prediction from every member;
+* the combiner is fitted on those predictions in log-price space: non-negative least squares with a free
+  intercept (`combine="nnls"`, weights >= 0, so a member can only be used or dropped, never bet against), or
+  the course's linear regression on [members..., min, max] (`combine="linear"`);
+* the members are then refitted on the whole training draw, and the ensemble prices with them;
+* `fit` never reads the validation split (its `validation` argument is ignored, and members are fitted
+  without it), so validation labels cannot reach the weights.
+
+Members are registered pricer names with their default options (`members="xgboost,tfidf-ridge,knn"`), or
+`name:key=value:key=value` to set options. The weights are reported (`weights_`, `config()`), saved with the
+pricer and reload with it like any fitted pricer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from appraiser.data.weighting import sample_weights
+from appraiser.items import MAX_PRICE, MIN_PRICE, Item
+from appraiser.pricers.base import Prediction, Pricer
+from appraiser.pricers.registry import register
+
+COMBINERS = ("nnls", "linear")
+
+
+def parse_members(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """`"xgboost,knn:k=20"` -> [("xgboost", {}), ("knn", {"k": 20})] (values parsed as JSON when they can be)."""
+    import json
+
+    out = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        name, *opts = part.split(":")
+        options: dict[str, Any] = {}
+        for o in opts:
+            key, sep, value = o.partition("=")
+            if not sep:
+                raise ValueError(f"member option {o!r} is not key=value")
+            try:
+                options[key] = json.loads(value)
+            except json.JSONDecodeError:
+                options[key] = value
+        out.append((name.strip(), options))
+    if not out:
+        raise ValueError("name at least one member")
+    return out
+
+
+def _log_prices(preds: Sequence[Prediction]) -> np.ndarray:
+    return np.array([np.nan if p.price is None else np.log(max(p.price, MIN_PRICE)) for p in preds])
+
+
+def _fill(X: np.ndarray) -> np.ndarray:
+    """A failed member prediction (NaN) becomes the mean of the other members' on that item."""
+    X = X.copy()
+    rows = np.isnan(X).any(axis=1)
+    if rows.any():
+        means = np.nanmean(X[rows], axis=1)
+        X[rows] = np.where(np.isnan(X[rows]), means[:, None], X[rows])
+    return X
+
+
+def nnls_with_intercept(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """Weighted least squares of y on X with non-negative coefficients and a free intercept."""
+    from scipy.optimize import nnls
+
+    sw = np.sqrt(w / w.mean())
+    ones = np.ones((len(X), 1))
+    A = np.hstack([X, ones, -ones]) * sw[:, None]
+    coef, _ = nnls(A, y * sw)
+    return coef[:-2], float(coef[-2] - coef[-1])
+
+
+@register("ensemble", "stacked ensemble: out-of-fold member predictions combined in log space (non-negative)")
+class EnsemblePricer(Pricer):
+    name: ClassVar[str] = "ensemble"
+
+    def __init__(
+        self,
+        members: str = "xgboost,tfidf-ridge,knn",
+        folds: int = 5,
+        combine: str = "nnls",
+        seed: int = 0,
+        weighting: str = "none",
+        categories: str | None = None,
+        off_category_weight: float = 1.0,
+    ):
+        if combine not in COMBINERS:
+            raise ValueError(f"combine must be one of {', '.join(COMBINERS)}, not {combine!r}")
+        if int(folds) < 2:
+            raise ValueError(f"folds must be at least 2, not {folds}")
+        if weighting == "match":
+            raise ValueError("weighting 'match' reads the validation split; the ensemble never does (none|price_flat)")
+        self.members = str(members)
+        self.member_specs = parse_members(self.members)
+        from appraiser.pricers import registry
+
+        for name, options in self.member_specs:  # a typo fails now, not after the first fold
+            registry.create(name, **options)
+        self.folds, self.combine, self.seed = int(folds), combine, int(seed)
+        self.weighting = weighting
+        self.categories = tuple(c.strip() for c in categories.split(",")) if categories else None
+        self.off_category_weight = float(off_category_weight)
+        self.fitted_: list[Pricer] = []
+        self.weights_: dict[str, float] = {}
+        self.intercept_: float = 0.0
+        self.coef_: np.ndarray | None = None
+        self.oof_: np.ndarray | None = None
+        self.fit_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ identity
+
+    @property
+    def labels(self) -> list[str]:
+        from appraiser.pricers import registry
+
+        return [registry.create(n, **o).label for n, o in self.member_specs]
+
+    @property
+    def label(self) -> str:
+        return f"ensemble[{'+'.join(self.labels)}{'' if self.combine == 'nnls' else ',linear'}]"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "members": self.members,
+            "folds": self.folds,
+            "combine": self.combine,
+            "seed": self.seed,
+            "weighting": self.weighting,
+            "categories": list(self.categories) if self.categories else None,
+            "off_category_weight": self.off_category_weight,
+            "weights": self.weights_,
+            "intercept": self.intercept_,
+        }
+
+    # ------------------------------------------------------------ fit
+
+    def _member(self, j: int) -> Pricer:
+        from appraiser.pricers import registry
+
+        name, options = self.member_specs[j]
+        opts = dict(options)
+        if "seed" in registry.options(name) and "seed" not in opts:
+            opts["seed"] = self.seed
+        return registry.create(name, **opts)
+
+    def _features(self, X: np.ndarray) -> np.ndarray:
+        if self.combine == "linear":
+            return np.hstack([X, X.min(axis=1, keepdims=True), X.max(axis=1, keepdims=True)])
+        return X
+
+    def fit(self, train: Sequence[Item], validation: Sequence[Item] | None = None) -> EnsemblePricer:
+        """Out-of-fold member predictions → combiner → members refitted on all of `train`.
+        `validation` is ignored on purpose (see the module doc)."""
+        from sklearn.model_selection import KFold
+
+        from appraiser.evaluation.evaluator import fit_pricer
+
+        train = list(train)
+        if len(train) < self.folds * 2:
+            raise ValueError(f"{len(train)} training items are too few for {self.folds} folds")
+        start = time.perf_counter()
+        m = len(self.member_specs)
+        oof = np.full((len(train), m), np.nan)
+        folds = KFold(self.folds, shuffle=True, random_state=self.seed).split(np.arange(len(train)))
+        for tr, te in folds:
+            part, held = [train[i] for i in tr], [train[i] for i in te]
+            for j in range(m):
+                p = self._member(j)
+                fit_pricer(p, part)
+                oof[te, j] = _log_prices(p.predict(held))
+        y = np.log(np.array([it.price for it in train]))
+        w = sample_weights(
+            train, self.weighting, None, categories=self.categories, off_category_weight=self.off_category_weight
+        )
+        X = self._features(_fill(oof))
+        keep = w > 0
+        if self.combine == "nnls":
+            coef, intercept = nnls_with_intercept(X[keep], y[keep], w[keep])
+        else:
+            from sklearn.linear_model import LinearRegression
+
+            lr = LinearRegression().fit(X[keep], y[keep], sample_weight=w[keep])
+            coef, intercept = lr.coef_, float(lr.intercept_)
+        self.coef_, self.intercept_ = np.asarray(coef, dtype=float), intercept
+        names = self.labels + (["min", "max"] if self.combine == "linear" else [])
+        self.weights_ = {n: round(float(c), 6) for n, c in zip(names, self.coef_, strict=True)}
+        self.oof_ = oof
+        stacked = X @ self.coef_ + intercept
+        self.fitted_ = []
+        for j in range(m):
+            p = self._member(j)
+            fit_pricer(p, train)
+            self.fitted_.append(p)
+        self.fit_info = {
+            "n_train": len(train),
+            "weights": self.weights_,
+            "intercept": round(self.intercept_, 6),
+            "oof_rmse_log": round(float(np.sqrt(np.mean((stacked - y) ** 2))), 6),
+            "member_oof_rmse_log": {
+                n: round(float(np.sqrt(np.nanmean((oof[:, j] - y) ** 2))), 6) for j, n in enumerate(self.labels)
+            },
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        return self
+
+    # ------------------------------------------------------------ predict
+
+    def member_log_prices(self, items: Sequence[Item]) -> np.ndarray:
+        """(n_items, members) log prices from the refitted members."""
+        return np.column_stack([_log_prices(p.predict(items)) for p in self.fitted_])
+
+    def predict(self, items: Sequence[Item]) -> list[Prediction]:
+        if not self.fitted_:
+            raise RuntimeError(f"{self.label}: call fit() (or load a fitted ensemble) before predict()")
+        if not items:
+            return []
+        X = self.member_log_prices(items)
+        failed = np.isnan(X).all(axis=1)
+        z = self._features(_fill(np.where(failed[:, None], 0.0, X))) @ self.coef_ + self.intercept_
+        prices = np.clip(np.exp(z), MIN_PRICE, MAX_PRICE)
+        return [Prediction(price=None if f else float(p)) for p, f in zip(prices, failed, strict=True)]

@@ -1,0 +1,77 @@
+"""The stacked ensemble: never fitted on validation labels, non-negative weights, reloads to the same guesses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appraiser.data.io import read_items
+from appraiser.pricers import registry
+from appraiser.pricers.base import Pricer
+from appraiser.pricers.ensemble import nnls_with_intercept, parse_members
+
+MEMBERS = "tfidf-ridge,constant-median,linear"
+
+
+@pytest.fixture(scope="module")
+def split(data_dir: Path):
+    return read_items(data_dir / "train.jsonl", limit=600), read_items(data_dir / "validation.jsonl", limit=40)
+
+
+def test_nnls_weights_are_non_negative_with_a_free_intercept():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    y = 2.0 * X[:, 0] - 1.0 * X[:, 1] + 5.0  # the second member is anti-correlated: its weight must be 0
+    coef, intercept = nnls_with_intercept(X, y, np.ones(200))
+    assert coef.min() >= 0 and coef[1] == 0
+    coef, intercept = nnls_with_intercept(X[:, [0, 2]], 2.0 * X[:, 0] - 3.0, np.ones(200))
+    assert coef == pytest.approx([2.0, 0.0], abs=1e-9) and intercept == pytest.approx(-3.0)
+
+
+def test_members_parse_with_options():
+    assert parse_members("xgboost, knn:k=20:aggregate=median") == [
+        ("xgboost", {}),
+        ("knn", {"k": 20, "aggregate": "median"}),
+    ]
+    with pytest.raises(ValueError):
+        parse_members(" , ")
+
+
+def test_ensemble_never_sees_validation_labels(split):
+    """The same training draw with validation given, with its prices scrambled, or without it: the same fit."""
+    train, val = split
+    scrambled = [
+        it.model_copy(update={"price": float(p)}) for it, p in zip(val, np.random.permutation(200), strict=False)
+    ]
+    fits = [registry.create("ensemble", members=MEMBERS, folds=3).fit(train, v) for v in (val, scrambled, None)]
+    assert fits[0].weights_ == fits[1].weights_ == fits[2].weights_
+    guesses = [[p.price for p in e.predict(val)] for e in fits]
+    assert guesses[0] == guesses[1] == guesses[2]
+    assert all(w >= 0 for w in fits[0].weights_.values())
+    assert set(fits[0].weights_) == set(fits[0].labels)
+
+
+def test_ensemble_saves_reloads_and_predicts_the_same(split, tmp_path: Path):
+    train, val = split
+    e = registry.create("ensemble", members=MEMBERS, folds=3).fit(train)
+    back = Pricer.load(e.save(tmp_path / "e.pkl"))
+    assert back.weights_ == e.weights_ and back.config() == e.config()
+    assert [p.price for p in back.predict(val)] == [p.price for p in e.predict(val)]
+
+
+def test_linear_combiner_reads_min_and_max(split):
+    train, val = split
+    e = registry.create("ensemble", members="tfidf-ridge,constant-median", folds=3, combine="linear").fit(train)
+    assert set(e.weights_) == {"tfidf-ridge", "constant-median", "min", "max"}
+    assert all(p.price is not None and p.price > 0 for p in e.predict(val))
+
+
+def test_ensemble_refuses_match_weighting_and_unknown_members():
+    from appraiser.data.io import DataError
+
+    with pytest.raises(DataError, match="validation"):
+        registry.create("ensemble", weighting="match")
+    with pytest.raises(DataError):
+        registry.create("ensemble", members="no-such-pricer")
