@@ -44,6 +44,21 @@ def serve_command(
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.", min=1)] = 512,
     max_loaded: Annotated[int, typer.Option(help="Models kept in memory at once.", min=1)] = 2,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    max_jobs: Annotated[int, typer.Option(help="Fine-tuning jobs trained at once (one process each).", min=1)] = 1,
+    webhook_url: Annotated[
+        str | None, typer.Option(help="POST fine_tuning.job.succeeded|failed|cancelled webhooks here.")
+    ] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(help="whsec_… secret that signs webhooks (default $APPRAISER_WEBHOOK_SECRET)."),
+    ] = None,
+    job_save_every: Annotated[
+        int | None, typer.Option(help="Checkpoint fine-tuning jobs every N steps (default: every epoch).", min=1)
+    ] = None,
+    job_max_steps: Annotated[int | None, typer.Option(help="Cap every fine-tuning job at N steps.", min=1)] = None,
+    job_threads: Annotated[
+        int | None, typer.Option(help="torch threads per fine-tuning worker (default: torch's choice).", min=1)
+    ] = None,
 ) -> None:
     """Serve Appraiser's models over the OpenAI API (chat completions, models) plus /v1/price."""
     from appraiser.server import ServerSettings, create_app
@@ -59,8 +74,22 @@ def serve_command(
     quiet_libraries()
     import uvicorn
 
+    secret = webhook_secret or os.environ.get("APPRAISER_WEBHOOK_SECRET")
+    if webhook_url and not secret:
+        raise DataError("--webhook-url needs --webhook-secret (or $APPRAISER_WEBHOOK_SECRET): webhooks are signed")
     app = create_app(
-        ServerSettings(keys=keys, max_body_bytes=max_body, max_tokens_cap=max_tokens, max_loaded=max_loaded)
+        ServerSettings(
+            keys=keys,
+            max_body_bytes=max_body,
+            max_tokens_cap=max_tokens,
+            max_loaded=max_loaded,
+            max_jobs=max_jobs,
+            webhook_url=webhook_url,
+            webhook_secret=secret,
+            job_save_every=job_save_every,
+            job_max_steps=job_max_steps,
+            job_threads=job_threads,
+        )
     )
     logging.getLogger("appraiser.server").setLevel(log_level.upper())
     console.print(f"appraiser serve on http://{host}:{port}/v1 ({'API keys required' if keys else 'no API key'})")

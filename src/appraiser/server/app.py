@@ -49,6 +49,13 @@ class ServerSettings:
     max_waiting: int = 64  # generation requests queued or running before a 429
     device: str | None = None
     root: Path | None = None  # where files and batches live (default: <home>/server)
+    # fine-tuning jobs (server.finetune)
+    max_jobs: int = 1  # jobs training at once, each in its own worker process
+    webhook_url: str | None = None  # where fine_tuning.job.* webhooks go
+    webhook_secret: str | None = None  # whsec_... that signs them
+    job_save_every: int | None = None  # checkpoint every N steps (default: once per epoch, as OpenAI)
+    job_max_steps: int | None = None  # cap on a job's steps (tests, benchmarks)
+    job_threads: int | None = None  # torch threads of a job's worker (default: torch's choice)
 
 
 # ---------------------------------------------------------------- request bodies
@@ -195,6 +202,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 code="invalid_value",
                 param="items",
             )
+        if req.model.startswith("ft:"):  # another key's fine-tuned model is a 404, even when it is loaded
+            await anyio.to_thread.run_sync(pool.card, req.model)
         batcher = batchers.get(req.model)
         if batcher is None:
             pricer, lock = await anyio.to_thread.run_sync(_pricer_for, pool, req.model)

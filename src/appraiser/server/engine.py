@@ -1,7 +1,10 @@
 """The models `appraiser serve` answers for, loaded on demand and kept warm, and text generation on them.
 
 A model id is a packaged base model (`smollm2-135m`, `gemma3-270m` when installed) or a fine-tuned run of
-the run store (its name or id: its `best/` adapter; `RUN/final` for the last one). At most `max_loaded`
+the run store (its name or id: its `best/` adapter; `RUN/final` for the last one), or a model of the
+fine-tuning API (`ft:…`, `ft:…:ckpt-step-N`), which only the API key owner whose job made it can see: the
+owner of the request in progress is `current_owner` (set per request by `server.finetune`), and an
+`ft:` id of someone else is a 404 like one that does not exist. At most `max_loaded`
 models stay in memory (least recently used goes). One lock per model serialises generation on it: torch
 already uses every core for one forward on a CPU, so two at once would only interleave.
 """
@@ -9,14 +12,28 @@ already uses every core for one forward on a CPU, so two at once would only inte
 from __future__ import annotations
 
 import collections
+import contextvars
 import math
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from appraiser.server.errors import OpenAIError
+
+#: The API key owner of the request being answered (None outside a request).
+current_owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("appraiser_owner", default=None)
+
+OWNED_PREFIX = "ft:"
+
+
+class OwnedModels(Protocol):
+    """Models that belong to one owner (the fine-tuning jobs' models)."""
+
+    def cards(self, owner: str | None) -> list[ModelCard]: ...
+
+    def card(self, model_id: str, owner: str | None) -> ModelCard | None: ...
 
 
 @dataclass
@@ -83,9 +100,11 @@ class ModelPool:
         self.max_loaded, self.device = max_loaded, device
         self._loaded: collections.OrderedDict[str, Loaded] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self.owned: list[OwnedModels] = []  # e.g. server.jobs: `ft:` models, each visible to its owner only
 
     def cards(self) -> list[ModelCard]:
-        return packaged_cards() + run_cards()
+        owner = current_owner.get()
+        return packaged_cards() + run_cards() + [c for o in self.owned for c in o.cards(owner)]
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Loaded models and how their chat requests were batched."""
@@ -96,9 +115,16 @@ class ModelPool:
             }
 
     def card(self, model_id: str) -> ModelCard:
-        for c in self.cards():
-            if c.id == model_id:
-                return c
+        if model_id.startswith(OWNED_PREFIX):  # straight to their owner's models: no scan of the run store
+            owner = current_owner.get()
+            for o in self.owned:
+                found = o.card(model_id, owner)
+                if found is not None:
+                    return found
+        else:
+            for c in packaged_cards() + run_cards():
+                if c.id == model_id:
+                    return c
         raise OpenAIError(
             404,
             f"The model '{model_id}' does not exist (GET /v1/models lists them).",
@@ -107,6 +133,8 @@ class ModelPool:
         )
 
     def get(self, model_id: str) -> Loaded:
+        if model_id.startswith(OWNED_PREFIX):
+            self.card(model_id)  # loaded for one owner is still a 404 for every other
         with self._lock:
             if model_id in self._loaded:
                 self._loaded.move_to_end(model_id)

@@ -4,6 +4,9 @@ A killed server loses nothing: file bytes are written to a temporary name and re
 exists, a batch's finished requests are appended to its partial output as they complete, and on start
 the server picks up every batch still `in_progress`, skipping the requests already answered. Every read
 is filtered by owner, so one key never sees — or learns the existence of — another key's files or batches.
+
+Fine-tuning jobs (`server.jobs`) are rows here too, the OpenAI job object as JSON; their runs, events and
+metrics live in the server's own run store.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ CREATE TABLE IF NOT EXISTS files (
     bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'processed'
 );
 CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at INTEGER NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at INTEGER NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL
 );
 """
@@ -168,6 +174,59 @@ class ServerStore:
                     "SELECT id FROM batches WHERE status IN ('validating', 'in_progress', 'finalizing', 'cancelling')"
                 )
             ]
+
+    # ------------------------------------------------------------ fine-tuning jobs
+
+    def add_job(self, owner: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO jobs (id, owner, created_at, status, body) VALUES (?, ?, ?, ?, ?)",
+                (body["id"], owner, body["created_at"], body["status"], json.dumps(body)),
+            )
+        return body
+
+    def get_job(self, owner: str | None, job_id: str) -> dict[str, Any]:
+        """A job's stored body; another owner's job is a 404, exactly like one that does not exist."""
+        with self._db() as db:
+            if owner is None:
+                row = db.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            else:
+                row = db.execute("SELECT body FROM jobs WHERE id = ? AND owner = ?", (job_id, owner)).fetchone()
+        if row is None:
+            raise OpenAIError(
+                404, f"Fine-tuning job {job_id} not found", code="fine_tune_not_found", param="fine_tuning_job_id"
+            )
+        return json.loads(row["body"])
+
+    def job_owner(self, job_id: str) -> str:
+        with self._db() as db:
+            return db.execute("SELECT owner FROM jobs WHERE id = ?", (job_id,)).fetchone()["owner"]
+
+    def update_job(self, job_id: str, *, expect: tuple[str, ...] | None = None, **fields: Any) -> dict[str, Any] | None:
+        """Merge `fields` into a job's body. With `expect`, only while its status is one of those (None
+        otherwise): a compare-and-set, so a worker never overwrites a cancel that arrived meanwhile."""
+        with self._db() as db:
+            row = db.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            body = json.loads(row["body"])
+            if expect is not None and body["status"] not in expect:
+                return None
+            body = {**body, **fields}
+            db.execute("UPDATE jobs SET status = ?, body = ? WHERE id = ?", (body["status"], json.dumps(body), job_id))
+        return body
+
+    def list_jobs(self, owner: str | None = None, statuses: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Jobs newest first (oldest first when listing by status, the order they run in)."""
+        sql, params = "SELECT body FROM jobs WHERE 1 = 1", []
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        if statuses:
+            sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            params.extend(statuses)
+        order = "ASC" if statuses else "DESC"
+        with self._db() as db:
+            rows = db.execute(sql + f" ORDER BY created_at {order}, rowid {order}", params)
+            return [json.loads(r["body"]) for r in rows]
 
 
 def _file_obj(row: sqlite3.Row) -> dict[str, Any]:
