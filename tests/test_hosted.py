@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -111,3 +110,237 @@ def test_start_records_a_provider_error_on_the_run(server, pool: Path, tmp_path:
     assert run.kind == "hosted" and run.status == "failed" and run.error
     assert run.config["training_file"].startswith("file-")  # the upload went through before the refusal
     assert KEY not in json.dumps(run.config)  # where the key lives, never the key
+
+
+# ---------------------------------------------------------------- a live server that trains
+
+STEPS = 2  # every job is capped at this many steps (the server's --job-max-steps), a checkpoint at each
+
+
+@pytest.fixture(scope="module")
+def trainer_server(tmp_path_factory):
+    """(base_url, home) of an `appraiser serve` that runs fine-tuning jobs: two steps each, a checkpoint
+    after each step, and a body limit that takes a training file."""
+    import httpx2
+    from conftest import _free_port
+
+    home = tmp_path_factory.mktemp("trainer-home")
+    port = _free_port()
+    log = home / "serve.log"
+    env = {**os.environ, "APPRAISER_HOME": str(home), "APPRAISER_DTYPE": "fp32"}
+    cmd = [EXE, "serve", "--port", str(port), "--api-key", KEY, "--max-body", "5000000",
+           "--job-max-steps", str(STEPS), "--job-save-every", "1", "--max-tokens", "16"]  # fmt: skip
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"appraiser serve exited: {log.read_text()}")
+        try:
+            if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx2.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail(f"appraiser serve did not come up: {log.read_text()}")
+    yield f"{base}/v1", home
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+class FlakyProxy:
+    """A loopback HTTP proxy in front of the server that answers the first `fail` requests for job events
+    with 429 and then 503 (what a busy provider does), and forwards everything else unchanged."""
+
+    def __init__(self, upstream: str, fail: int):
+        import http.server
+        import threading
+
+        import httpx2
+
+        self.upstream, self.remaining, self.failed = upstream.removesuffix("/v1"), fail, 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.split("?")[0].endswith("/events") and proxy.remaining > 0:
+                    proxy.remaining -= 1
+                    proxy.failed += 1
+                    status = 429 if proxy.failed % 2 else 503
+                    payload = json.dumps({"error": {"message": "slow down", "type": "rate_limit"}}).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("retry-after-ms", "10")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                r = httpx2.request(self.command, proxy.upstream + self.path, headers=headers, content=body, timeout=120)
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(r.content)
+
+            do_GET = do_POST = do_DELETE = _forward
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FlakyProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+
+
+def _prepared(pool: Path, tmp_path: Path, n_train: int = 12, n_validation: int = 3) -> Path:
+    out = tmp_path / "prepared"
+    r = cli("hosted", "prepare", "--items", pool, "--n-train", n_train, "--n-validation", n_validation, "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _trackio_losses(trackio_dir: Path, run_id: str) -> dict[int, float]:
+    """The `loss` per step that trackio stored for a run, read back through trackio's own storage API (in
+    a fresh process: trackio reads `$TRACKIO_DIR` once, at import)."""
+    code = (
+        "import json, sys; from trackio.sqlite_storage import SQLiteStorage; "
+        "print(json.dumps(SQLiteStorage.get_logs('appraiser', sys.argv[1])))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, run_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TRACKIO_DIR": str(trackio_dir)},
+    )
+    assert r.returncode == 0, r.stderr
+    logs = json.loads(r.stdout.strip().splitlines()[-1])
+    return {int(row["step"]): float(row["loss"]) for row in logs if "loss" in row}
+
+
+@pytest.mark.slow
+def test_start_follows_the_job_live_into_the_store_trackio_and_leaderboard(
+    trainer_server, pool: Path, data_dir: Path, tmp_path: Path
+):
+    """The course's hosted workflow as one command, against `appraiser serve` through a proxy that
+    rate-limits the event list: upload, job, live events and metrics (store and trackio), the result
+    CSV, and the fine-tuned model priced on the test set and put on the leaderboard."""
+    base, _home = trainer_server
+    out = _prepared(pool, tmp_path)
+    test = tmp_path / "test.jsonl"
+    write_items(read_items(data_dir / "validation.jsonl", limit=3), test)
+    trackio_dir = tmp_path / "trackio"
+    env = {"APPRAISER_API_KEY": KEY, "TRACKIO_DIR": str(trackio_dir)}
+    with FlakyProxy(base, fail=6) as proxy:
+        r = cli("hosted", "start", "--from", out, "--provider", "appraiser", "--base-url", proxy.url,
+                "--epochs", 1, "--batch-size", 1, "--report-to", "trackio", "--eval-on-finish", "--eval-checkpoints",
+                "--test", test, "--size", 3, "--interval", 0.5, "--plain", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert proxy.failed == 6 and "retrying in" in r.stderr  # backed off past the SDK's own retries
+    (run,) = RunStore().list()
+    store = RunStore()
+    assert run.kind == "hosted" and run.status == "succeeded" and run.external_id.startswith("ftjob-")
+    assert run.config["fine_tuned_model"].startswith("ft:") and run.config["estimate"]["n_epochs"] == 1
+    messages = [e.message for e in store.events(run.id)]
+    step_lines = [m for m in messages if m.startswith("Step ")]
+    assert step_lines and f"Step 1/{STEPS}" in step_lines[0]  # the job's own words, oldest first
+    assert len(messages) == len(set(messages))  # nothing mirrored twice
+    steps, losses = store.series(run.id, "loss")
+    assert steps == list(range(1, STEPS + 1)) and run.step == STEPS and run.max_steps == STEPS
+    assert _trackio_losses(trackio_dir, run.id) == pytest.approx(dict(zip(steps, losses, strict=True)))
+    assert run.best_metric in ("full_valid_loss", "valid_loss") and run.best_value > 0
+    evaluated = [m for m in messages if m.startswith("Evaluated ")]
+    assert len(evaluated) == STEPS + 1  # each checkpoint's model and the final one
+    from appraiser.evaluation.store import LeaderboardStore
+
+    with LeaderboardStore() as lb:
+        labels = {row.pricer for row in lb.rows()}
+    assert f"api[{run.config['fine_tuned_model']}]" in labels
+    shown = cli("runs", "show", run.id)
+    assert shown.returncode == 0 and run.external_id in shown.stdout
+    cps = cli("hosted", "checkpoints", run.id, env=env)
+    assert cps.returncode == 0 and run.config["fine_tuned_model"].split(":")[1] in cps.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_watch_continues_from_the_cursor_without_duplicates(trainer_server, pool: Path, tmp_path: Path):
+    """Interrupted once its first metrics are in, the follower exits 130 and says how to go on; trackio
+    already holds those steps while the job still runs (live, not synced at the end); a rerun mirrors the
+    rest, each event once."""
+    base, _home = trainer_server
+    out = _prepared(pool, tmp_path)
+    trackio_dir = tmp_path / "trackio"
+    env = {"APPRAISER_API_KEY": KEY, "TRACKIO_DIR": str(trackio_dir)}
+    r = cli("hosted", "start", "--from", out, "--provider", "appraiser", "--base-url", base, "--epochs", 1,
+            "--batch-size", 1, "--report-to", "trackio", "--detach", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (run,) = RunStore().list()
+    assert run.status in ("queued", "running") and "hosted watch" in r.stdout
+    store = RunStore()
+    watcher = subprocess.Popen(
+        [EXE, "hosted", "watch", run.id, "--interval", "0.3", "--plain"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and not store.series(run.id, "loss")[0] and watcher.poll() is None:
+        time.sleep(0.2)
+    watcher.send_signal(signal.SIGINT)
+    stdout, stderr = watcher.communicate(timeout=120)
+    if watcher.returncode == 0:
+        pytest.skip("the job ended before the interrupt arrived")
+    assert watcher.returncode == 130, stderr
+    assert f"rerun `appraiser hosted watch {run.id}` to continue" in stderr
+    if not store.get(run.id).finished:  # the job was still running: trackio had its steps already
+        seen = store.series(run.id, "loss")[0]
+        assert set(seen) <= set(_trackio_losses(trackio_dir, run.id))
+    again = cli("hosted", "watch", run.id, "--interval", "0.3", "--plain", env=env)
+    assert again.returncode == 0, again.stderr
+    assert store.get(run.id).status == "succeeded"
+    events = store.events(run.id)
+    mirrored = [e.message for e in events if e.message.startswith("Step ")]
+    assert len(mirrored) == len(set(mirrored)) == STEPS  # each step once, across the two followers
+    import openai
+
+    sdk = openai.OpenAI(base_url=base, api_key=KEY)
+    provider = [e.message for e in sdk.fine_tuning.jobs.list_events(run.external_id, limit=100).data]
+    ours = [e.message for e in events]
+    assert all(ours.count(m) == provider.count(m) for m in provider)  # every event, and once
+    steps, losses = store.series(run.id, "loss")
+    assert _trackio_losses(trackio_dir, run.id) == pytest.approx(dict(zip(steps, losses, strict=True)))
+
+
+@pytest.mark.slow
+def test_cancel_and_runs_watch_on_a_hosted_run(trainer_server, pool: Path, tmp_path: Path):
+    base, _home = trainer_server
+    out = _prepared(pool, tmp_path)
+    env = {"APPRAISER_API_KEY": KEY}
+    r = cli("hosted", "start", "--from", out, "--provider", "appraiser", "--base-url", base, "--epochs", 3,
+            "--batch-size", 1, "--detach", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (run,) = RunStore().list()
+    c = cli("hosted", "cancel", run.id, env=env)
+    assert c.returncode == 0, c.stderr
+    assert "cancelled" in c.stdout
+    w = cli("runs", "watch", run.id, "--interval", "0.3", env=env, timeout=300)
+    assert w.returncode == 0, w.stderr
+    assert RunStore().get(run.id).status == "cancelled"
+    assert "is cancelled" in w.stdout

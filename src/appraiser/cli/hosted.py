@@ -34,6 +34,10 @@ ReportOpt = Annotated[str | None, typer.Option("--report-to", help="trackers fed
 TestOpt = Annotated[Path | None, typer.Option("--test", help="test split for --eval-on-finish (default validation)")]
 SizeOpt = Annotated[int, typer.Option("--size", help="test items for --eval-on-finish")]
 PlainOpt = Annotated[bool, typer.Option("--plain", help="print events as lines instead of the live chart")]
+NotifyOpt = Annotated[
+    list[str] | None,
+    typer.Option("--notify", help="Apprise URL sent the result card when the job ends (repeatable; not stored)"),
+]
 
 CONTINUE = "rerun `appraiser hosted watch {run}` to continue"
 
@@ -177,19 +181,46 @@ def _last_event_id(store: Any, run_id: str) -> int:
     return events[-1].id if events else 0
 
 
-def _after_job(store: Any, run: Any, job: Any, eval_on_finish: bool, eval_checkpoints: bool) -> None:
-    """What a follow ends with: the outcome line, the evaluations asked for, the exit code."""
+def _after_job(
+    store: Any, run: Any, job: Any, eval_on_finish: bool, eval_checkpoints: bool, notify: list[str] | None = None
+) -> None:
+    """What a follow ends with: the outcome line, the evaluations asked for, the notifications, the exit code."""
     run = store.get(run.id)
     if job is None:
         return
     if run.status == "succeeded":
         model = run.config.get("fine_tuned_model")
         console.print(f"[green]succeeded[/green]: {escape(str(model))}", highlight=False)
-        if eval_on_finish:
-            _evaluate(store, run, eval_checkpoints)
+        try:
+            if eval_on_finish:
+                _evaluate(store, run, eval_checkpoints)
+        finally:
+            _notify(store, run.id, notify)
         return
+    _notify(store, run.id, notify)
     err_console.print(f"job {escape(run.status)}" + (f": {escape(run.error)}" if run.error else ""), highlight=False)
     raise typer.Exit(1)
+
+
+def _check_notify(urls: list[str] | None) -> list[str]:
+    """Every `--notify` URL checked before anything is uploaded."""
+    if not urls:
+        return []
+    from appraiser.notify import check_url
+
+    for url in urls:
+        problem = check_url(url)
+        if problem:
+            raise DataError(f"--notify: {problem}")
+    return list(urls)
+
+
+def _notify(store: Any, run_id: str, urls: list[str] | None) -> None:
+    """The run's result card to each URL, once per final state (`appraiser.notify.notify_run`)."""
+    if urls:
+        from appraiser.notify import notify_run
+
+        notify_run(store, run_id, urls)
 
 
 def _evaluate(store: Any, run: Any, with_checkpoints: bool) -> None:
@@ -235,6 +266,7 @@ def start_command(
     detach: Annotated[bool, typer.Option("--detach", help="start the job and return; follow it later")] = False,
     interval: IntervalOpt = 5.0,
     plain: PlainOpt = False,
+    notify: NotifyOpt = None,
 ) -> None:
     """Check and upload the files, start the fine-tuning job, record it as a hosted run, and follow it live."""
     from appraiser.api import resolve_endpoint
@@ -258,6 +290,7 @@ def start_command(
     if not interval > 0:
         raise DataError("--interval must be more than 0 seconds")
     trackers = check_report_to(_names(report_to))
+    urls = _check_notify(notify)
     endpoint = resolve_endpoint(provider, base_url, key_env)
     endpoint.api_key()  # a missing key is an error now, not after the checks
     model = model or _default_model(provider, base_url)
@@ -295,7 +328,7 @@ def start_command(
         console.print(f"follow it with `appraiser hosted watch {escape(run.id)}`", highlight=False)
         return
     job = follow_live(store, run, interval=interval, plain=plain)
-    _after_job(store, run, job, eval_on_finish, eval_checkpoints)
+    _after_job(store, run, job, eval_on_finish, eval_checkpoints, urls)
 
 
 @app.command("watch")
@@ -307,8 +340,10 @@ def watch_command(
         bool | None, typer.Option("--eval-on-finish/--no-eval", help="default: as the run was started")
     ] = None,
     plain: PlainOpt = False,
+    notify: NotifyOpt = None,
 ) -> None:
     """Follow a hosted run's job from where the last follower stopped, until it ends."""
+    urls = _check_notify(notify)
     store = _store()
     r = store.get(run)
     if r.kind != "hosted":
@@ -317,7 +352,7 @@ def watch_command(
     job = follow_live(store, r, interval=interval, report_to=names, plain=plain)
     cfg = store.get(r.id).config
     wanted = cfg.get("eval_on_finish", False) if eval_on_finish is None else eval_on_finish
-    _after_job(store, r, job, bool(wanted), bool(cfg.get("eval_checkpoints")))
+    _after_job(store, r, job, bool(wanted), bool(cfg.get("eval_checkpoints")), urls)
 
 
 # ---------------------------------------------------------------- checkpoints / cancel
@@ -334,7 +369,7 @@ def checkpoints_command(run: RunArg) -> None:
         return
     table = Table(box=None, header_style="bold")
     for col in ("step", "train loss", "valid loss", "full valid loss", "model"):
-        table.add_column(col, justify="left" if col == "model" else "right")
+        table.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
 
     def num(v: float | None) -> str:
         return "-" if v is None else f"{v:.4f}"

@@ -207,10 +207,8 @@ class Follower:
         for step, values in rows:
             if values:
                 self.store.log_metrics(self.run_id, step, values)
+                self._progress(step, run.max_steps, values)
                 self._track(step, values)
-        if rows:
-            last = max(step for step, _ in rows)
-            self.store.update(self.run_id, step=max(run.step, last), max_steps=run.max_steps or last)
 
     def run(self) -> Any:
         """Follow until the job ends (returns the final job) or `stop` is set (returns None)."""
