@@ -92,18 +92,54 @@ class ProgressView:
             )
 
 
-def trend_lines(store: Any, run_id: str) -> list[Text]:
-    """The trend verdicts of a run's loss (and probe MAE, once it has a few points), one line each."""
+#: The series a verdict is given for: (metric name, label, fewest points for a verdict, shown in dollars).
+TREND_SERIES = (
+    ("loss", "loss", 20, False),
+    ("eval_loss", "validation loss", 3, False),
+    ("probe_mae", "probe MAE", 3, True),
+)
+
+_VERDICT_STYLE = {"falling": "green", "flat": "yellow", "rising": "red", "diverging": "bold red"}
+
+
+def trend_lines(store: Any, run_id: str, *, eta_s: float | None = None) -> list[Text]:
+    """The trend verdicts of a run's loss, validation loss and probe MAE (once each has a few points), one line
+    each; `eta_s` (a running run's time left) is added to the loss line."""
     from appraiser.runs.trend import verdict
 
     out = []
-    for name, label, min_points in (("loss", "loss", 20), ("probe_mae", "probe MAE", 3)):
+    for name, label, min_points, _ in TREND_SERIES:
         _, values = store.series(run_id, name)
         if values:
             v = verdict(values, metric=label, min_points=min_points)
-            style = {"falling": "green", "flat": "yellow", "rising": "red", "diverging": "bold red"}.get(v.state, "")
-            out.append(Text.assemble(f"{label} trend: ", (v.message, style)))
+            line = Text.assemble(f"{label} trend: ", (v.message, _VERDICT_STYLE.get(v.state, "")))
+            if name == "loss" and eta_s is not None and math.isfinite(eta_s):
+                line.append(f"  (ETA {fmt_duration(eta_s)})", style="dim")
+            out.append(line)
     return out
+
+
+def story_lines(store: Any, run_id: str) -> list[Text]:
+    """The whole history of each series as one line: "loss: fast initial drop 3.2 → 1.6 (steps 1–18), then
+    flat around 1.58 (steps 19–80)" (`runs show --verdict`, and `runs watch` once the run ended)."""
+    from appraiser.runs.trend import phases, story
+
+    out = []
+    for name, label, min_points, money in TREND_SERIES:
+        steps, values = store.series(run_id, name)
+        if values:
+            last = phases(steps, values, min_points=min_points)
+            style = _VERDICT_STYLE.get(last[-1].state, "") if last else ""
+            out.append(Text(story(steps, values, metric=label, min_points=min_points, money=money), style=style))
+    return out
+
+
+def stall_line(store: Any, run_id: str) -> Text | None:
+    """A warning when a running run has written nothing for too long (runs.stalls), else None."""
+    from appraiser.runs.stalls import check_stall
+
+    stall = check_stall(store, run_id)
+    return Text(f"warning: {stall.message}", style="bold yellow") if stall is not None else None
 
 
 def watch_frame(store: Any, run_id: str, *, alpha: float = 0.1, width: int = 70, height: int = 14) -> Group:
@@ -142,7 +178,12 @@ def watch_frame(store: Any, run_id: str, *, alpha: float = 0.1, width: int = 70,
         width=width,
         height=height,
     )
-    parts: list[Any] = [head, *trend_lines(store, r.id), Panel(chart, title="training loss", expand=False)]
+    eta = latest.get("eta_s") if status == "running" else None
+    parts: list[Any] = [head]
+    stall = stall_line(store, r.id)
+    if stall is not None:
+        parts.append(stall)
+    parts += [*trend_lines(store, r.id, eta_s=eta), Panel(chart, title="training loss", expand=False)]
     probe_steps, maes = store.series(r.id, "probe_mae")
     if maes:
         parts.append(

@@ -20,7 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from appraiser.cli import console
-from appraiser.cli.progress import STATUS_STYLE, trend_lines, watch_frame
+from appraiser.cli.progress import STATUS_STYLE, story_lines, trend_lines, watch_frame
 from appraiser.data.io import DataError
 
 app = typer.Typer(no_args_is_help=True, help="Training runs: list them, read their log, watch one live.")
@@ -120,11 +120,30 @@ def events_command(
         time.sleep(1.0)
 
 
+def _print_story(store: Any, run_id: str) -> None:
+    """The whole history's story of each series (`--verdict`): its trend phases, oldest first."""
+    r = store.get(run_id)
+    console.print(f"run [bold]{escape(r.id)}[/bold] {escape(r.name or '')}: {_status(r.display_status)}, step {r.step}")
+    lines = story_lines(store, r.id)
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
+    if not lines:
+        console.print("no losses recorded yet")
+
+
+VerdictOpt = Annotated[
+    bool, typer.Option("--verdict", help="print the story of the whole history (e.g. fast initial drop, then flat)")
+]
+
+
 @app.command("show")
-def show_command(run: RunArg) -> None:
+def show_command(run: RunArg, story: VerdictOpt = False) -> None:
     """A run's status, progress, latest metrics, files and configuration."""
     store = _store()
     r = store.get(run)
+    if story:
+        _print_story(store, r.id)
+        return
     latest = store.latest(r.id)
     table = Table(box=None, show_header=False)
     table.add_column(style="bold")
@@ -167,10 +186,14 @@ def watch_command(
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
     alpha: Annotated[float, typer.Option(help="EMA smoothing factor (smaller: smoother)")] = 0.1,
     width: Annotated[int, typer.Option(help="chart width in characters")] = 70,
+    story: VerdictOpt = False,
 ) -> None:
-    """A live chart of the raw and smoothed training loss; exits when the run ends."""
+    """A live chart of the raw and smoothed training loss with the trend verdict; exits when the run ends."""
     store = _store()
     r = store.get(run)
+    if story:
+        _print_story(store, r.id)
+        return
     if not 0 < alpha <= 1:
         raise DataError("--alpha must be in (0, 1]")
     if width < 10:
@@ -196,6 +219,8 @@ def watch_command(
     if not console.is_terminal:
         console.print()  # the last live frame ends without a newline when output is not a terminal
     console.print(f"run {escape(r.id)} is {escape(store.get(r.id).display_status)}")
+    for line in story_lines(store, r.id):
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 def register(app_: typer.Typer) -> None:

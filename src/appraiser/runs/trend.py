@@ -10,8 +10,13 @@ matters is whether there is "a gradual decrease". Two tools answer that:
   (one bad batch must not hide a trend); and `steps_without_decrease` counts how far back from the end
   there is no evidence (P < 0.51) of a decrease.
 
-States: too early, falling, flat (no evidence of decrease over the window), rising, diverging (non-finite,
-or the median of the last 10 steps `diverge_ratio` times its best).
+States: too early, falling, flat (no evidence of decrease over the window, or over the last half of it or
+more: a fast early drop must not hide that the loss stopped moving), rising, diverging (non-finite, or the
+median of the last 10 steps `diverge_ratio` times its best).
+
+`story` tells a whole history: its phases (the flat or rising tail split off where `steps_without_decrease`
+says it began, the rest judged as one), e.g. "fast initial drop 3.20 → 1.61 (steps 1–18), then flat around
+1.58 (steps 19–80)".
 """
 
 from __future__ import annotations
@@ -131,10 +136,80 @@ def verdict(
     _, _, p_robust = _p_decrease(x[keep], y[keep])
     flat_for = steps_without_decrease(recent)
     p_best = max(p, p_robust)
-    if p_best >= 0.9:
-        state = "falling"
-    elif 1 - p >= 0.95 and 1 - p_robust >= 0.95:
+    if 1 - p >= 0.95 and 1 - p_robust >= 0.95:
         state = "rising"
+    elif flat_for >= max(min_points, len(recent) / 2) and steps_without_decrease(y[keep]) >= keep.sum() / 2:
+        # No decrease over the last half of the window or more (also without the top 10%: one bad batch near
+        # the end is not a plateau): flat now, whatever the first half did. The verdict reports that stretch.
+        tail = y[-flat_for:]
+        slope, se, p = _p_decrease(np.arange(len(tail), dtype=float), tail)
+        return Verdict("flat", p, flat_for, slope, se, None, flat_for, metric)
+    elif p_best >= 0.9:
+        state = "falling"
     else:
         state = "flat"
     return Verdict(state, p, len(recent), slope, se, p_robust, flat_for, metric)
+
+
+@dataclass
+class Phase:
+    """One stretch of a history with one trend: its state, first and last step, level at each end."""
+
+    state: str
+    first_step: int
+    last_step: int
+    start: float  # mean of its first few raw values
+    end: float  # mean of its last few raw values
+    median: float
+
+    def describe(self, fast: bool = False, money: bool = False) -> str:
+        f = (lambda v: f"${v:,.2f}") if money else (lambda v: f"{v:.3g}")
+        steps = f"steps {self.first_step}–{self.last_step}"
+        if self.state == "falling":
+            what = "fast initial drop" if fast else "falling"
+            return f"{what} {f(self.start)} → {f(self.end)} ({steps})"
+        if self.state == "rising":
+            return f"rising {f(self.start)} → {f(self.end)} ({steps})"
+        if self.state == "flat":
+            return f"flat around {f(self.median)} ({steps})"
+        return f"{self.state} ({steps})"
+
+
+def _phase(state: str, steps: Sequence[int], y: np.ndarray) -> Phase:
+    k = max(1, min(5, len(y) // 4))
+    return Phase(state, int(steps[0]), int(steps[-1]), float(y[:k].mean()), float(y[-k:].mean()), float(np.median(y)))
+
+
+def phases(steps: Sequence[int], values: Sequence[float], *, min_points: int = 20) -> list[Phase]:
+    """The history split into trend phases, oldest first (non-finite values dropped)."""
+    pairs = [(s, v) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
+    if not pairs:
+        return []
+    st = [s for s, _ in pairs]
+    y = np.asarray([v for _, v in pairs], float)
+    if len(y) < min_points:
+        return [_phase("too early", st, y)]
+    tail = steps_without_decrease(y)
+    if tail >= min_points and len(y) - tail >= min_points:
+        head = phases(st[: len(y) - tail], y[: len(y) - tail], min_points=min_points)
+        v = verdict(y[-tail:], window=tail, min_points=min_points)
+        state = "rising" if v.state == "rising" else "flat"
+        return head + [_phase(state, st[-tail:], y[-tail:])]
+    v = verdict(y, window=len(y), min_points=min_points)
+    return [_phase(v.state, st, y)]
+
+
+def story(
+    steps: Sequence[int], values: Sequence[float], *, metric: str = "loss", min_points: int = 20, money: bool = False
+) -> str:
+    """The whole history in one line: "loss: fast initial drop 3.2 → 1.6 (steps 1–18), then flat around 1.58
+    (steps 19–80)". A first falling phase is "fast" when it holds more than half of the whole drop."""
+    ph = phases(steps, values, min_points=min_points)
+    if not ph:
+        return f"{metric}: no values"
+    if any(not math.isfinite(v) for v in values):
+        ph.append(Phase("diverging", int(steps[-1]), int(steps[-1]), math.nan, math.nan, math.nan))
+    total = ph[0].start - min(p.end for p in ph if math.isfinite(p.end)) if ph[0].state == "falling" else 0.0
+    fast = len(ph) > 1 and ph[0].state == "falling" and (ph[0].start - ph[0].end) > 0.5 * total > 0
+    parts = [ph[0].describe(fast=fast, money=money)] + [p.describe(money=money) for p in ph[1:]]
+    return f"{metric}: " + ", then ".join(parts)
