@@ -63,3 +63,77 @@ def test_split_test_and_probe_rules():
         split_test_and_probe({"validation": held}, 4, 3)
     with pytest.raises(DataError, match="needs more than"):
         split_test_and_probe({"train": train, "validation": held}, 10, 3)
+
+
+def _report(data_dir, tmp_path):
+    """A demo report from two real evaluations and a run store holding a fine-tune's loss and probes."""
+    import math
+
+    from appraiser.data.io import read_items
+    from appraiser.demo import DemoConfig
+    from appraiser.demo_report import write_index
+    from appraiser.evaluation.evaluator import evaluate
+    from appraiser.pricers import registry
+    from appraiser.runs.store import RunStore
+    from appraiser.training.trainer import TrainResult
+
+    out = tmp_path / "report"
+    train = read_items(data_dir / "train.jsonl", limit=300)
+    test = read_items(data_dir / "validation.jsonl", limit=24)
+    results = []
+    for name in ("constant-mean", "tfidf-ridge"):
+        pricer = registry.create(name)
+        pricer.fit(train)
+        results.append(evaluate(pricer, test, name=name, show=False, charts_dir=out / "charts" / name))
+    store = RunStore(tmp_path / "runs.db")
+    run = store.create(name="demo-report", max_steps=120)
+    for s in range(1, 121):
+        store.log_metrics(run.id, s, {"loss": 1 + 2 * math.exp(-s / 30) + 0.2 * math.sin(s)})
+        if s % 40 == 0:
+            store.log_metrics(run.id, s, {"probe_mae": 200 - s})
+    trained = TrainResult(run.id, tmp_path, 120, 1.5, tmp_path / "final", tmp_path / "best", 80.0, 120)
+    cfg = DemoConfig(data=str(data_dir), out=out)
+    return write_index(out, cfg, results, [], trained, store), results, store, run
+
+
+def test_the_report_shows_its_charts_inline_with_the_loss_trend_and_verdict(data_dir, tmp_path):
+    from appraiser.runs.trend import verdict
+
+    index, results, store, run = _report(data_dir, tmp_path)
+    page = index.read_text()
+    for div in ("leaderboard-chart", "best-scatter", "best-running", "loss-chart"):
+        assert f'id="{div}"' in page
+    assert '<script src="plotly.min.js">' in page and (index.parent / "plotly.min.js").stat().st_size > 1_000_000
+    assert "cdn" not in page.lower() and "https://" not in page
+    best = min(results, key=lambda r: r.metrics["mae"])
+    assert f"The best pricer: {best.pricer}" in page
+    expected = verdict(store.series(run.id, "loss")[1], metric="loss").message
+    assert f"Loss trend: {expected}" in page
+    assert "loss (EMA)" in page and "noise band" in page and "probe MAE" in page
+    assert (index.parent / "charts" / "loss.png").exists() and (index.parent / "charts" / "loss.html").exists()
+
+
+@pytest.mark.browser
+def test_the_report_draws_in_a_browser_offline(data_dir, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("chromium not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    index, *_ = _report(data_dir, tmp_path)
+    artifacts = Path(__file__).parent / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(index.as_uri())
+        page.wait_for_selector("#loss-chart .main-svg")
+        assert page.locator(".main-svg").count() >= 4  # leaderboard, scatter, running error, loss
+        page.screenshot(path=str(artifacts / "demo-report.png"), full_page=True)
+        browser.close()

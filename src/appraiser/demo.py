@@ -2,7 +2,7 @@
 
 Baselines → zero-shot base model → a short LoRA fine-tune (live progress) → the fine-tuned model,
 all on one fixed test set, with a leaderboard and charts written to one report folder whose
-`index.html` links everything. The same code runs on a GPU with a large model (`--model`).
+`index.html` shows them inline (see `demo_report`). The same code runs on a GPU with a large model (`--model`).
 
 The test set is the first `test_size` items of the data's test split (or of validation, when the
 data has no test split, as the shared data does). The fine-tune's probe set — which picks the best
@@ -11,18 +11,17 @@ checkpoint — is taken from the items *after* the test set, so no checkpoint is
 
 from __future__ import annotations
 
-import html
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from appraiser.data.io import DataError, load_splits, write_items
+from appraiser.demo_report import write_index
 from appraiser.evaluation.charts import leaderboard_chart, slug
 from appraiser.evaluation.evaluator import EvalResult, evaluate
 from appraiser.evaluation.store import LeaderboardStore
-from appraiser.items import Item, fingerprint
+from appraiser.items import Item
 from appraiser.models import DEFAULT_MODEL
 from appraiser.pricers import registry
 
@@ -187,64 +186,3 @@ def run_demo(
     chart_paths = leaderboard_chart(rows, out / "charts", name="leaderboard")
     index = write_index(out, cfg, results, chart_paths, trained)
     return DemoResult(out, index, results, trained.run_id, time.perf_counter() - t0)
-
-
-def _rel(path: Path, base: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(path)
-
-
-def write_index(out: Path, cfg: DemoConfig, results: list[EvalResult], chart_paths: list[Path], trained: Any) -> Path:
-    """A plain static `index.html` linking the leaderboard, every chart and every predictions file."""
-    rows = sorted(results, key=lambda r: r.metrics.get("mae", float("inf")))
-    fp = results[0].test_fingerprint if results else fingerprint([])
-
-    def cell(v: float | None, fmt: str) -> str:
-        return "–" if v is None or v != v else fmt.format(v)
-
-    table = "\n".join(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-            html.escape(r.pricer),
-            cell(r.metrics.get("mae"), "${:,.2f}"),
-            f"${r.metrics['mae_ci_low']:,.0f}–${r.metrics['mae_ci_high']:,.0f}" if "mae_ci_low" in r.metrics else "–",
-            cell(r.metrics.get("rmsle"), "{:.3f}"),
-            cell(r.metrics.get("hit_rate"), "{:.0%}"),
-            int(r.metrics.get("failures", 0)),
-            f"{r.seconds:,.1f}s",
-            " ".join(
-                f'<a href="{html.escape(_rel(p, out))}">{html.escape(p.suffix[1:] + ":" + p.stem)}</a>'
-                for p in r.charts
-            )
-            + f' <a href="predictions/{slug(r.pricer)}.jsonl">predictions</a>',
-        )
-        for r in rows
-    )
-    board = " ".join(f'<a href="{html.escape(_rel(p, out))}">{html.escape(p.name)}</a>' for p in chart_paths)
-    png = next((p for p in chart_paths if p.suffix == ".png"), None)
-    img = f'<p><img src="{html.escape(_rel(png, out))}" style="max-width:100%"></p>' if png else ""
-    run_line = (
-        f"<p>Fine-tune: run <code>{html.escape(trained.run_id)}</code>, {trained.steps} steps, "
-        f"adapter <code>{html.escape(str(trained.best or trained.final))}</code>. "
-        f"See <code>appraiser runs events {html.escape(trained.run_id)}</code>.</p>"
-    )
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Appraiser demo</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 10px;text-align:left}}
-tr:nth-child(even){{background:#f4f4f4}}</style></head>
-<body><h1>Appraiser demo</h1>
-<p>Data: <code>{html.escape(str(cfg.data))}</code>; test set: {len(results[0].results) if results else 0} items
-(fingerprint <code>{fp}</code>); model <code>{html.escape(cfg.model)}</code>{" (quick mode)" if cfg.quick else ""}.</p>
-<h2>Leaderboard</h2>
-<table><tr><th>pricer</th><th>MAE</th><th>95% CI</th><th>RMSLE</th><th>hit rate</th><th>failures</th>
-<th>time</th><th>charts</th></tr>
-{table}
-</table>
-<p>Leaderboard chart: {board}</p>{img}
-{run_line}
-</body></html>
-"""
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index

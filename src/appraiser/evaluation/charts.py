@@ -230,3 +230,184 @@ def leaderboard_chart(rows: Sequence[Row], folder: str | Path, name: str = "lead
     pfig.update_layout(title=title, xaxis_title="MAE ($)", yaxis={"autorange": "reversed"})
     paths.append(_write_html(pfig, folder / f"{name}.html"))
     return paths
+
+
+# ---------------------------------------------------------------- figures to embed (the demo report, inline)
+
+
+def scatter_figure(result: EvalResult, log: bool = True):
+    """Plotly guess-vs-truth scatter, coloured by band, with y = x (the HTML twin of `save_charts`' scatter)."""
+    import plotly.graph_objects as go
+
+    ok = [r for r in result.results if r.guess is not None]
+    truths = np.array([r.truth for r in ok])
+    guesses = np.array([r.guess for r in ok])
+    hi = float(max(truths.max(initial=1), guesses.max(initial=1))) * 1.1
+    lo = max(0.5, float(min(truths.min(initial=1), np.clip(guesses, 0.5, None).min(initial=1))) * 0.9) if log else 0
+    fig = go.Figure()
+    for band in ("green", "orange", "red"):
+        sel = [r for r in ok if r.color == band]
+        fig.add_trace(
+            go.Scatter(
+                x=[r.truth for r in sel],
+                y=[max(r.guess, lo) if log else r.guess for r in sel],
+                mode="markers",
+                name=band,
+                marker={"color": COLOURS[band], "size": 6},
+                text=[(r.title or r.id)[:80] for r in sel],
+                hovertemplate="%{text}<br>truth $%{x:,.2f}<br>guess $%{y:,.2f}<extra></extra>",
+            )
+        )
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"dash": "dash"}))
+    kind = "log" if log else "linear"
+    fig.update_layout(
+        title=f"{result.pricer}: guess vs truth",
+        xaxis={"title": "true price ($)", "type": kind},
+        yaxis={"title": "guess ($)", "type": kind},
+        height=520,
+        margin={"t": 50},
+    )
+    return fig
+
+
+def running_figure(result: EvalResult):
+    """Plotly running MAE with its 95% CI band, item by item."""
+    import plotly.graph_objects as go
+
+    mean, low, high = running_error([r.error for r in result.results if r.guess is not None])
+    x = np.arange(1, mean.size + 1)
+    fig = go.Figure(
+        [
+            go.Scatter(x=x, y=high, mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip"),
+            go.Scatter(x=x, y=low, mode="lines", line={"width": 0}, fill="tonexty", name="95% CI"),
+            go.Scatter(x=x, y=mean, mode="lines", name="running MAE"),
+        ]
+    )
+    fig.update_layout(
+        title=f"{result.pricer}: running mean absolute error",
+        xaxis_title="items scored",
+        yaxis_title="mean absolute error ($)",
+        height=420,
+        margin={"t": 50},
+    )
+    return fig
+
+
+def leaderboard_figure(results: Sequence[EvalResult]):
+    """Plotly MAE bars with asymmetric 95% CI whiskers, best first."""
+    import plotly.graph_objects as go
+
+    rows = sorted(results, key=lambda r: r.metrics.get("mae", float("inf")))
+    mae = [r.metrics["mae"] for r in rows]
+    fig = go.Figure(
+        go.Bar(
+            x=mae,
+            y=[r.pricer for r in rows],
+            orientation="h",
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": [r.metrics.get("mae_ci_high", m) - m for r, m in zip(rows, mae, strict=True)],
+                "arrayminus": [m - r.metrics.get("mae_ci_low", m) for r, m in zip(rows, mae, strict=True)],
+            },
+            text=[f"${m:,.2f}" for m in mae],
+            textposition="outside",
+        )
+    )
+    fig.update_layout(
+        title="Mean absolute error with 95% CI (lower is better)",
+        xaxis_title="MAE ($)",
+        yaxis={"autorange": "reversed"},
+        height=160 + 40 * len(rows),
+        margin={"l": 260, "t": 50},
+    )
+    return fig
+
+
+def loss_figure(
+    steps: Sequence[int],
+    losses: Sequence[float],
+    probe_steps: Sequence[int] = (),
+    probe_maes: Sequence[float] = (),
+    title: str = "training loss",
+    smoothing: float = 0.9,
+    max_points: int = 2000,
+):
+    """Plotly loss curve: raw, the debiased EMA (runs.trend) and its ±1 sd noise band; probe MAE on a second
+    axis. Downsampled with LTTB past `max_points` (the smoothing is computed on every point first)."""
+    import plotly.graph_objects as go
+
+    from appraiser.runs.downsample import lttb_indices
+    from appraiser.runs.trend import debiased_ema, noise_band
+
+    ema = debiased_ema(losses, smoothing)
+    band = noise_band(losses, ema)
+    idx = lttb_indices(list(steps), list(losses), max_points) if len(steps) > max_points else range(len(steps))
+    x = [steps[i] for i in idx]
+    fig = go.Figure(
+        [
+            go.Scatter(x=x, y=[band[i][1] for i in idx], mode="lines", line={"width": 0}, showlegend=False,
+                       hoverinfo="skip"),
+            go.Scatter(x=x, y=[band[i][0] for i in idx], mode="lines", line={"width": 0}, fill="tonexty",
+                       fillcolor="rgba(31,119,180,0.18)", name="noise band (±1 sd)", hoverinfo="skip"),
+            go.Scatter(x=x, y=[losses[i] for i in idx], mode="lines", name="loss (raw)",
+                       line={"color": "rgba(31,119,180,0.35)", "width": 1}),
+            go.Scatter(x=x, y=[ema[i] for i in idx], mode="lines", name="loss (EMA)",
+                       line={"color": "#1f77b4", "width": 2.5}),
+        ]
+    )  # fmt: skip
+    if probe_steps:
+        fig.add_trace(
+            go.Scatter(x=list(probe_steps), y=list(probe_maes), mode="lines+markers", name="probe MAE ($)",
+                       yaxis="y2", line={"color": "#ff7f0e"})
+        )  # fmt: skip
+    fig.update_layout(
+        title=title,
+        xaxis_title="step",
+        yaxis_title="training loss",
+        yaxis2={"title": "probe MAE ($)", "overlaying": "y", "side": "right", "showgrid": False},
+        legend={"orientation": "h", "y": -0.2},
+        height=460,
+        margin={"t": 60, "r": 70},
+    )
+    return fig
+
+
+def save_loss_chart(
+    steps: Sequence[int],
+    losses: Sequence[float],
+    folder: str | Path,
+    probe_steps: Sequence[int] = (),
+    probe_maes: Sequence[float] = (),
+    title: str = "training loss",
+    smoothing: float = 0.9,
+    name: str = "loss",
+) -> list[Path]:
+    """The loss curve as PNG (matplotlib: raw, EMA, band, probe MAE on a twin axis) and HTML (`loss_figure`)."""
+    from matplotlib.figure import Figure
+
+    from appraiser.runs.trend import debiased_ema, noise_band
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ema = debiased_ema(losses, smoothing)
+    band = np.array(noise_band(losses, ema)) if len(losses) else np.zeros((0, 2))
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.add_subplot()
+    if len(losses):
+        ax.fill_between(steps, band[:, 0], band[:, 1], alpha=0.2, color="#1f77b4", label="noise band (±1 sd)")
+    ax.plot(steps, losses, lw=0.8, alpha=0.4, color="#1f77b4", label="loss (raw)")
+    ax.plot(steps, ema, lw=2, color="#1f77b4", label="loss (EMA)")
+    ax.set(xlabel="step", ylabel="training loss", title=title)
+    handles, labels = ax.get_legend_handles_labels()
+    if len(probe_steps):
+        ax2 = ax.twinx()
+        ax2.plot(probe_steps, probe_maes, "o-", color="#ff7f0e", label="probe MAE ($)")
+        ax2.set_ylabel("probe MAE ($)")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="upper right", fontsize=8)
+    paths = [_save_png(fig, folder / f"{name}.png")]
+    pfig = loss_figure(steps, losses, probe_steps, probe_maes, title, smoothing)
+    paths.append(_write_html(pfig, folder / f"{name}.html"))
+    return paths
