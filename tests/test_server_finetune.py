@@ -133,7 +133,7 @@ def files(ft, data_dir, tmp_path_factory) -> dict[str, Path]:
     out = {"train": folder / "train.jsonl", "valid": folder / "valid.jsonl", "bad": folder / "bad.jsonl"}
     out["train"].write_text("".join(json.dumps(x) + "\n" for x in train))
     out["valid"].write_text("".join(json.dumps(x) + "\n" for x in valid))
-    bad = [*train[:4], {"messages": [{"role": "bot", "content": "hi"}]}, {"prompt": "x"}]
+    bad = [*train[:4], {"messages": [{"role": "bot", "content": "hi"}]}, {"prompt": "x"}, [1, 2]]
     out["bad"].write_text("".join(json.dumps(x) + "\n" for x in bad) + "not json\n")
     return out
 

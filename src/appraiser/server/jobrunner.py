@@ -311,8 +311,8 @@ class JobRunner:
                     self._fail(jid, "server_error", "The job failed due to an internal error (worker exited).", None)
                 else:
                     log.warning("fine-tuning job %s: worker exited (%s); it resumes", jid, p.returncode)
-            if job["status"] in ("cancelled", "paused"):
-                self._control(jid, None) if job["status"] == "cancelled" else None
+            if job["status"] == "cancelled":
+                self._control(jid, None)  # a pause's file stays until resume removes it
 
     def _launch(self) -> None:
         if self._stop.is_set():
