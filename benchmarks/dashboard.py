@@ -23,6 +23,7 @@ import math
 import os
 import random
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -39,23 +40,38 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 def fill(store: RunStore, steps: int, total: int) -> str:
-    """A running run with `steps` steps of a noisy decaying loss, logged as training logs it."""
+    """A running run with `steps` steps of a noisy decaying loss: the rows training writes, in one transaction
+    (30,000 separate commits take minutes on a busy machine; the live part below uses the store's API)."""
     run = store.create(name="bench-10k", model="smollm2-135m", max_steps=total)
     store.set_status(run.id, "running")
     rng = random.Random(0)
+    now = time.time()
+    metrics, events = [], []
     for s in range(1, steps + 1):
-        log_step(store, run.id, s, total, rng)
+        loss, values = step_values(s, total, rng)
+        metrics += [(run.id, s, k, v, now) for k, v in values.items()]
+        events.append((run.id, now, "info", f"Step {s}/{total}: training loss={loss:.4f}", s))
+    with sqlite3.connect(store.path) as db:
+        db.executemany("INSERT INTO metrics (run_id, step, name, value, time) VALUES (?, ?, ?, ?, ?)", metrics)
+        db.executemany("INSERT INTO events (run_id, time, level, message, step) VALUES (?, ?, ?, ?, ?)", events)
+    store.update(run.id, step=steps)
     return run.id
 
 
-def log_step(store: RunStore, run_id: str, s: int, total: int, rng: random.Random) -> None:
+def step_values(s: int, total: int, rng: random.Random) -> tuple[float, dict[str, float]]:
     loss = 0.6 + 2.4 * math.exp(-s / 1500) + rng.gauss(0, 0.25)
     values = {"loss": loss, "lr": 2e-4 * (1 - s / total), "grad_norm": abs(rng.gauss(2, 0.5)), "tokens_per_s": 900.0}
+    if s % 500 == 0:
+        values["probe_mae"] = 60 + 200 * math.exp(-s / 3000) + rng.gauss(0, 5)
+    return loss, values
+
+
+def log_step(store: RunStore, run_id: str, s: int, total: int, rng: random.Random) -> None:
+    """One step as the training callback logs it: metrics, progress, the event line."""
+    loss, values = step_values(s, total, rng)
     store.log_metrics(run_id, s, values)
     store.update(run_id, step=s)
     store.add_event(run_id, f"Step {s}/{total}: training loss={loss:.4f}", step=s)
-    if s % 500 == 0:
-        store.log_metrics(run_id, s, {"probe_mae": 60 + 200 * math.exp(-s / 3000) + rng.gauss(0, 5)})
 
 
 def start_dashboard(home: Path) -> tuple[subprocess.Popen, str]:
@@ -72,7 +88,9 @@ def start_dashboard(home: Path) -> tuple[subprocess.Popen, str]:
     while time.time() < deadline:
         words = [w for w in log.read_text().split() if w.startswith("http://")]
         if words:
-            return proc, words[0].rsplit("/dashboard", 1)[0]
+            base = words[0].rsplit("/dashboard", 1)[0]
+            httpx2.get(f"{base}/dashboard/api/runs", timeout=60).raise_for_status()
+            return proc, base
         if proc.poll() is not None:
             break
         time.sleep(0.2)

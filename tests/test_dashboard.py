@@ -368,3 +368,30 @@ def test_leaderboard_shows_cis_and_a_paired_comparison(dashboard, browser, leade
     assert page.evaluate("document.getElementById('scatter').data[0].x.length") == 40
     page.screenshot(path=str(ARTIFACTS / "dashboard-eval.png"), full_page=True)
     assert page.errors == []
+
+
+def test_checkpoints_are_listed_as_training_lists_them(tmp_path):
+    from appraiser.server import dashboard_data
+    from appraiser.training import checkpoints
+
+    assert (dashboard_data.CHECKPOINT_PREFIX, dashboard_data.CHECKPOINT_MARKER) == (
+        checkpoints.CHECKPOINT_PREFIX,
+        checkpoints.CHECKPOINT_MARKER,
+    )
+    store = RunStore(tmp_path / "runs.db")
+    run = store.create(name="ckpt")
+    for step, marked in ((4, True), (8, True), (12, False)):  # 12: still being written
+        folder = run.folder / f"checkpoint-{step}"
+        folder.mkdir()
+        if marked:
+            (folder / checkpoints.CHECKPOINT_MARKER).write_text("{}")
+    (run.folder / "checkpoint-x").mkdir()
+    expected = [{"step": s, "name": p.name} for s, p in checkpoints.checkpoints(run.folder)]
+    assert (
+        dashboard_data.checkpoints_of(run)
+        == expected
+        == [
+            {"step": 4, "name": "checkpoint-4"},
+            {"step": 8, "name": "checkpoint-8"},
+        ]
+    )

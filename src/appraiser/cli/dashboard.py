@@ -43,6 +43,7 @@ def dashboard_command(
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))  # bound here, so `--port 0` can say which port it got before serving
+    sock.listen(128)  # and listening: a client that reads the URL and connects at once waits, not refused
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/dashboard"
     console.print(f"appraiser dashboard on {url}", soft_wrap=True, highlight=False)
     if open_browser:

@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from sse_starlette.sse import EventSourceResponse
@@ -162,7 +163,7 @@ def _router(paths: data.Paths, keys_configured: bool) -> APIRouter:
         cursor = parse_cursor(request.headers.get("last-event-id")) or parse_cursor(after)
         if cursor is None:
             cursor = (0, 0)  # from the start: the page dedupes by step
-        live = LiveRun(store, run.id, cursor)
+        live = await anyio.to_thread.run_sync(LiveRun, store, run.id, cursor)  # reads the curve so far
         return EventSourceResponse(
             stream(live, request.is_disconnected), ping=15, headers={"Cache-Control": "no-store"}
         )

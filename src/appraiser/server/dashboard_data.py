@@ -7,11 +7,13 @@ loss curve carries its smoothed trend and noise band computed here (the same deb
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections import deque
 from contextlib import closing
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +54,35 @@ class Smoother:
         self.s, self.last, self.n = s, 0.0, 0
         self.residuals: deque[float] = deque(maxlen=window)
         self.last_step: int | None = None
+        self._sum = self._sq = 0.0  # of the finite residuals in the window: the sd in O(1) per point
+        self._count = 0
+        self._adds = 0
+
+    def _push(self, r: float) -> None:
+        if len(self.residuals) == self.residuals.maxlen:
+            old = self.residuals[0]
+            if math.isfinite(old):
+                self._sum, self._sq, self._count = self._sum - old, self._sq - old * old, self._count - 1
+        self.residuals.append(r)
+        if math.isfinite(r):
+            self._sum, self._sq, self._count = self._sum + r, self._sq + r * r, self._count + 1
+        self._adds += 1
+        if self._adds % 1000 == 0:  # re-add exactly now and then, so rounding never drifts
+            finite = [v for v in self.residuals if math.isfinite(v)]
+            self._sum, self._sq, self._count = sum(finite), sum(v * v for v in finite), len(finite)
 
     def add(self, step: int, y: float | None) -> tuple[float | None, float | None, float | None]:
         """(ema, low, high) after one more raw value."""
         self.last_step = step
         if y is None or not math.isfinite(y):
-            self.residuals.append(float("nan"))
+            self._push(float("nan"))
             return None, None, None
         self.n += 1
         self.last = self.last * self.s + (1 - self.s) * y
         m = self.last / (1 - self.s**self.n)
-        self.residuals.append(y - m)
-        r = [v for v in self.residuals if math.isfinite(v)]
-        if len(r) > 1:
-            mean = sum(r) / len(r)
-            sd = math.sqrt(sum((v - mean) ** 2 for v in r) / (len(r) - 1))
-        else:
-            sd = 0.0
+        self._push(y - m)
+        k = self._count
+        sd = math.sqrt(max(self._sq - self._sum * self._sum / k, 0.0) / (k - 1)) if k > 1 else 0.0
         return m, m - sd, m + sd
 
 
@@ -105,6 +119,11 @@ def trend_of(store: RunStore, run_id: str) -> dict[str, Any]:
     return out
 
 
+@lru_cache(maxsize=512)
+def _trend_cached(path: str, run_id: str, updated: float) -> str:
+    return json.dumps(trend_of(RunStore(path), run_id))
+
+
 def run_summary(store: RunStore, run: Run, with_trend: bool = True) -> dict[str, Any]:
     """One row of the runs list."""
     return {
@@ -124,7 +143,8 @@ def run_summary(store: RunStore, run: Run, with_trend: bool = True) -> dict[str,
         "created": run.created,
         "updated": run.updated,
         "error": run.error,
-        "trend": trend_of(store, run.id) if with_trend else {},
+        # a run that has not changed since has the same verdict: a list of finished runs costs nothing
+        "trend": json.loads(_trend_cached(str(store.path), run.id, run.updated)) if with_trend else {},
     }
 
 
@@ -148,13 +168,25 @@ def last_events(store: RunStore, run_id: str, n: int = EVENTS_ON_LOAD) -> list[d
     return [dict(r) for r in reversed(rows)]
 
 
+#: training.checkpoints' names, repeated here: importing that package loads torch and transformers (seconds),
+#: which a page listing folder names must not wait for. tests/test_dashboard.py checks they agree.
+CHECKPOINT_PREFIX, CHECKPOINT_MARKER = "checkpoint-", "appraiser-checkpoint.json"
+
+
 def checkpoints_of(run: Run) -> list[dict[str, Any]]:
-    """The complete checkpoints of a local run (step and folder name); none for a hosted one."""
+    """The complete checkpoints of a local run (step and folder name), as `training.checkpoints.checkpoints`
+    tells them (the marker is written last; runs from before markers: the Trainer's last file); none for a
+    hosted run."""
     if run.folder is None or not Path(run.folder).is_dir():
         return []
-    from appraiser.training.checkpoints import checkpoints
-
-    return [{"step": s, "name": p.name} for s, p in checkpoints(Path(run.folder))]
+    found = []
+    for p in Path(run.folder).glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = p.name[len(CHECKPOINT_PREFIX) :]
+        if suffix.isdigit() and p.is_dir():
+            found.append((int(suffix), p))
+    marked = any((p / CHECKPOINT_MARKER).exists() for _, p in found)
+    done = CHECKPOINT_MARKER if marked else "trainer_state.json"
+    return [{"step": s, "name": p.name} for s, p in sorted(found) if (p / done).exists()]
 
 
 def curve(steps: list[int], values: list[float], points: int | None, smooth: bool = True) -> dict[str, Any]:

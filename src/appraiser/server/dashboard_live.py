@@ -13,6 +13,7 @@ poll is one indexed query, so a point reaches the page well within a second with
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sqlite3
@@ -25,9 +26,9 @@ import anyio
 from appraiser.runs.store import RunStore
 from appraiser.server.dashboard_data import CURVES, Smoother, _connect, checkpoints_of, run_summary
 
-POLL_S = 0.2
+POLL_S = 0.1
 #: Status, verdict and checkpoints are re-read at most this often (they change slowly and cost more).
-SUMMARY_S = 1.0
+SUMMARY_S = 2.0
 #: Rows read per poll, so a reconnect after a long gap streams in pieces rather than one huge message.
 BATCH = 2000
 
@@ -128,25 +129,36 @@ class LiveRun:
 
 
 async def stream(live: LiveRun, is_disconnected: Any) -> AsyncIterator[dict[str, Any]]:
-    """The messages of one connection until the client leaves or the run has ended and everything is sent."""
+    """The messages of one connection until the client leaves or the run has ended and everything is sent.
+
+    Points are what must arrive fast, so the summary (status, verdict, checkpoints: tens of milliseconds on a
+    long run) is computed in a worker thread beside the polling, never in its way.
+    """
+    loop = asyncio.get_running_loop()
     yield {"event": "hello", "id": live.cursor(), "retry": 1000, "data": json.dumps({"cursor": live.cursor()})}
-    since_summary = SUMMARY_S
+    pending: asyncio.Future | None = loop.run_in_executor(None, live.summary)
+    next_summary = loop.time() + SUMMARY_S
     last_summary: str | None = None
     quiet_after_end = 0  # summaries that saw the run ended and nothing new: two, so its last lines are in
+    sent_since_summary = False
     while not await is_disconnected():
         messages = await anyio.to_thread.run_sync(live.poll)
         for m in messages:
             yield m
-        since_summary += POLL_S
-        if since_summary >= SUMMARY_S or messages:
-            since_summary = 0.0
-            summary = await anyio.to_thread.run_sync(live.summary)
+        sent_since_summary = sent_since_summary or bool(messages)
+        if pending is not None and pending.done():
+            summary = pending.result()
+            pending = None
             text = json.dumps(summary, allow_nan=False, default=str)
             if text != last_summary:
                 last_summary = text
                 yield {"event": "run", "id": live.cursor(), "data": text}
-            quiet_after_end = quiet_after_end + 1 if summary["finished"] and not messages else 0
+            quiet_after_end = quiet_after_end + 1 if summary["finished"] and not sent_since_summary else 0
+            sent_since_summary = False
             if quiet_after_end >= 2:
                 yield {"event": "end", "id": live.cursor(), "data": "{}"}
                 return
+        if pending is None and loop.time() >= next_summary:
+            pending = loop.run_in_executor(None, live.summary)
+            next_summary = loop.time() + SUMMARY_S
         await anyio.sleep(POLL_S)
