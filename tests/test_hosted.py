@@ -330,7 +330,9 @@ def test_ctrl_c_then_watch_continues_from_the_cursor_without_duplicates(trainer_
 
 
 @pytest.mark.slow
-def test_cancel_and_runs_watch_on_a_hosted_run(trainer_server, pool: Path, tmp_path: Path):
+def test_runs_watch_follows_a_hosted_job_and_cancel_ends_it(trainer_server, pool: Path, tmp_path: Path):
+    """`runs watch` on a hosted run that nobody follows mirrors the job's events itself; `hosted cancel`
+    ends the job, and the watch ends with it."""
     base, _home = trainer_server
     out = _prepared(pool, tmp_path, n_validation=0)
     env = {"APPRAISER_API_KEY": KEY}
@@ -338,10 +340,25 @@ def test_cancel_and_runs_watch_on_a_hosted_run(trainer_server, pool: Path, tmp_p
             "--batch-size", 1, "--detach", env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
     (run,) = RunStore().list()
+    store = RunStore()
+    before = len(store.events(run.id))  # ours only: nobody has followed the job yet
+    watcher = subprocess.Popen(
+        [EXE, "runs", "watch", run.id, "--interval", "0.3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and len(store.events(run.id)) == before and watcher.poll() is None:
+        time.sleep(0.2)
+    assert len(store.events(run.id)) > before  # the provider's events, mirrored by `runs watch`
     c = cli("hosted", "cancel", run.id, env=env)
     assert c.returncode == 0, c.stderr
     assert "cancelled" in c.stdout
-    w = cli("runs", "watch", run.id, "--interval", "0.3", env=env, timeout=300)
-    assert w.returncode == 0, w.stderr
-    assert RunStore().get(run.id).status == "cancelled"
-    assert "is cancelled" in w.stdout
+    stdout, stderr = watcher.communicate(timeout=300)
+    assert watcher.returncode == 0, stderr
+    assert f"run {run.id} is cancelled" in stdout
+    assert store.get(run.id).status == "cancelled"
+    ends = [e.message for e in store.events(run.id) if e.message.startswith("Job cancelled")]
+    assert len(ends) == 1

@@ -159,7 +159,9 @@ def cancel(store: Any, run: Any, client: ApiClient | None = None) -> Any:
     client = client or client_for(endpoint_of(run))
     job = call(client.sdk.fine_tuning.jobs.cancel, job_id)
     status = run_status(job.status)
-    if status != store.get(run.id).status:
+    final = status in ("succeeded", "failed", "cancelled")
+    # A final answer ends the run here; the follower then records no second end (same claim as its own).
+    if status != store.get(run.id).status and (not final or store.claim(run.id, "hosted:finished")):
         store.set_status(run.id, status, message=f"Job {job.status} (cancel requested)")
     return job
 
