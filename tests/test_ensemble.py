@@ -59,6 +59,19 @@ def test_ensemble_saves_reloads_and_predicts_the_same(split, tmp_path: Path):
     back = Pricer.load(e.save(tmp_path / "e.pkl"))
     assert back.weights_ == e.weights_ and back.config() == e.config()
     assert [p.price for p in back.predict(val)] == [p.price for p in e.predict(val)]
+    assert [p.low for p in back.predict(val)] == [p.low for p in e.predict(val)]
+
+
+def test_ensemble_and_members_carry_out_of_fold_intervals(split):
+    train, val = split
+    e = registry.create("ensemble", members=MEMBERS, folds=3, interval=0.8).fit(train)
+    assert e.q_ > 0 and len(e.member_q_) == 3
+    for p in e.predict(val):
+        assert p.low < p.price < p.high
+    ridge = e.member(0)  # the member refitted on all of train, with its own out-of-fold interval
+    alone = registry.create("tfidf-ridge").fit(train)
+    assert [p.price for p in ridge.predict(val)] == pytest.approx([p.price for p in alone.predict(val)])
+    assert ridge.label == "tfidf-ridge+ci80" and ridge.q_ == e.member_q_[0]
 
 
 def test_linear_combiner_reads_min_and_max(split):

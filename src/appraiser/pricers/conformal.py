@@ -69,6 +69,14 @@ class Conformal(Pricer):
         self.q_: float | None = None
         self.fit_info: dict[str, Any] = {}
 
+    @classmethod
+    def from_fitted(cls, base: Pricer, q: float, level: float) -> Conformal:
+        """A fitted `base` with a quantile `q` found elsewhere (e.g. an ensemble's out-of-fold errors)."""
+        c = cls(base, level=level, needs_fit=False)
+        c.q_ = float(q)
+        c.fit_info = {**(getattr(base, "fit_info", None) or {}), "conformal_q": round(c.q_, 6), "calibration": "oof"}
+        return c
+
     @property
     def label(self) -> str:
         return f"{self.base.label}+ci{round(self.level * 100)}"

@@ -15,7 +15,8 @@ trained on (those look better than they are), and never on the split the ensembl
 
 Members are registered pricer names with their default options (`members="xgboost,tfidf-ridge,knn"`), or
 `name:key=value:key=value` to set options. The weights are reported (`weights_`, `config()`), saved with the
-pricer and reload with it like any fitted pricer.
+pricer and reload with it like any fitted pricer. With `interval=LEVEL` (default 0.8) the ensemble and each
+member (`member(j)`) get a conformal interval on log price from their out-of-fold errors on the training draw.
 """
 
 from __future__ import annotations
@@ -96,7 +97,10 @@ class EnsemblePricer(Pricer):
         weighting: str = "none",
         categories: str | None = None,
         off_category_weight: float = 1.0,
+        interval: float = 0.8,
     ):
+        if not 0 <= float(interval) < 1:
+            raise ValueError(f"interval must be 0 (none) or a level between 0 and 1, not {interval}")
         if combine not in COMBINERS:
             raise ValueError(f"combine must be one of {', '.join(COMBINERS)}, not {combine!r}")
         if int(folds) < 2:
@@ -113,6 +117,9 @@ class EnsemblePricer(Pricer):
         self.weighting = weighting
         self.categories = tuple(c.strip() for c in categories.split(",")) if categories else None
         self.off_category_weight = float(off_category_weight)
+        self.interval = float(interval)
+        self.q_: float | None = None
+        self.member_q_: list[float] = []
         self.fitted_: list[Pricer] = []
         self.weights_: dict[str, float] = {}
         self.intercept_: float = 0.0
@@ -142,6 +149,7 @@ class EnsemblePricer(Pricer):
             "weighting": self.weighting,
             "categories": list(self.categories) if self.categories else None,
             "off_category_weight": self.off_category_weight,
+            "interval": self.interval,
             "weights": self.weights_,
             "intercept": self.intercept_,
         }
@@ -200,6 +208,15 @@ class EnsemblePricer(Pricer):
         self.weights_ = {n: round(float(c), 6) for n, c in zip(names, self.coef_, strict=True)}
         self.oof_ = oof
         stacked = X @ self.coef_ + intercept
+        if self.interval:  # conformal on out-of-fold errors: every training item is a calibration item
+            from appraiser.pricers.conformal import weighted_quantile
+
+            ok = ~np.isnan(oof)
+            self.q_ = weighted_quantile(np.abs(stacked - y)[keep], w[keep], self.interval)
+            self.member_q_ = [
+                weighted_quantile(np.abs(oof[:, j] - y)[ok[:, j] & keep], w[ok[:, j] & keep], self.interval)
+                for j in range(m)
+            ]
         self.fitted_ = []
         for j in range(m):
             p = self._member(j)
@@ -213,9 +230,19 @@ class EnsemblePricer(Pricer):
             "member_oof_rmse_log": {
                 n: round(float(np.sqrt(np.nanmean((oof[:, j] - y) ** 2))), 6) for j, n in enumerate(self.labels)
             },
+            "q": self.q_,
+            "member_q": self.member_q_,
             "seconds": round(time.perf_counter() - start, 3),
         }
         return self
+
+    def member(self, j: int) -> Pricer:
+        """Member `j` as refitted on all of `train`, with its own out-of-fold conformal interval (when
+        `interval` > 0): the same model the member would be fitted alone, so it can be evaluated alone."""
+        from appraiser.pricers.conformal import Conformal
+
+        p = self.fitted_[j]
+        return Conformal.from_fitted(p, self.member_q_[j], self.interval) if self.interval else p
 
     # ------------------------------------------------------------ predict
 
@@ -232,4 +259,14 @@ class EnsemblePricer(Pricer):
         failed = np.isnan(X).all(axis=1)
         z = self._features(_fill(np.where(failed[:, None], 0.0, X))) @ self.coef_ + self.intercept_
         prices = np.clip(np.exp(z), MIN_PRICE, MAX_PRICE)
-        return [Prediction(price=None if f else float(p)) for p, f in zip(prices, failed, strict=True)]
+        q = self.q_ if self.q_ is not None else None
+        return [
+            Prediction(price=None)
+            if f
+            else Prediction(
+                price=float(p),
+                low=float(p * np.exp(-q)) if q is not None else None,
+                high=float(p * np.exp(q)) if q is not None else None,
+            )
+            for p, f in zip(prices, failed, strict=True)
+        ]

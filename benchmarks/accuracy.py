@@ -1,0 +1,120 @@
+"""What data, retrieval and stacking buy: one table on the first 400 validation items.
+
+    nice -n 10 python benchmarks/accuracy.py [--data ../shared/data] [--home .appraiser] [--llm RUN ...]
+
+For each training pool — `train.jsonl` alone, then with `extra/` (read through `read_pool`, as `--train DIR`
+does) — one stacked ensemble of the cheap pricers (xgboost, tfidf-ridge, knn over the retrieval index) is
+fitted: K-fold out-of-fold predictions → non-negative weights in log space → members refitted on the whole
+pool. Each member is then scored alone (it is exactly the pricer fitted alone on that pool) and so is the
+ensemble; every one carries a conformal 80% interval on log price from its own out-of-fold errors. With
+`--llm RUN` (a fine-tuned run or a packaged model) the local LLM is scored plain and with `rag=K` over an
+index of the larger pool (`appraiser index build`'s index, built here if missing).
+
+Printed: MAE with its 95% CI, RMSLE, hit rate, interval coverage and mean width, and the paired difference
+of absolute errors against xgboost on train.jsonl (negative = better; its 95% bootstrap CI). Every row is
+recorded on the leaderboard under --home, so `appraiser leaderboard` and `appraiser compare` show the same
+numbers. Validation is only scored: nothing is fitted on it, the holdout is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+
+def money(v: float) -> str:
+    return f"−${-v:,.2f}" if v < 0 else f"${v:,.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("APPRAISER_DATA", "../shared/data")))
+    ap.add_argument("--home", type=Path, default=Path(".appraiser"), help="APPRAISER_HOME (embedding cache, rows)")
+    ap.add_argument("--size", type=int, default=400)
+    ap.add_argument("--members", default="xgboost,tfidf-ridge,knn")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--level", type=float, default=0.8)
+    ap.add_argument("--llm", action="append", default=[], help="a run or model to score plain and with rag")
+    ap.add_argument("--rag", type=int, default=5)
+    ap.add_argument("--pools", default="train,train+extra", help="which pools: train, train+extra")
+    ap.add_argument("--limit", type=int, default=None, help="first N items of each pool (a quick smoke run)")
+    args = ap.parse_args()
+    os.environ["APPRAISER_HOME"] = str(args.home.resolve())
+
+    from appraiser.data.io import read_items, read_pool
+    from appraiser.evaluation.compare import paired_compare
+    from appraiser.evaluation.evaluator import evaluate, load_test_items
+    from appraiser.evaluation.store import LeaderboardStore
+    from appraiser.pricers.ensemble import EnsemblePricer
+
+    console = Console()
+    test = load_test_items(args.data / "validation.jsonl", args.size)
+    pools = {"train": [args.data / "train.jsonl"], "train+extra": [args.data]}
+    chosen = [p.strip() for p in args.pools.split(",") if p.strip()]
+    results: list[tuple[str, str, object]] = []  # (pricer, pool, EvalResult)
+    weights: dict[str, dict] = {}
+    with LeaderboardStore() as store:
+        for pool_name in chosen:
+            pool = read_pool(pools[pool_name])[: args.limit]
+            start = time.perf_counter()
+            ens = EnsemblePricer(args.members, folds=args.folds, interval=args.level).fit(pool)
+            fit_s = time.perf_counter() - start
+            ens.save(args.home / "models" / f"ensemble-{pool_name}.pkl")
+            weights[pool_name] = {**ens.weights_, "intercept": round(ens.intercept_, 4), "fit_s": round(fit_s)}
+            console.print(f"{pool_name}: {len(pool):,} items, ensemble fitted in {fit_s:,.0f} s, {weights[pool_name]}")
+            for j, label in enumerate(ens.labels):
+                r = evaluate(ens.member(j), test, name=f"{label} · {pool_name}", show=False, store=store, cache=False)
+                results.append((label, pool_name, r))
+            r = evaluate(ens, test, name=f"{ens.label} · {pool_name}", show=False, store=store, cache=False)
+            results.append(("ensemble", pool_name, r))
+        for run in args.llm:
+            from appraiser.pricers.llm import LLMPricer
+            from appraiser.retrieval.index import RetrievalIndex
+
+            folder = args.home / "index"
+            if not (folder / "index.json").exists():
+                held = read_items(args.data / "validation.jsonl")
+                RetrievalIndex().build(read_pool(pools["train+extra"]), held).save(folder)
+            for rag in (0, args.rag):
+                p = LLMPricer(model=run, rag=rag, index=str(folder) if rag else None)
+                r = evaluate(p, test, show=False, store=store)
+                results.append((p.label, "fine-tune" if rag == 0 else f"rag={rag}", r))
+
+        ref = next((r for name, pool, r in results if name == "xgboost" and pool == "train"), None)
+        if ref is None and (row := store.latest("xgboost · train")) is not None:  # from an earlier --pools run
+            ref = store.result(row.run_id)
+        ref = ref or results[0][2]
+    t = Table(
+        title=f"first {len(test)} validation items; Δ = paired |error| difference vs xgboost on train.jsonl",
+        box=box.SIMPLE_HEAD,
+    )
+    for col in ("pricer", "pool", "MAE", "95% CI", "RMSLE", "hit", "cover", "width", "Δ vs xgboost", "Δ 95% CI"):
+        t.add_column(col, justify="left" if col in ("pricer", "pool") else "right")
+    for name, pool, r in results:
+        m = r.metrics
+        c = paired_compare(r.results, ref.results, name, "xgboost")
+        t.add_row(
+            name,
+            pool,
+            money(m["mae"]),
+            f"{money(m['mae_ci_low'])}–{money(m['mae_ci_high'])}",
+            f"{m['rmsle']:.3f}",
+            f"{m['hit_rate']:.1%}",
+            f"{m['interval_coverage']:.1%}" if "interval_coverage" in m else "—",
+            money(m["interval_width"]) if "interval_width" in m else "—",
+            "—" if r is ref else money(c.mean_diff),
+            "—" if r is ref else f"{money(c.ci_low)} … {money(c.ci_high)}",
+        )
+    console.print(t)
+    for pool_name, w in weights.items():
+        console.print(f"ensemble weights ({pool_name}): {w}")
+
+
+if __name__ == "__main__":
+    main()
