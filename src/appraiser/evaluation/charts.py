@@ -279,10 +279,13 @@ def running_figure(result: EvalResult):
     fig = go.Figure(
         [
             go.Scatter(x=x, y=high, mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip"),
-            go.Scatter(x=x, y=low, mode="lines", line={"width": 0}, fill="tonexty", name="95% CI"),
-            go.Scatter(x=x, y=mean, mode="lines", name="running MAE"),
+            go.Scatter(
+                x=x, y=low, mode="lines", line={"width": 0}, fill="tonexty", fillcolor="rgba(31,119,180,0.2)",
+                name="95% CI",
+            ),
+            go.Scatter(x=x, y=mean, mode="lines", name="running MAE", line={"color": "#1f77b4", "width": 2}),
         ]
-    )
+    )  # fmt: skip
     fig.update_layout(
         title=f"{result.pricer}: running mean absolute error",
         xaxis_title="items scored",
@@ -312,6 +315,7 @@ def leaderboard_figure(results: Sequence[EvalResult]):
             },
             text=[f"${m:,.2f}" for m in mae],
             textposition="outside",
+            marker={"color": "#1f77b4"},
         )
     )
     fig.update_layout(

@@ -35,7 +35,9 @@ const dash = {
     return new Date(t * 1000).toLocaleString();
   },
   money(v) {
-    return v === null || v === undefined ? "–" : "$" + v.toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    if (v === null || v === undefined) return "–";
+    const text = "$" + Math.abs(v).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    return v < 0 ? "−" + text : text;
   },
   num(v, digits) {
     return v === null || v === undefined ? "–" : Number(v).toPrecision(digits || 4);

@@ -22,8 +22,9 @@ dash.api("evals/" + encodeURIComponent(evalId)).then((d) => {
   const r = d.running;
   Plotly.newPlot("running", [
     { x: r.n, y: r.high, mode: "lines", line: { width: 0 }, showlegend: false, hoverinfo: "skip" },
-    { x: r.n, y: r.low, mode: "lines", line: { width: 0 }, fill: "tonexty", name: "95% CI" },
-    { x: r.n, y: r.mae, mode: "lines", name: "running MAE" },
+    { x: r.n, y: r.low, mode: "lines", line: { width: 0 }, fill: "tonexty", fillcolor: "rgba(31,119,180,0.2)",
+      name: "95% CI" },
+    { x: r.n, y: r.mae, mode: "lines", name: "running MAE", line: { color: "#1f77b4", width: 2 } },
   ], { xaxis: { title: { text: "items scored" } }, yaxis: { title: { text: "mean absolute error ($)" } },
        margin: { t: 30 } }, { displaylogo: false, responsive: true });
 }).catch((e) => { document.getElementById("title").textContent = "cannot load evaluation: " + e.message; });

@@ -4,6 +4,7 @@ dash.header();
 
 function drawChart(rows) {
   const y = rows.map((r) => r.label);
+  document.getElementById("chart").style.height = 140 + 34 * rows.length + "px";
   Plotly.react("chart", [{
     type: "bar", orientation: "h", x: rows.map((r) => r.mae), y,
     error_x: { type: "data", symmetric: false, array: rows.map((r) => r.mae_ci_high - r.mae),
