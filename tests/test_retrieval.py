@@ -186,3 +186,28 @@ def test_api_rag_against_a_real_server(server, pool_and_held, emb_dir, tmp_path,
     assert sum(p.price is not None for p in b) >= 1
     assert rag.usage()["prompt_tokens"] > plain.usage()["prompt_tokens"] + 2 * 3 * 10  # three neighbours each
     assert len(a) == len(b) == 2
+
+
+def test_index_commands_build_and_query(pool_and_held, emb_dir, tmp_path, monkeypatch):
+    """`appraiser index build` drops the held-out split; `appraiser index query` shows neighbours and prices."""
+    from typer.testing import CliRunner
+
+    from appraiser.cli import app
+
+    pool, held = pool_and_held
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "embeddings").symlink_to(emb_dir)  # the session's cached vectors
+    monkeypatch.setenv("APPRAISER_HOME", str(home))
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    write_items([*pool, held[0]], train)  # a validation item slipped into the pool
+    write_items(held, val)
+    runner = CliRunner()
+    built = runner.invoke(app, ["index", "build", "--train", str(train), "--held-out", str(val)])
+    assert built.exit_code == 0, built.output
+    assert "1 dropped as held-out" in built.output
+    asked = runner.invoke(app, ["index", "query", held[0].text, "-k", "3"])
+    assert asked.exit_code == 0, asked.output
+    assert asked.output.count("$") >= 3
+    missing = runner.invoke(app, ["index", "query", "x", "--index", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "not a retrieval index" in missing.output
