@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("APPRAISER_DATA", "../shared/data")))
     ap.add_argument("--home", type=Path, default=None, help="APPRAISER_HOME holding the embedding cache")
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--pool", choices=("all", "train"), default="all", help="train.jsonl + extra/, or train.jsonl")
     ap.add_argument("--threads", type=int, default=1, help="FAISS / BLAS threads (the machine is shared)")
     args = ap.parse_args()
     if args.home is not None:
@@ -48,7 +49,7 @@ def main() -> None:
     from appraiser.retrieval.index import Searcher, embed_items
 
     faiss.omp_set_num_threads(args.threads)
-    pool = read_pool(args.data)
+    pool = read_pool(args.data if args.pool == "all" else args.data / "train.jsonl")
     queries_items = read_items(args.data / "validation.jsonl")
     base = embed_items(pool, progress=True)
     queries = embed_items(queries_items)
