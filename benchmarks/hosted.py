@@ -7,8 +7,8 @@ one checkpoint at the end):
 
 - `appraiser train` on the items (the course prompt), process start to exit;
 - the job's worker alone (`python -m appraiser.server.jobworker`, no server around it) on the same items as
-  chat examples (the OpenAI format: system/user/assistant, so a few more prompt tokens than the course
-  prompt), process start to exit;
+  chat examples (the course prompt, its text cut to the same token budget, as the user's message; the
+  chat template and a system message add ~40 tokens per example), process start to exit;
 - the same chat file as a job through a live `appraiser serve` and the official SDK: `jobs.create` until
   `retrieve` says succeeded (validation, queueing, the worker's start and training, the result file);
 - the same job again, polling `list_events` every 0.1 s: the delay from each step (the time its metrics
@@ -51,17 +51,22 @@ def _free_port() -> int:
 def write_inputs(folder: Path, n: int) -> tuple[Path, Path]:
     from appraiser.config import default_data_dir
     from appraiser.data.io import read_items, write_items
-    from appraiser.data.prompts import QUESTION
+    from appraiser.data.prompts import PromptConfig, make_completion, make_prompt
+    from appraiser.models import load_tokenizer
+    from appraiser.training.config import TrainConfig
 
     items = read_items(default_data_dir() / "train.jsonl", limit=n)
     items_path, chat_path = folder / "items.jsonl", folder / "chat.jsonl"
     write_items(items, items_path)
+    tok = load_tokenizer("smollm2-135m")
+    config = PromptConfig(max_text_tokens=TrainConfig().max_text_tokens)  # what `appraiser train` prompts with
     with chat_path.open("w") as f:
-        for it in items:
+        for it in items:  # the course prompt as the user's message; its completion after "Price is $"
+            prompt = make_prompt(it, tok, config).removesuffix("Price is $").strip()
             msgs = [
                 {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": f"{QUESTION}\n\n{it.prompt_text[:600]}"},
-                {"role": "assistant", "content": f"Price is ${int(it.price + 0.5)}.00"},
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": f"Price is ${make_completion(it.price, config)}"},
             ]
             f.write(json.dumps({"messages": msgs}) + "\n")
     return items_path, chat_path

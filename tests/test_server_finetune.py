@@ -296,6 +296,8 @@ def test_course_flow_upload_train_events_checkpoints_chat_price_webhook(ft, file
         timeout=60,
     )
     assert other_price.status_code == 404
+    health = httpx.get(f"{ft.base[:-3]}/health", headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=60)
+    assert done.fine_tuned_model not in health.json()["models"]  # loaded, but not for this key
 
 
 # ---------------------------------------------------------------- bad input

@@ -109,10 +109,20 @@ class ModelPool:
     def stats(self) -> dict[str, dict[str, int]]:
         """Loaded models and how their chat requests were batched."""
         with self._lock:
-            return {
+            stats = {
                 k: {"chat_requests": v.batcher.requests, "chat_batches": v.batcher.batches}
                 for k, v in self._loaded.items()
             }
+        return {k: v for k, v in stats.items() if self._visible(k)}  # another key's ft: model stays unseen
+
+    def _visible(self, model_id: str) -> bool:
+        if not model_id.startswith(OWNED_PREFIX):
+            return True
+        try:
+            self.card(model_id)
+        except OpenAIError:
+            return False
+        return True
 
     def card(self, model_id: str) -> ModelCard:
         if model_id.startswith(OWNED_PREFIX):  # straight to their owner's models: no scan of the run store
