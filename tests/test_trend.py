@@ -92,3 +92,67 @@ def test_runs_show_and_watch_print_the_verdict(kind, state):
     assert "probe MAE trend" in shown.output and "too early" not in shown.output.split("probe MAE trend")[0]
     watched = runner.invoke(app, ["runs", "watch", run.id, "--once"], env={"COLUMNS": "200"})
     assert watched.exit_code == 0 and f"loss trend: {state}" in watched.output
+
+
+# ------------------------------------------------------------------------------------------ the story of a run
+
+
+def _drop_then_plateau(n_drop: int = 40, n_flat: int = 160, noise: float = 0.15, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    drop = 3.0 - 1.5 * (1 - np.exp(-np.arange(n_drop) / 8))  # a fast, decaying drop from 3.0 toward 1.5
+    return list(np.concatenate([drop, np.full(n_flat, drop[-1])]) + rng.normal(0, noise, n_drop + n_flat))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_drop_then_a_plateau_is_told_as_falling_then_flat(seed):
+    from appraiser.runs.trend import phases, story
+
+    y = _drop_then_plateau(seed=seed)
+    steps = list(range(1, len(y) + 1))
+    ph = phases(steps, y)
+    assert [p.state for p in ph] == ["falling", "flat"]
+    assert 12 <= ph[1].first_step <= 60  # the drop has mostly happened by step 20 (e^-2.5 of it left)
+    assert ph[0].start > 2.6 and ph[1].median == pytest.approx(1.6, abs=0.15)
+    told = story(steps, y)
+    assert told.startswith("loss: fast initial drop ") and ", then flat around " in told
+    # live, the verdict changes as the run goes on: falling during the drop, flat on the plateau
+    assert verdict(y[:35]).state == "falling"
+    assert verdict(y).state == "flat"
+
+
+def test_one_trend_is_one_phase_and_rising_tails_are_named():
+    from appraiser.runs.trend import phases, story
+
+    y = _curve("falling")
+    assert [p.state for p in phases(range(len(y)), y)] == ["falling"]
+    overfit = _drop_then_plateau(n_flat=0) + list(
+        1.5 + 0.01 * np.arange(120) + np.random.default_rng(1).normal(0, 0.1, 120)
+    )
+    assert [p.state for p in phases(range(len(overfit)), overfit)] == ["falling", "rising"]
+    assert story([1, 2], [3.0, 2.0]) == "loss: too early (steps 1–2)"
+    assert "diverging" in story(list(range(30)), _curve("falling")[:29] + [math.nan])
+
+
+def test_runs_show_verdict_tells_the_story_and_watch_shows_the_eta():
+    from typer.testing import CliRunner
+
+    from appraiser.cli import app
+    from appraiser.runs.store import RunStore
+
+    store = RunStore()
+    run = store.create(name="story", model="smollm2-135m", config={}, max_steps=400)
+    y = _drop_then_plateau(seed=3)
+    for step, loss in enumerate(y, 1):
+        store.log_metrics(run.id, step, {"loss": loss, "eta_s": 125.0})
+    for step, (mae, ev) in enumerate(((150.0, 2.0), (120.0, 1.7), (119.0, 1.69), (121.0, 1.7)), 1):
+        store.log_metrics(run.id, 50 * step, {"probe_mae": mae, "eval_loss": ev})
+    store.update(run.id, step=len(y))
+    runner = CliRunner()
+    told = runner.invoke(app, ["runs", "show", run.id, "--verdict"], env={"COLUMNS": "250"})
+    assert told.exit_code == 0, told.output
+    assert "loss: fast initial drop" in told.output and "then flat around" in told.output
+    assert "validation loss: " in told.output and "probe MAE: flat around $120.50" in told.output
+    store.set_status(run.id, "running")  # this process: a live run
+    watched = runner.invoke(app, ["runs", "watch", run.id, "--once"], env={"COLUMNS": "250"})
+    assert watched.exit_code == 0 and "loss trend: flat" in watched.output and "(ETA 2:05)" in watched.output
+    assert "validation loss trend:" in watched.output

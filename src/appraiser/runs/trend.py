@@ -14,8 +14,8 @@ States: too early, falling, flat (no evidence of decrease over the window, or ov
 more: a fast early drop must not hide that the loss stopped moving), rising, diverging (non-finite, or the
 median of the last 10 steps `diverge_ratio` times its best).
 
-`story` tells a whole history: its phases (the flat or rising tail split off where `steps_without_decrease`
-says it began, the rest judged as one), e.g. "fast initial drop 3.20 → 1.61 (steps 1–18), then flat around
+`story` tells a whole history: its phases (cut where two straight lines fit best, when the two sides get
+different verdicts; the earlier side cut again), e.g. "fast initial drop 3.20 → 1.61 (steps 1–18), then flat around
 1.58 (steps 19–80)".
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -180,23 +181,60 @@ def _phase(state: str, steps: Sequence[int], y: np.ndarray) -> Phase:
     return Phase(state, int(steps[0]), int(steps[-1]), float(y[:k].mean()), float(y[-k:].mean()), float(np.median(y)))
 
 
+def _sse_line(y: np.ndarray) -> float:
+    """Squared error of the least-squares line through y."""
+    x = np.arange(len(y), dtype=float)
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(((y - (slope * x + intercept)) ** 2).sum())
+
+
+def _side(y: np.ndarray, min_points: int) -> str:
+    """A phase's state: its verdict, but a "falling" whose fitted line drops less than one noise standard
+    deviation over the whole phase is flat (a long plateau's last crumbs of decrease are significant, not news)."""
+    v = verdict(y, window=len(y), min_points=min_points)
+    if v.state == "falling" and v.slope is not None:
+        noise = math.sqrt(_sse_line(y) / max(len(y) - 2, 1))
+        if -v.slope * len(y) < noise:
+            return "flat"
+    return v.state
+
+
+def _segments(y: np.ndarray, min_points: int) -> list[tuple[str, int, int]]:
+    """(state, start, end) index ranges. The history is cut where two straight lines fit it best (each side at
+    least `min_points` long); sides with different verdicts are two phases (the left side cut again), else one."""
+    n = len(y)
+    if n < min_points:
+        return [("too early", 0, n)]
+    whole = _side(y, min_points)
+    if n < 2 * min_points:
+        return [(whole, 0, n)]
+    cut = min(range(min_points, n - min_points + 1), key=lambda k: _sse_line(y[:k]) + _sse_line(y[k:]))
+    one, two = _sse_line(y), _sse_line(y[:cut]) + _sse_line(y[cut:])
+    # Two lines (and a cut) must fit much better than one (F-test, p < 0.001): noise around one trend is not
+    # a change of phase.
+    if two <= 0 or stats.f.sf(((one - two) / 3) / (two / (n - 5)), 3, n - 5) >= 0.001:
+        return [(whole, 0, n)]
+    left, right = _side(y[:cut], min_points), _side(y[cut:], min_points)
+    if left == right:
+        return [(whole if whole == left else left, 0, n)]
+    return _segments(y[:cut], min_points) + [(right, cut, n)]
+
+
 def phases(steps: Sequence[int], values: Sequence[float], *, min_points: int = 20) -> list[Phase]:
-    """The history split into trend phases, oldest first (non-finite values dropped)."""
+    """The history split into trend phases, oldest first (non-finite values dropped; neighbours with the
+    same state merged)."""
     pairs = [(s, v) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
     if not pairs:
         return []
     st = [s for s, _ in pairs]
     y = np.asarray([v for _, v in pairs], float)
-    if len(y) < min_points:
-        return [_phase("too early", st, y)]
-    tail = steps_without_decrease(y)
-    if tail >= min_points and len(y) - tail >= min_points:
-        head = phases(st[: len(y) - tail], y[: len(y) - tail], min_points=min_points)
-        v = verdict(y[-tail:], window=tail, min_points=min_points)
-        state = "rising" if v.state == "rising" else "flat"
-        return head + [_phase(state, st[-tail:], y[-tail:])]
-    v = verdict(y, window=len(y), min_points=min_points)
-    return [_phase(v.state, st, y)]
+    merged: list[list[Any]] = []
+    for state, a, b in _segments(y, min_points):
+        if merged and merged[-1][0] == state:
+            merged[-1][2] = b
+        else:
+            merged.append([state, a, b])
+    return [_phase(state, st[a:b], y[a:b]) for state, a, b in merged]
 
 
 def story(
