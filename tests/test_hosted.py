@@ -271,7 +271,7 @@ def test_start_follows_the_job_live_into_the_store_trackio_and_leaderboard(
     from appraiser.evaluation.store import LeaderboardStore
 
     with LeaderboardStore() as lb:
-        labels = {row.pricer for row in lb.rows()}
+        labels = {row.label for row in lb.rows()}
     assert f"api[{run.config['fine_tuned_model']}]" in labels
     shown = cli("runs", "show", run.id)
     assert shown.returncode == 0 and run.external_id in shown.stdout

@@ -398,10 +398,19 @@ def cancel_command(run: RunArg) -> None:
 
 
 def follow_while_watching(store: Any, run: Any, interval: float) -> Any:
-    """For `appraiser runs watch` on an unfinished hosted run: the follower in the background (a context)."""
+    """For `appraiser runs watch` on an unfinished hosted run: the follower in the background (a context).
+
+    When the job cannot be reached from here (no key in this shell, a run that never got a job), the watch
+    still shows what the store has, and says why it is not following."""
+    import contextlib
+
     from appraiser.hosted.follow import Background
 
-    return Background(make_follower(store, run, interval=interval))
+    try:
+        return Background(make_follower(store, run, interval=interval))
+    except DataError as e:
+        _say(f"not following the job ({e}); showing the run store only")
+        return contextlib.nullcontext()
 
 
 def register(app_: typer.Typer) -> None:
