@@ -28,7 +28,9 @@ RunArg = Annotated[str, typer.Argument(help="run id, id prefix, name, or 'last'"
 ProviderOpt = Annotated[str | None, typer.Option(help="openai (default), appraiser, or another preset")]
 BaseUrlOpt = Annotated[str | None, typer.Option("--base-url", help="any OpenAI-compatible /v1 URL")]
 KeyEnvOpt = Annotated[str | None, typer.Option("--key-env", help="environment variable holding the key")]
-ModelOpt = Annotated[str | None, typer.Option(help="base model (default gpt-4o-mini-2024-07-18)")]
+ModelOpt = Annotated[
+    str | None, typer.Option(help="base model (default gpt-4o-mini-2024-07-18; smollm2-135m on appraiser serve)")
+]
 IntervalOpt = Annotated[float, typer.Option(help="seconds between polls of the job")]
 ReportOpt = Annotated[str | None, typer.Option("--report-to", help="trackers fed live: trackio, wandb")]
 TestOpt = Annotated[Path | None, typer.Option("--test", help="test split for --eval-on-finish (default validation)")]
