@@ -227,7 +227,7 @@ def loss_png(store: RunStore, run_id: str, path: str | Path | None = None) -> Pa
     ax.fill_between(
         steps, [lo for lo, _ in band], [hi for _, hi in band], color="#1f77b4", alpha=0.15, label="noise band (±1 sd)"
     )
-    ax.plot(steps, smooth, color="#1f77b4", linewidth=1.8, label=f"smoothed (EMA {SMOOTHING})")
+    ax.plot(steps, smooth, color="#1f77b4", linewidth=1.8, label=f"smoothed (debiased EMA, s={SMOOTHING})")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     probe_steps, maes = store.series(run.id, "probe_mae")

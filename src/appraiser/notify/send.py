@@ -90,7 +90,7 @@ def _send_once(url: str, title: str, body: str, attachments: Sequence[Path]) -> 
     notifier = apprise.Apprise()
     if not notifier.add(url):
         return False, "Apprise does not accept this URL"
-    with apprise.LogCapture(level=logging.WARNING) as captured:
+    with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
         result = notifier.notify(
             body=body,
             title=title,
