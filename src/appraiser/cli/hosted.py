@@ -282,6 +282,9 @@ def start_command(
             validation = from_dir / "validation.jsonl"
     if train is None:
         raise DataError("name the training file: --from DIR (from `appraiser hosted prepare`) or --train FILE")
+    for path in (train, validation):
+        if path is not None and not path.is_file():
+            raise DataError(f"{path}: no such chat JSONL file")
     for flag, v in (("--epochs", epochs), ("--batch-size", batch_size)):
         if v is not None and v < 1:
             raise DataError(f"{flag} must be at least 1")
