@@ -224,6 +224,36 @@ def test_with_api_keys_the_dashboard_needs_a_key(tmp_path, caplog):
     assert "/dashboard" in caplog.text and KEY not in caplog.text  # requests are logged, keys never
 
 
+def test_a_browser_signs_in_once_and_the_cookie_opens_the_dashboard_only(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from appraiser.server import ServerSettings, create_app
+    from appraiser.server.security import COOKIE, key_table
+
+    app = create_app(ServerSettings(keys=key_table([KEY]), root=tmp_path / "server"))
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    with TestClient(app, follow_redirects=False) as client:
+        sent = client.get("/dashboard", headers=html)  # a browser without a key: to the login page
+        assert sent.status_code == 303 and sent.headers["location"] == "/dashboard/login"
+        form = client.get("/dashboard/login")
+        assert form.status_code == 200 and 'name="key"' in form.text
+        assert client.get("/dashboard/static/dashboard.css").status_code == 200  # the login page's style
+        bad = client.post("/dashboard/login", data={"key": "wrong"})
+        assert bad.status_code == 401 and COOKIE not in bad.headers.get("set-cookie", "")
+        ok = client.post("/dashboard/login", data={"key": KEY})
+        cookie = ok.headers["set-cookie"]
+        assert ok.status_code == 303 and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+        assert "Path=/dashboard" in cookie
+        assert client.get("/dashboard/api/runs").json() == {"runs": []}  # the cookie is sent back
+        assert client.get("/dashboard", headers=html).status_code == 200
+        # ...and opens nothing else: not the API, not a write
+        jar = {COOKIE: KEY}
+        assert client.get("/v1/models", cookies=jar).status_code == 401
+        assert client.post("/v1/files", cookies=jar, files={"file": ("a.jsonl", b"{}")}).status_code == 401
+        client.cookies.clear()
+        assert client.get("/dashboard/api/runs").status_code == 401
+
+
 # ---------------------------------------------------------------- in a browser
 
 

@@ -9,8 +9,10 @@ Pages (plain HTML + a little vanilla JS + plotly.js, all shipped in the package,
 
 Their data comes from `/dashboard/api/...` (JSON, gzipped when the browser accepts it) and the live stream
 `/dashboard/api/runs/{id}/stream`. Access: the server's Guard runs first, so with API keys configured every
-dashboard request needs `Authorization: Bearer KEY` like the API does, and a run that records an owner is
-shown to that owner only; with no keys (loopback only) the dashboard is open to this machine's user.
+dashboard request needs `Authorization: Bearer KEY` like the API does — or, from a browser, the key typed
+once into `/dashboard/login`, kept in an HttpOnly cookie (see `server.security`) — and a run that records
+an owner is shown to that owner only; with no keys (loopback only) the dashboard is open to this machine's
+user.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import gzip
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from sse_starlette.sse import EventSourceResponse
 
@@ -46,8 +48,10 @@ def install(app: Any, store: Any, pool: Any, settings: Any, paths: data.Paths | 
     """Add the dashboard's routes to `app` (the server's run store and leaderboard unless `paths`)."""
     home = config.home()
     paths = paths or data.Paths(home / "runs.db", home / "leaderboard.db")
-    keys_configured = bool(getattr(settings, "keys", None))
-    app.include_router(_router(paths, keys_configured))
+    keys = dict(getattr(settings, "keys", None) or {})
+    app.include_router(_router(paths, bool(keys)))
+    if keys:
+        app.include_router(_login_router(keys))
 
 
 def create_dashboard_app(paths: data.Paths) -> FastAPI:
@@ -82,6 +86,38 @@ def _bytes(request: Request, body: bytes, media_type: str, headers: dict[str, st
 def json_response(request: Request, obj: Any) -> Response:
     body = json.dumps(obj, allow_nan=False, default=str, separators=(",", ":")).encode()
     return _bytes(request, body, "application/json", {"Cache-Control": "no-store"})
+
+
+def _login_router(keys: dict[str, str]) -> APIRouter:
+    """`/dashboard/login`: a form that turns a typed key into the dashboard's cookie (only when keys exist)."""
+    from appraiser.server.security import COOKIE, DASHBOARD, owner_of
+
+    r = APIRouter(prefix=DASHBOARD, include_in_schema=False)
+    headers = {"Content-Security-Policy": CSP, "Cache-Control": "no-store"}
+
+    def login_page(message: str = "", status: int = 200) -> Response:
+        html = (STATIC / "login.html").read_text(encoding="utf-8").replace("{{message}}", message)
+        return Response(html, status_code=status, media_type="text/html", headers=headers)
+
+    @r.get("/login")
+    def login_form() -> Response:
+        return login_page()
+
+    @r.post("/login")
+    def login(key: Annotated[str, Form(max_length=512)] = "") -> Response:
+        if not key or owner_of(keys, key.strip()) is None:
+            return login_page("That key is not one of this server's keys.", 401)
+        resp = RedirectResponse(DASHBOARD, status_code=303)
+        resp.set_cookie(COOKIE, key.strip(), httponly=True, samesite="strict", path=DASHBOARD)
+        return resp
+
+    @r.post("/logout")
+    def logout() -> Response:
+        resp = RedirectResponse(f"{DASHBOARD}/login", status_code=303)
+        resp.delete_cookie(COOKIE, path=DASHBOARD)
+        return resp
+
+    return r
 
 
 def _router(paths: data.Paths, keys_configured: bool) -> APIRouter:

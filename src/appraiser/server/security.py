@@ -6,6 +6,12 @@ memory, compared in constant time. With keys configured every route but `/health
 `Authorization: Bearer K`; the owner a key maps to is `request.state.owner`, which is how later routes keep
 one key's files and jobs from another's. Logs carry a request id, method, path, status and time — never a
 key or a prompt.
+
+Browsers cannot send a Bearer header from a link, so the dashboard has a login page (`/dashboard/login`)
+that stores the key in an HttpOnly, SameSite=Strict cookie scoped to `/dashboard`. The cookie is honoured
+only for GET/HEAD under `/dashboard` (the dashboard never changes anything), so a page elsewhere can neither
+read it nor use it to call the API; a browser that asks for a dashboard page without a key is sent to the
+login page instead of getting a JSON 401.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ from appraiser.server.errors import BodyTooLarge, error_response
 
 log = logging.getLogger("appraiser.server")
 
-OPEN_PATHS = ("/health",)
+OPEN_PATHS = ("/health", "/dashboard/login")
+#: Public files of the dashboard (its scripts and styles; no data): the login page needs them.
+OPEN_PREFIXES = ("/dashboard/static/",)
+DASHBOARD = "/dashboard"
+COOKIE = "appraiser_key"
 
 
 def hash_key(key: str) -> str:
@@ -70,14 +80,15 @@ class Guard:
         self.app, self.keys, self.max_body = app, keys, max_body_bytes
 
     def _owner(self, scope: Scope) -> str | None:
-        auth = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        headers = dict(scope.get("headers") or [])
+        auth = headers.get(b"authorization", b"").decode("latin-1")
         scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        digest = hash_key(token.strip())
-        for known, owner in self.keys.items():
-            if hmac.compare_digest(known, digest):
-                return owner
+        if scheme.lower() == "bearer" and token.strip():
+            return owner_of(self.keys, token.strip())
+        if _dashboard_read(scope):
+            key = _cookie(headers.get(b"cookie", b"").decode("latin-1"), COOKIE)
+            if key:
+                return owner_of(self.keys, key)
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -99,8 +110,11 @@ class Guard:
 
         try:
             path = scope.get("path", "")
-            if self.keys and path not in OPEN_PATHS:
+            if self.keys and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
                 owner = self._owner(scope)
+                if owner is None and _dashboard_read(scope) and _wants_html(scope):
+                    await _redirect(f"{DASHBOARD}/login")(scope, receive, send_with_id)
+                    return
                 if owner is None:
                     resp = error_response(
                         401,
@@ -151,3 +165,41 @@ class Guard:
             return message
 
         return wrapped
+
+
+def owner_of(keys: dict[str, str], key: str) -> str | None:
+    """The owner of a plain key (constant-time against every digest), or None."""
+    digest = hash_key(key)
+    found = None
+    for known, owner in keys.items():
+        if hmac.compare_digest(known, digest):
+            found = owner
+    return found
+
+
+def _dashboard_read(scope: Scope) -> bool:
+    path = scope.get("path", "")
+    return scope.get("method") in ("GET", "HEAD") and (path == DASHBOARD or path.startswith(DASHBOARD + "/"))
+
+
+def _wants_html(scope: Scope) -> bool:
+    accept = dict(scope.get("headers") or []).get(b"accept", b"").decode("latin-1")
+    return "text/html" in accept
+
+
+def _cookie(header: str, name: str) -> str | None:
+    from http.cookies import CookieError, SimpleCookie
+
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except CookieError:
+        return None
+    morsel = jar.get(name)
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+def _redirect(location: str) -> ASGIApp:
+    from starlette.responses import RedirectResponse
+
+    return RedirectResponse(location, status_code=303)
