@@ -14,9 +14,10 @@ States: too early, falling, flat (no evidence of decrease over the window, or ov
 more: a fast early drop must not hide that the loss stopped moving), rising, diverging (non-finite, or the
 median of the last 10 steps `diverge_ratio` times its best).
 
-`story` tells a whole history: its phases (cut where two straight lines fit best, when the two sides get
-different verdicts; the earlier side cut again), e.g. "fast initial drop 3.20 → 1.61 (steps 1–18), then flat around
-1.58 (steps 19–80)".
+`story` tells a whole history: its phases (cut where two straight lines fit best, when they fit much better
+than one and the two sides get different verdicts, or both fall and the first 3 times faster: a "gradual
+decrease" after the drop; the earlier side cut again), e.g. "fast initial drop 3.20 → 1.61 (steps 1–18),
+then flat around 1.58 (steps 19–80)".
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ class Phase:
         if self.state == "falling":
             what = "fast initial drop" if fast else "falling"
             return f"{what} {f(self.start)} → {f(self.end)} ({steps})"
+        if self.state == "gradual":
+            return f"gradual decrease {f(self.start)} → {f(self.end)} ({steps})"
         if self.state == "rising":
             return f"rising {f(self.start)} → {f(self.end)} ({steps})"
         if self.state == "flat":
@@ -215,6 +218,13 @@ def _segments(y: np.ndarray, min_points: int) -> list[tuple[str, int, int]]:
     if two <= 0 or stats.f.sf(((one - two) / 3) / (two / (n - 5)), 3, n - 5) >= 0.001:
         return [(whole, 0, n)]
     left, right = _side(y[:cut], min_points), _side(y[cut:], min_points)
+    if left == right == "falling":
+        # Both falling, but a line through each fits much better than one: a fast drop, then a gradual
+        # decrease (the course's "is it still coming down?"), when the first is at least 3 times steeper.
+        steep = np.polyfit(np.arange(cut, dtype=float), y[:cut], 1)[0]
+        slow = np.polyfit(np.arange(n - cut, dtype=float), y[cut:], 1)[0]
+        if steep < 3 * slow < 0:
+            return _segments(y[:cut], min_points) + [("gradual", cut, n)]
     if left == right:
         return [(whole if whole == left else left, 0, n)]
     return _segments(y[:cut], min_points) + [(right, cut, n)]
