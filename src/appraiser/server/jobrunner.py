@@ -168,7 +168,9 @@ class JobRunner:
         n = reports["training_file"].n_examples
         hp = jobs.resolve_hyperparameters(jobs.Hyperparameters(**job["hyperparameters"]), n)
         cfg = self._train_config(job, hp, n, "validation_file" in reports)
-        updated = self.store.update_job(
+        if self.store.get_job(None, job_id)["status"] == "validating_files":
+            jobs.add_message(self.runs, job, "validated", "Files validated, moving job to queued state")
+        self.store.update_job(
             job_id,
             expect=("validating_files",),
             status="queued",
@@ -176,8 +178,6 @@ class JobRunner:
             method={"type": "supervised", "supervised": {"hyperparameters": hp}},
             _config=cfg,
         )
-        if updated is not None:
-            jobs.add_message(self.runs, job, "validated", "Files validated, moving job to queued state")
         self._wake.set()
 
     def _train_config(self, job: dict[str, Any], hp: dict[str, Any], n: int, has_validation: bool) -> dict[str, Any]:
@@ -208,15 +208,17 @@ class JobRunner:
         return TrainConfig.model_validate(cfg).model_dump(mode="json")
 
     def _fail(self, job_id: str, code: str, message: str, param: str | None) -> None:
-        job = self.store.update_job(
+        active = ("validating_files", "queued", "running")
+        job = self.store.get_job(None, job_id)
+        if job["status"] in active:  # the event first: a client that sees `failed` sees why
+            jobs.add_message(self.runs, job, "failed", message, level="error")
+        self.store.update_job(
             job_id,
-            expect=("validating_files", "queued", "running"),
+            expect=active,
             status="failed",
             finished_at=int(time.time()),
             error={"code": code, "message": message, "param": param},
         )
-        if job is not None:
-            jobs.add_message(self.runs, job, "failed", message, level="error")
         self._wake.set()
 
     # ------------------------------------------------------------ control
@@ -232,9 +234,12 @@ class JobRunner:
 
     def cancel(self, owner: str, job_id: str) -> dict[str, Any]:
         job = self.store.get_job(owner, job_id)
+        cancellable = ("validating_files", "queued", "running", "paused")
+        if job["status"] in cancellable:  # the event first, as for every end
+            jobs.add_message(self.runs, job, "cancelled", "Fine-tuning job cancelled")
         updated = self.store.update_job(
             job_id,
-            expect=("validating_files", "queued", "running", "paused"),
+            expect=cancellable,
             status="cancelled",
             finished_at=int(time.time()),
             estimated_finish=None,
@@ -247,7 +252,6 @@ class JobRunner:
                 param="fine_tuning_job_id",
             )
         self._control(job_id, "cancel")
-        jobs.add_message(self.runs, job, "cancelled", "Fine-tuning job cancelled")
         self._wake.set()
         return updated
 

@@ -227,6 +227,9 @@ def run_job(root: Path, job_id: str, parent: int) -> None:
     owner = job["_owner"]
     csv_file = store.add_file(owner, "step_metrics.csv", "fine-tune-results", jobs.result_csv(runs, run.id))
     name = job["_ft_name"]
+    if store.get_job(None, job_id)["status"] == "running":  # the events first: a client that sees succeeded sees them
+        jobs.add_message(runs, job, "model", f"New fine-tuned model created: {name}")
+        jobs.add_message(runs, job, "succeeded", "The job has successfully completed")
     done = store.update_job(
         job_id,
         expect=("running",),
@@ -237,10 +240,7 @@ def run_job(root: Path, job_id: str, parent: int) -> None:
         result_files=[csv_file["id"]],
         estimated_finish=None,
     )
-    if done is not None:
-        jobs.add_message(runs, job, "model", f"New fine-tuned model created: {name}")
-        jobs.add_message(runs, job, "succeeded", "The job has successfully completed")
-    else:
+    if done is None:  # cancelled in the last instant
         store.delete_file(owner, csv_file["id"])
 
 
