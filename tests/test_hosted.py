@@ -97,6 +97,11 @@ def test_start_refuses_a_malformed_file_before_uploading_anything(tmp_path: Path
     assert RunStore().list() == []  # nothing started
 
 
+def test_start_names_a_missing_file_before_anything_else(tmp_path: Path):
+    r = cli("hosted", "start", "--from", tmp_path / "nowhere", env={"OPENAI_API_KEY": ""})
+    assert r.returncode == 2 and "nowhere/train.jsonl: no such chat JSONL file" in r.stderr
+
+
 def test_start_records_a_provider_error_on_the_run(server, pool: Path, tmp_path: Path):
     """The files upload to the live server; a job on a model it does not have fails with its message."""
     out = tmp_path / "p"
