@@ -53,7 +53,7 @@ def main() -> None:
     from appraiser.evaluation.store import LeaderboardStore
     from appraiser.pricers.ensemble import EnsemblePricer
 
-    console = Console()
+    console = Console(width=max(Console().width, 160))  # the table is wide; a log file should hold it whole
     test = load_test_items(args.data / "validation.jsonl", args.size)
     pools = {"train": [args.data / "train.jsonl"], "train+extra": [args.data]}
     chosen = [p.strip() for p in args.pools.split(",") if p.strip()]

@@ -211,3 +211,13 @@ def test_index_commands_build_and_query(pool_and_held, emb_dir, tmp_path, monkey
     assert asked.output.count("$") >= 3
     missing = runner.invoke(app, ["index", "query", "x", "--index", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a retrieval index" in missing.output
+
+
+def test_knn_takes_the_options_every_baseline_shares():
+    """`appraiser baseline knn` passes --weighting and --seed: the knn factory must accept and check them."""
+    from appraiser.pricers import registry
+
+    knn = registry.create("knn", weighting="price_flat", seed=3, k=7)
+    assert knn.weighting == "price_flat" and knn.seed == 3 and knn.label == "knn[weighting=price_flat,seed=3,k=7]"
+    with pytest.raises(DataError):
+        registry.create("knn", weighting="nope")

@@ -25,8 +25,19 @@ class KnnPricer(Baseline):
     name = "knn"
     default_params = {"k": 10, "aggregate": "mean", "backend": DEFAULT_BACKEND, "index": None}
 
-    def __init__(self, *args, cache_dir=None, progress: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        target: str | None = None,
+        weighting: str = "none",
+        seed: int = 0,
+        categories: Sequence[str] | None = None,
+        off_category_weight: float = 1.0,
+        cache_dir=None,
+        progress: bool = False,
+        **params,
+    ):
+        # the shared options spelled out, so `appraiser baseline knn --weighting ... --seed ...` can check them
+        super().__init__(target, weighting, seed, categories, off_category_weight, **params)
         if self.params["aggregate"] not in ("mean", "median"):
             raise ValueError("aggregate must be 'mean' or 'median'")
         if int(self.params["k"]) < 1:
