@@ -106,7 +106,7 @@ class Verdict:
             return f"diverging: the {self.metric} is non-finite or far above its best"
         p = f"P(decrease) = {self.p_decrease:.2f} over the last {self.window} steps"
         if self.state == "flat":
-            return f"flat: no evidence of decrease for {self.steps_without_decrease} steps ({p})"
+            return f"flat: no decrease beyond the noise for {self.steps_without_decrease} steps ({p})"
         return f"{self.state}: {p}"
 
 
@@ -117,6 +117,7 @@ def verdict(
     min_points: int = 20,
     metric: str = "loss",
     diverge_ratio: float = 3.0,
+    phased: bool = True,
 ) -> Verdict:
     """The trend of the last `window` raw values (one per step, oldest first)."""
     vals = list(values)
@@ -148,6 +149,14 @@ def verdict(
         return Verdict("flat", p, flat_for, slope, se, None, flat_for, metric)
     elif p_best >= 0.9:
         state = "falling"
+        if phased and len(y) >= 2 * min_points:
+            # Still "falling" only because the window holds the early drop? Judge the phase the run is in now
+            # (the story's last phase): a plateau after a fast drop is flat, however significant the drop.
+            last = _segments(np.minimum(y, np.quantile(y, 0.9)), min_points)[-1]  # top 10% clipped: bad batches
+            if last[0] == "flat" and last[1] > 0:
+                tail = y[last[1] :]
+                t_slope, t_se, t_p = _p_decrease(np.arange(len(tail), dtype=float), tail)
+                return Verdict("flat", t_p, len(tail), t_slope, t_se, None, len(tail), metric)
     else:
         state = "flat"
     return Verdict(state, p, len(recent), slope, se, p_robust, flat_for, metric)
@@ -194,7 +203,7 @@ def _sse_line(y: np.ndarray) -> float:
 def _side(y: np.ndarray, min_points: int) -> str:
     """A phase's state: its verdict, but a "falling" whose fitted line drops less than one noise standard
     deviation over the whole phase is flat (a long plateau's last crumbs of decrease are significant, not news)."""
-    v = verdict(y, window=len(y), min_points=min_points)
+    v = verdict(y, window=len(y), min_points=min_points, phased=False)
     if v.state == "falling" and v.slope is not None:
         noise = math.sqrt(_sse_line(y) / max(len(y) - 2, 1))
         if -v.slope * len(y) < noise:
