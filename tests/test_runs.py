@@ -211,3 +211,12 @@ def test_an_old_database_gains_the_state_table(tmp_path):
     store = RunStore(db)
     run = store.create(name="old")
     assert store.claim(run.id, "k") and not store.claim(run.id, "k")
+
+
+def test_add_event_once_writes_the_event_and_its_metrics_once(tmp_path):
+    store = RunStore(tmp_path / "runs.db")
+    run = store.create(kind="hosted", name="h")
+    assert store.add_event_once(run.id, "ev:1", "Step 1/2: training loss=1.5", step=1, metrics={"loss": 1.5})
+    assert not store.add_event_once(run.id, "ev:1", "Step 1/2: training loss=1.5", step=1, metrics={"loss": 9.0})
+    assert [e.message for e in store.events(run.id)] == ["Step 1/2: training loss=1.5"]
+    assert store.series(run.id, "loss") == ([1], [1.5])

@@ -3,7 +3,8 @@
 The provider lists events newest first, a page at a time (`after` = the oldest id of the previous page).
 Each poll walks pages from the newest down to the page holding the cursor (the newest event id seen by the
 last complete poll, kept in the run store's `state`), records the events not yet mirrored oldest first,
-then moves the cursor. Each event is claimed by id (`RunStore.claim`): two followers of one job
+then moves the cursor. Each event is claimed by id with its line and metrics in one transaction
+(`RunStore.add_event_once`): two followers of one job
 (`hosted start` and a `runs watch` elsewhere) or a rerun after Ctrl-C never record an event twice. 429,
 5xx and lost connections that outlast the SDK's own retries back off (2 s doubling to 60 s) and poll
 again; other errors stop the follower.
@@ -115,12 +116,13 @@ class Follower:
     def record(self, ev: Any) -> bool:
         """Mirror one event (message, metrics, progress, trackers) unless some follower already did."""
         store, run_id = self.store, self.run_id
-        if not store.claim(run_id, _event_key(ev.id)):
-            return False
         step, total, values = metric_values(ev.data) if ev.type in (None, "metrics") else (None, None, {})
-        store.add_event(run_id, ev.message, level=LEVEL.get(ev.level, "info"), step=step, at=float(ev.created_at))
+        level = LEVEL.get(ev.level, "info")
+        at = float(ev.created_at)
+        key = _event_key(ev.id)
+        if not store.add_event_once(run_id, key, ev.message, level=level, step=step, at=at, metrics=values):
+            return False
         if step is not None and values:
-            store.log_metrics(run_id, step, values, at=float(ev.created_at))
             self._progress(step, total, values)
             self._track(step, values)
         return True

@@ -373,6 +373,43 @@ class RunStore:
             )
             db.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
 
+    def add_event_once(
+        self,
+        run_id: str,
+        key: str,
+        message: str,
+        *,
+        level: str = "info",
+        step: int | None = None,
+        at: float | None = None,
+        metrics: Mapping[str, float | None] | None = None,
+    ) -> bool:
+        """Claim `key` and add the event (and its step's metrics) in one transaction; False if already claimed.
+
+        What a follower mirroring someone else's log needs: a kill between "claimed" and "written" can then
+        neither lose the event nor let a rerun add it twice.
+        """
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        now = time.time() if at is None else at
+        with self._connect() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO state (run_id, key, value, time) VALUES (?, ?, 'true', ?)", (run_id, key, now)
+            )
+            if cur.rowcount != 1:
+                return False
+            db.execute(
+                "INSERT INTO events (run_id, time, level, message, step) VALUES (?, ?, ?, ?, ?)",
+                (run_id, now, level, message, step),
+            )
+            if metrics and step is not None:
+                db.executemany(
+                    "INSERT OR REPLACE INTO metrics (run_id, step, name, value, time) VALUES (?, ?, ?, ?, ?)",
+                    [(run_id, step, n, None if v is None else float(v), now) for n, v in metrics.items()],
+                )
+            db.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
+        return True
+
     def events(self, run_id: str, *, after: int = 0, limit: int | None = None) -> list[Event]:
         """Events in order; `after` (an event id) returns only newer ones, for tailing a live log."""
         sql = "SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id"
