@@ -316,6 +316,23 @@ def test_invalid_training_file_fails_the_job_as_openai_does(ft, files):
     body, headers = ft.receiver.wait_for(job.id)
     assert c.webhooks.unwrap(body, headers, secret=SECRET).type == "fine_tuning.job.failed"
 
+    # its result card, to the URL the job named in its metadata (Apprise json:// to a real receiver)
+    told = Receiver()
+    hook = told.url.replace("http://", "json://")
+    with pytest.raises(openai.BadRequestError) as bad_url:
+        create(c, train_id := upload(c, files["bad"]), metadata={"notify": "nonsense"})
+    assert bad_url.value.body["param"] == "metadata"
+    job = create(c, train_id, metadata={"notify": hook})
+    assert wait_status(c, job.id, FINISHED, deadline_s=120).status == "failed"
+    end = time.time() + 60
+    while not told.received and time.time() < end:
+        time.sleep(0.2)
+    assert len(told.received) == 1
+    card = json.loads(told.received[0][0])
+    assert card["title"].endswith("failed") and job.id in card["title"]
+    assert "Last error lines" in card["message"] and "invalid_json" in card["message"]
+    assert f'list_events("{job.id}")' in card["message"] and "appraiser runs" not in card["message"]
+
     few = files["bad"].with_name("few.jsonl")
     few.write_text("".join(line + "\n" for line in files["train"].read_text().splitlines()[:5]))
     small = wait_status(c, create(c, upload(c, few)).id, FINISHED, deadline_s=120)

@@ -59,6 +59,14 @@ def serve_command(
     job_threads: Annotated[
         int | None, typer.Option(help="torch threads per fine-tuning worker (default: torch's choice).", min=1)
     ] = None,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--notify",
+            help="Apprise URL (mailto://, json://, slack://, ...) sent each fine-tuning job's result card when it "
+            "ends; repeatable. A job can ask for its own with metadata={'notify': 'URL ...'}.",
+        ),
+    ] = None,
 ) -> None:
     """Serve Appraiser's models over the OpenAI API (chat completions, models) plus /v1/price."""
     from appraiser.server import ServerSettings, create_app
@@ -74,6 +82,12 @@ def serve_command(
     quiet_libraries()
     import uvicorn
 
+    from appraiser.notify import check_url
+
+    for url in notify or []:
+        problem = check_url(url)
+        if problem is not None:
+            raise DataError(f"--notify: {problem}")
     secret = webhook_secret or os.environ.get("APPRAISER_WEBHOOK_SECRET")
     if webhook_url and not secret:
         raise DataError("--webhook-url needs --webhook-secret (or $APPRAISER_WEBHOOK_SECRET): webhooks are signed")
@@ -89,6 +103,7 @@ def serve_command(
             job_save_every=job_save_every,
             job_max_steps=job_max_steps,
             job_threads=job_threads,
+            notify=list(notify or []),
         )
     )
     logging.getLogger("appraiser.server").setLevel(log_level.upper())

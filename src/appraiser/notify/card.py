@@ -159,6 +159,18 @@ def _model_lines(run: Run) -> list[tuple[str, str]]:
     return out
 
 
+def _job_lines(store: RunStore, run: Run) -> list[tuple[str, str]]:
+    """A fine-tuning job of `appraiser serve` (its run is named by the job id): how its owner uses the result."""
+    job = run.name or run.id
+    out = [("Base model", f"{run.model or '-'} + LoRA adapter")]
+    model = store.get_state(run.id, "fine_tuned_model")
+    if model:
+        out.append(("Model", model))
+        out.append(("Use it", f'client.chat.completions.create(model="{model}", messages=[...])'))
+    out.append(("Follow", f'client.fine_tuning.jobs.list_events("{job}")'))
+    return out
+
+
 def _error_lines(store: RunStore, run: Run, n: int = 8) -> list[str]:
     lines = []
     if run.error:
@@ -191,8 +203,11 @@ def build_card(store: RunStore, run_id: str, status: str | None = None) -> Card:
     board = _leaderboard_line(run, best)
     if board is not None:
         card.lines.append(board)
-    card.lines += _model_lines(run)
-    card.lines.append(("Follow", f"appraiser runs show {run.id}   |   appraiser runs watch {run.id}"))
+    if run.config.get("fine_tuning_job"):  # a job of appraiser serve: its client speaks the OpenAI API
+        card.lines += _job_lines(store, run)
+    else:
+        card.lines += _model_lines(run)
+        card.lines.append(("Follow", f"appraiser runs show {run.id}   |   appraiser runs watch {run.id}"))
     if status in ("failed", "killed", "stalled"):
         card.error_lines = _error_lines(store, run)
     return card

@@ -56,6 +56,7 @@ class ServerSettings:
     job_save_every: int | None = None  # checkpoint every N steps (default: once per epoch, as OpenAI)
     job_max_steps: int | None = None  # cap on a job's steps (tests, benchmarks)
     job_threads: int | None = None  # torch threads of a job's worker (default: torch's choice)
+    notify: list[str] = field(default_factory=list)  # Apprise URLs told when any job ends (per job: metadata)
 
 
 # ---------------------------------------------------------------- request bodies

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -95,6 +96,12 @@ class JobRunner:
                 param="model",
             )
         jobs.requested_hyperparameters(req)  # an unsupported method is a 400 now, not a failed job
+        from appraiser.notify import check_url
+
+        for url in notify_urls(req.metadata):  # a typo is a 400 now, not a silent end
+            problem = check_url(url)
+            if problem is not None:
+                raise OpenAIError(400, f"metadata.notify: {problem}", code="invalid_value", param="metadata")
         for param, fid in (("training_file", req.training_file), ("validation_file", req.validation_file)):
             if fid is None:
                 continue
@@ -219,6 +226,8 @@ class JobRunner:
             finished_at=int(time.time()),
             error={"code": code, "message": message, "param": param},
         )
+        with contextlib.suppress(Exception):  # the job's run says why too (the result card reads it there)
+            self.runs.update(job["_run_id"], status="failed", error=f"{code}: {message}")
         self._wake.set()
 
     # ------------------------------------------------------------ control
@@ -340,21 +349,42 @@ class JobRunner:
                 self.procs[job["id"]] = proc
 
     def _webhooks(self) -> None:
+        """Tell the world a job ended: its signed webhook, and its result card to the `--notify` URLs and to
+        the job's own (`metadata.notify`). Each exactly once, across restarts (claims in the run store)."""
         url = getattr(self.settings, "webhook_url", None)
-        if not url:
-            return
+        everyone = list(getattr(self.settings, "notify", None) or [])
         for job in self.store.list_jobs(statuses=jobs.FINISHED):
             if job["id"] in self._webhooked:
                 continue
             self._webhooked.add(job["id"])
-            if self.runs.claim(job["_run_id"], f"webhook:{job['status']}"):
+            if url and self.runs.claim(job["_run_id"], f"webhook:{job['status']}"):
                 event = webhooks.job_event(job["id"], job["status"], job.get("finished_at"))
                 threading.Thread(target=self._send, args=(url, event, job), daemon=True).start()
+            urls = everyone + notify_urls(job.get("metadata"))
+            if urls:
+                threading.Thread(target=self._notify, args=(job, urls), daemon=True).start()
+
+    def _notify(self, job: dict[str, Any], urls: list[str]) -> None:
+        from appraiser.notify import notify_run
+
+        try:
+            if job.get("fine_tuned_model"):  # the card names the model the owner calls
+                self.runs.set_state(job["_run_id"], "fine_tuned_model", job["fine_tuned_model"])
+            notify_run(self.runs, job["_run_id"], urls, status=job["status"])
+        except Exception:  # noqa: BLE001 - a notification never takes the scheduler down
+            log.exception("fine-tuning job %s: notification", job["id"])
 
     def _send(self, url: str, event: dict[str, Any], job: dict[str, Any]) -> None:
         if not webhooks.deliver(url, getattr(self.settings, "webhook_secret", None), event):
             log.warning("webhook %s for %s not delivered", event["type"], job["id"])
             self.runs.unclaim(job["_run_id"], f"webhook:{job['status']}")  # the next start tries again
+
+
+def notify_urls(metadata: dict[str, str] | None) -> list[str]:
+    """The Apprise URLs a job asked to be told at (`metadata={"notify": "URL [URL ...]"}`: OpenAI's metadata
+    values are strings, so several URLs are separated by spaces)."""
+    value = (metadata or {}).get("notify") or ""
+    return value.split() if isinstance(value, str) else []
 
 
 def worker_log(root: Path, job_id: str) -> Path:
