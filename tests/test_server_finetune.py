@@ -299,6 +299,15 @@ def test_course_flow_upload_train_events_checkpoints_chat_price_webhook(ft, file
     health = httpx.get(f"{ft.base[:-3]}/health", headers={"Authorization": f"Bearer {OTHER_KEY}"}, timeout=60)
     assert done.fine_tuned_model not in health.json()["models"]  # loaded, but not for this key
 
+    # the dashboard shows the job's run (named by the job id) with its loss curve to its owner only
+    def dash(key: str, path: str) -> httpx.Response:
+        return httpx.get(f"{ft.base[:-3]}/dashboard/api{path}", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+    (run,) = [r for r in dash(KEY, "/runs").json()["runs"] if r["name"] == job.id]
+    assert run["status"] == "succeeded" and dash(KEY, f"/runs/{run['id']}").json()["curves"]["loss"]["n"] == 4
+    assert job.id not in [r["name"] for r in dash(OTHER_KEY, "/runs").json()["runs"]]
+    assert dash(OTHER_KEY, f"/runs/{run['id']}").status_code == 404
+
 
 # ---------------------------------------------------------------- bad input
 

@@ -47,7 +47,8 @@ CSP = (
 def install(app: Any, store: Any, pool: Any, settings: Any, paths: data.Paths | None = None) -> None:
     """Add the dashboard's routes to `app` (the server's run store and leaderboard unless `paths`)."""
     home = config.home()
-    paths = paths or data.Paths(home / "runs.db", home / "leaderboard.db")
+    jobs_db = Path(store.root) / "runs.db" if getattr(store, "root", None) is not None else None
+    paths = paths or data.Paths(home / "runs.db", home / "leaderboard.db", jobs_db)
     keys = dict(getattr(settings, "keys", None) or {})
     app.include_router(_router(paths, bool(keys)))
     if keys:
@@ -126,18 +127,22 @@ def _router(paths: data.Paths, keys_configured: bool) -> APIRouter:
     def owner(request: Request) -> str | None:
         return getattr(request.state, "owner", "default")
 
-    def runs() -> RunStore:
-        return RunStore(paths.runs_db)
+    def stores() -> list[RunStore]:
+        """This machine's runs, then (in `appraiser serve`) the server's fine-tuning jobs: one timeline."""
+        out = [RunStore(paths.runs_db)]
+        if paths.job_runs_db is not None and paths.job_runs_db.exists():
+            out.append(RunStore(paths.job_runs_db))
+        return out
 
     def run_for(request: Request, run_id: str) -> tuple[RunStore, Any]:
-        store = runs()
-        try:
-            run = store.get(run_id)
-        except RunNotFound:
-            raise HTTPException(404, f"no run {run_id!r}") from None
-        if run.id != run_id or not data.visible(run, owner(request), keys_configured):
-            raise HTTPException(404, f"no run {run_id!r}")  # exact ids only; others' runs do not exist
-        return store, run
+        for store in stores():
+            try:
+                run = store.get(run_id)
+            except RunNotFound:
+                continue
+            if run.id == run_id and data.visible(run, owner(request), keys_configured):
+                return store, run
+        raise HTTPException(404, f"no run {run_id!r}")  # exact ids only; others' runs do not exist
 
     def page(name: str) -> Response:
         return FileResponse(STATIC / PAGES[name], media_type="text/html", headers={"Content-Security-Policy": CSP})
@@ -181,7 +186,9 @@ def _router(paths: data.Paths, keys_configured: bool) -> APIRouter:
 
     @r.get("/api/runs")
     def api_runs(request: Request) -> Response:
-        return json_response(request, {"runs": data.runs_list(runs(), owner(request), keys_configured)})
+        rows = [row for st in stores() for row in data.runs_list(st, owner(request), keys_configured)]
+        rows.sort(key=lambda row: row["created"], reverse=True)
+        return json_response(request, {"runs": rows})
 
     @r.get("/api/runs/{run_id}")
     def api_run(

@@ -38,6 +38,8 @@ class Paths:
 
     runs_db: Path
     leaderboard_db: Path
+    #: `appraiser serve`'s own run store, where its fine-tuning jobs train (each run records its owner)
+    job_runs_db: Path | None = None
 
 
 def _finite(v: float | None) -> float | None:

@@ -116,7 +116,7 @@ class JobRunner:
                     code="invalid_file_purpose",
                     param=param,
                 )
-        run = self.runs.create(kind="local", model=req.model, config={"fine_tuning_job": True})
+        run = self.runs.create(kind="local", model=req.model, config={"fine_tuning_job": True, "owner": owner})
         job = jobs.new_job(owner, req, run.id)
         self.runs.update(run.id, name=job["id"])
         self.store.add_job(owner, job)
