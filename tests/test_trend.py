@@ -156,3 +156,11 @@ def test_runs_show_verdict_tells_the_story_and_watch_shows_the_eta():
     watched = runner.invoke(app, ["runs", "watch", run.id, "--once"], env={"COLUMNS": "250"})
     assert watched.exit_code == 0 and "loss trend: flat" in watched.output and "(ETA 2:05)" in watched.output
     assert "validation loss trend:" in watched.output
+
+
+def test_a_flat_verdict_with_a_significant_tiny_slope_says_so_instead_of_contradicting_itself():
+    from appraiser.runs.trend import Verdict
+
+    drifting = Verdict("flat", 1.0, 57, steps_without_decrease=57).message
+    assert drifting.startswith("flat: still drifting down") and "less than its noise" in drifting
+    assert Verdict("flat", 0.4, 57, steps_without_decrease=57).message.startswith("flat: no decrease beyond")

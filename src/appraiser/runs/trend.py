@@ -105,6 +105,11 @@ class Verdict:
         if self.state == "diverging":
             return f"diverging: the {self.metric} is non-finite or far above its best"
         p = f"P(decrease) = {self.p_decrease:.2f} over the last {self.window} steps"
+        if self.state == "flat" and self.p_decrease >= 0.9:  # a real slope, but too small to matter
+            return (
+                f"flat: still drifting down ({p}), but by less than its noise for "
+                f"{self.steps_without_decrease} steps"
+            )
         if self.state == "flat":
             return f"flat: no decrease beyond the noise for {self.steps_without_decrease} steps ({p})"
         return f"{self.state}: {p}"
