@@ -2,8 +2,9 @@
 the official `openai` SDK, a live `appraiser serve` (its files and fine-tuning routes), the run store, and
 trackio's local SQLite store as the tracker.
 
-The fine-tuning jobs train SmolLM2-135M on CPU for a few steps (a couple of dozen items), so the tests that
-run one are marked slow; prepare and the refusals are fast.
+The fine-tuning jobs train SmolLM2-135M on CPU for a few steps (a couple of dozen items). Ctrl-C + continue
+and `runs watch` + cancel run in the default suite (start and watch end to end, about a minute together); the
+whole workflow through a rate-limiting proxy with trackio and eval-on-finish (about two minutes) is marked slow.
 """
 
 from __future__ import annotations
@@ -285,7 +286,6 @@ def test_start_follows_the_job_live_into_the_store_trackio_and_leaderboard(
     assert cps.returncode == 0 and run.config["fine_tuned_model"].split(":")[1] in cps.stdout
 
 
-@pytest.mark.slow
 def test_ctrl_c_then_watch_continues_from_the_cursor_without_duplicates(trainer_server, pool: Path, tmp_path: Path):
     """Interrupted once its first metrics are in, the follower exits 130 and says how to go on; trackio
     already holds those steps while the job still runs (live, not synced at the end); a rerun mirrors the
@@ -335,7 +335,6 @@ def test_ctrl_c_then_watch_continues_from_the_cursor_without_duplicates(trainer_
     assert _trackio_losses(trackio_dir, run.id) == pytest.approx(dict(zip(steps, losses, strict=True)), abs=1e-4)
 
 
-@pytest.mark.slow
 def test_runs_watch_follows_a_hosted_job_and_cancel_ends_it(trainer_server, pool: Path, tmp_path: Path):
     """`runs watch` on a hosted run that nobody follows mirrors the job's events itself; `hosted cancel`
     ends the job, and the watch ends with it."""

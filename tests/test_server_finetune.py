@@ -411,7 +411,6 @@ def test_pause_saves_a_checkpoint_and_resume_finishes(ft, files):
 # ---------------------------------------------------------------- restart
 
 
-@pytest.mark.slow
 def test_kill_9_mid_job_resumes_from_its_checkpoint(ft, files):
     c = client(ft)
     train_id = upload(c, files["train"])
