@@ -247,9 +247,9 @@ def test_a_browser_signs_in_once_and_the_cookie_opens_the_dashboard_only(tmp_pat
         assert client.get("/dashboard/api/runs").json() == {"runs": []}  # the cookie is sent back
         assert client.get("/dashboard", headers=html).status_code == 200
         # ...and opens nothing else: not the API, not a write
-        jar = {COOKIE: KEY}
-        assert client.get("/v1/models", cookies=jar).status_code == 401
-        assert client.post("/v1/files", cookies=jar, files={"file": ("a.jsonl", b"{}")}).status_code == 401
+        jar = {"Cookie": f"{COOKIE}={KEY}"}
+        assert client.get("/v1/models", headers=jar).status_code == 401
+        assert client.post("/v1/files", headers=jar, files={"file": ("a.jsonl", b"{}")}).status_code == 401
         client.cookies.clear()
         assert client.get("/dashboard/api/runs").status_code == 401
 
