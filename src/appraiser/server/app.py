@@ -249,14 +249,9 @@ def _owner(request: Request) -> str:
 
 
 def _page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:
-    page = rows[:limit]
-    return {
-        "object": "list",
-        "data": page,
-        "first_id": page[0]["id"] if page else None,
-        "last_id": page[-1]["id"] if page else None,
-        "has_more": len(rows) > limit,
-    }
+    from appraiser.server.jobs import page_after  # one OpenAI list page shape for files, batches and jobs
+
+    return page_after(rows, None, limit)
 
 
 def _model_obj(card: Any) -> dict[str, Any]:
