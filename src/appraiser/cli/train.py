@@ -226,6 +226,13 @@ def train_command(
     ] = None,
     head_refit_items: Annotated[int | None, typer.Option(help="distinct training items the head refit reads")] = None,
     load_in_4bit: Annotated[bool | None, typer.Option("--4bit/--no-4bit", help="QLoRA: NF4 base")] = None,
+    rag: Annotated[
+        int | None,
+        typer.Option(help="retrieval-augmented: each prompt starts with its K nearest training items and prices"),
+    ] = None,
+    index: Annotated[
+        Path | None, typer.Option(help="the training pool's retrieval index for --rag (default: <home>/index)")
+    ] = None,
     probe_every: Annotated[int | None, typer.Option(help="score the probe set every N steps (0: never)")] = None,
     probe_size: Annotated[int | None, typer.Option(help="validation items in the probe set")] = None,
     probe_method: Annotated[str | None, typer.Option(help="expected | greedy")] = None,
@@ -297,6 +304,8 @@ def train_command(
             "head_refit": head_refit,
             "head_refit_items": head_refit_items,
             "load_in_4bit": load_in_4bit,
+            "rag": rag,
+            "index": index,
             "probe_every": probe_every,
             "probe_size": probe_size,
             "probe_method": probe_method,

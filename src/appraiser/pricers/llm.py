@@ -9,7 +9,9 @@ run folder (its `best/` adapter, else `final/`), or a run of the run store by id
 trained: the prompt settings come from the run's `appraiser.json`.
 
 With `rag=K` each prompt starts with the item's K most similar training items and their prices
-(`pricers.rag.local_context`, from the retrieval index).
+(`pricers.rag.local_context`, from the retrieval index). A run fine-tuned that way (`appraiser train --rag K`)
+is read with the same context by default: its K, its index folder (or `index=`, which must then be built
+from the same pool: its fingerprint is checked against the one trained with) and its title budget.
 The model loads on first use and is never pickled (a saved pricer stores only its settings).
 """
 
@@ -26,7 +28,7 @@ from appraiser.inference.decode import METHODS, PriceDistribution, predict_price
 from appraiser.items import Item
 from appraiser.models import DEFAULT_MODEL, check_model, find_adapter, finetune_info, load_model
 from appraiser.pricers.base import Prediction, Pricer
-from appraiser.pricers.rag import Retriever, local_context
+from appraiser.pricers.rag import TITLE_TOKENS, Retriever, local_contexts
 from appraiser.pricers.registry import register
 
 #: Which summary of the price distribution is the guess: the mean (the expected price; best for MAE when the
@@ -86,7 +88,7 @@ class LLMPricer(Pricer):
         load_in_4bit: bool = False,
         device: str | None = None,
         point: str = "mean",
-        rag: int = 0,
+        rag: int | None = None,
         index: str | None = None,
     ):
         if method not in (*METHODS, "auto"):
@@ -100,10 +102,8 @@ class LLMPricer(Pricer):
         if max_text_tokens is not None and int(max_text_tokens) < 1:
             raise ValueError(f"max_text_tokens must be at least 1, not {max_text_tokens}")
         self.point = point
-        if int(rag) < 0:
+        if rag is not None and int(rag) < 0:
             raise ValueError(f"rag must be 0 (no retrieval) or the number of similar items to show, not {rag}")
-        self.rag = int(rag)
-        self.retriever = Retriever(index) if self.rag else None
         self.model = str(model)
         self.batch_size = int(batch_size)
         self.beam_width = int(beam_width)
@@ -120,6 +120,7 @@ class LLMPricer(Pricer):
         elif method == "head" and not info.get("head"):
             raise ValueError(f"{self.model}: method 'head' needs a run fine-tuned with a regression head")
         self.method = method
+        self._set_rag(info.get("rag"), rag, index)
         prompt = PromptConfig.of_finetune(info)
         if max_text_tokens is not None:
             prompt = dataclasses.replace(prompt, max_text_tokens=int(max_text_tokens))
@@ -128,6 +129,24 @@ class LLMPricer(Pricer):
         self.fit_info: dict[str, Any] = {"adapter_digest": _file_digest(self.adapter)} if self.adapter else {}
         self._model: Any = None
         self._tokenizer: Any = None
+
+    def _set_rag(self, trained: dict[str, Any] | None, rag: int | None, index: str | None) -> None:
+        """The retrieval context: a RAG fine-tune's own (refusing another K), else `rag`/`index` as given."""
+        self.title_tokens = TITLE_TOKENS
+        if trained:
+            k = int(trained["k"])
+            if rag is not None and int(rag) != k:
+                raise ValueError(
+                    f"{self.model} was fine-tuned with rag={k} (its {k} nearest training items in every prompt); "
+                    f"read it with the same context (leave rag unset), not rag={rag}"
+                )
+            self.rag = k
+            self.title_tokens = int(trained.get("title_tokens") or TITLE_TOKENS)
+            self.retriever: Retriever | None = Retriever(index or trained.get("index"), pool=trained.get("pool"))
+            self.retriever.index  # noqa: B018 - a missing or foreign index fails now, before the model loads
+            return
+        self.rag = int(rag or 0)
+        self.retriever = Retriever(index) if self.rag else None
 
     # ------------------------------------------------------------ identity
 
@@ -144,6 +163,7 @@ class LLMPricer(Pricer):
             "load_in_4bit": self.load_in_4bit,
             "prompt": vars(self.prompt_config),
             **({"rag": self.rag, **self.retriever.describe()} if self.retriever else {}),
+            **({"rag_title_tokens": self.title_tokens} if self.title_tokens != TITLE_TOKENS else {}),
         }
 
     @property
@@ -186,8 +206,8 @@ class LLMPricer(Pricer):
         """The prompts the model reads: the fine-tune's own, after the RAG context when `rag` > 0."""
         prompts = [make_prompt(it, tokenizer, self.prompt_config) for it in items]
         if self.retriever is not None:  # similar training items and their prices before the question
-            found = self.retriever.neighbours(items, self.rag)
-            prompts = [local_context(ns, tokenizer) + p for ns, p in zip(found, prompts, strict=True)]
+            contexts = local_contexts(items, tokenizer, self.retriever, self.rag, self.title_tokens)
+            prompts = [c + p for c, p in zip(contexts, prompts, strict=True)]
         return prompts
 
     def distributions(self, items: Sequence[Item], progress: Any = None) -> list[PriceDistribution | None]:

@@ -18,8 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from appraiser.data.io import DataError
 from appraiser.items import Item
 from appraiser.retrieval.index import Neighbour, RetrievalIndex
+
+#: Tokens of each neighbour's title in the local context (`local_context`).
+TITLE_TOKENS = 24
 
 CONTEXT_INTRO = (
     "To provide some context, here are some other items that might be similar to the item you need to estimate.\n\n"
@@ -36,7 +40,7 @@ def api_context(neighbours: Sequence[Neighbour], max_chars: int = 600) -> str:
     return "".join(parts) + QUESTION_INTRO
 
 
-def local_context(neighbours: Sequence[Neighbour], tokenizer: Any, max_tokens: int = 24) -> str:
+def local_context(neighbours: Sequence[Neighbour], tokenizer: Any, max_tokens: int = TITLE_TOKENS) -> str:
     """A compact context for a small local model: each neighbour's title (≤ `max_tokens` tokens) and price."""
     from appraiser.data.prompts import truncate_text
 
@@ -47,14 +51,26 @@ def local_context(neighbours: Sequence[Neighbour], tokenizer: Any, max_tokens: i
     return "\n".join(lines) + "\n\n"
 
 
+def local_contexts(
+    items: Sequence[Item], tokenizer: Any, retriever: Retriever, k: int, max_tokens: int = TITLE_TOKENS
+) -> list[str]:
+    """`local_context` of each item's k neighbours: what a RAG fine-tune is trained on and read with."""
+    found = retriever.neighbours(items, k)
+    return [local_context(ns, tokenizer, max_tokens) for ns in found]
+
+
 class Retriever:
     """An index loaded on first use and searched under a lock (the evaluator's worker threads share one
-    embedding model); saved pricers keep its folder, not its vectors."""
+    embedding model); saved pricers keep its folder, not its vectors.
 
-    def __init__(self, folder: str | Path | None = None):
+    `pool`: the pool fingerprint the index must have (a RAG fine-tune's, recorded at training); loading an
+    index built from any other pool is a DataError, since its neighbours are not the ones trained on."""
+
+    def __init__(self, folder: str | Path | None = None, pool: str | None = None):
         from appraiser import config
 
         self.folder = Path(folder) if folder is not None else config.home() / "index"
+        self.pool = pool
         self._index: RetrievalIndex | None = None
         self._lock = threading.Lock()
 
@@ -62,7 +78,15 @@ class Retriever:
     def index(self) -> RetrievalIndex:
         with self._lock:
             if self._index is None:
-                self._index = RetrievalIndex.load(self.folder)
+                idx = RetrievalIndex.load(self.folder)
+                if self.pool is not None and idx.pool_fingerprint != self.pool:
+                    raise DataError(
+                        f"{self.folder}: this index was built from another training pool (fingerprint "
+                        f"{idx.pool_fingerprint}) than the one the model was trained with ({self.pool}); "
+                        "read the run with its own index, or rebuild that one with `appraiser index build` "
+                        "on the training files"
+                    )
+                self._index = idx
             return self._index
 
     def neighbours(self, items: Sequence[Item], k: int) -> list[list[Neighbour]]:
@@ -75,9 +99,10 @@ class Retriever:
         return {"index": str(self.folder), "pool": self.index.pool_fingerprint}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"folder": self.folder}
+        return {"folder": self.folder, "pool": self.pool}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.folder = state["folder"]
+        self.pool = state.get("pool")
         self._index = None
         self._lock = threading.Lock()

@@ -52,7 +52,23 @@ class TrainConfig(BaseModel):
     max_text_tokens: int = Field(100, ge=1, description="description budget in tokens (CPU-friendly default)")
     exact_cents: bool = False
     use_summary: bool = True
-    max_length: int | None = Field(None, ge=8, description="refuse examples longer than this many tokens")
+    max_length: int | None = Field(
+        None, ge=8, description="refuse examples longer than this many tokens (the RAG context included)"
+    )
+
+    # Retrieval-augmented fine-tuning (pricers.rag.local_context): each item's K most similar training items
+    rag: int = Field(
+        0,
+        ge=0,
+        description="show each training prompt its K nearest training items' titles and prices first (0: none)",
+    )
+    index: Path | None = Field(
+        None, description="the retrieval index of the training pool (appraiser index build); default <home>/index"
+    )
+    index_pool: str | None = Field(
+        None, description="the index's pool fingerprint, recorded when the run starts (reading checks it)"
+    )
+    rag_title_tokens: int = Field(24, ge=1, description="tokens of each neighbour's title in the RAG context")
 
     # LoRA
     lora_r: int = Field(16, ge=1)
@@ -120,6 +136,8 @@ class TrainConfig(BaseModel):
             raise ValueError("head_refit needs a regression head (head_weight > 0)")
         if self.probe_method == "head" and not self.head_weight:
             raise ValueError("probe_method 'head' needs a regression head (head_weight > 0)")
+        if self.index is not None and not self.rag:
+            raise ValueError("index is only read with rag > 0 (the number of similar items to show)")
         if self.lm_weight == 0 and self.probe_method != "head":
             self.probe_method = "head"  # the LM's own answer is not trained
         return self
@@ -132,6 +150,20 @@ class TrainConfig(BaseModel):
         return PromptConfig(
             max_text_tokens=self.max_text_tokens, exact_cents=self.exact_cents, use_summary=self.use_summary
         )
+
+    def rag_info(self) -> dict[str, object]:
+        """What `appraiser.json` records of the RAG context (empty without one), so that reading the run
+        (`LLMPricer`) builds exactly the prompts it was trained on."""
+        if not self.rag:
+            return {}
+        return {
+            "rag": {
+                "k": self.rag,
+                "index": str(self.index) if self.index is not None else None,
+                "pool": self.index_pool,
+                "title_tokens": self.rag_title_tokens,
+            }
+        }
 
     def save(self, path: str | Path) -> None:
         """Write the config as JSON, atomically (temp file + rename: a kill never leaves half a file)."""

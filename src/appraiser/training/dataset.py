@@ -12,6 +12,10 @@ the prompt. Small slips here silently ruin a fine-tune, and they are easy to mak
 
 `audit` checks every example (and the batches the collator makes of them) for all of this before a
 single step runs, and training refuses to start when anything is off.
+
+A retrieval-augmented fine-tune (`TrainConfig.rag`) puts each item's K nearest training items' titles and
+prices (`pricers.rag.local_context`) before its prompt; that context is prompt, masked like the rest, and the
+audit checks it exactly as it checks the question.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,14 +58,20 @@ def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])
 
 
-def encode(item: Item, tokenizer: Any, config: PromptConfig) -> Example:
+def full_prompt(item: Item, tokenizer: Any, config: PromptConfig, context: str = "") -> str:
+    """The prompt as the model reads it: the RAG context (if any), then the course prompt."""
+    return context + make_prompt(item, tokenizer, config)
+
+
+def encode(item: Item, tokenizer: Any, config: PromptConfig, context: str = "") -> Example:
     """Prompt + completion + EOS as one sequence; labels on the completion and EOS only.
 
     The joined text is tokenized once and the labels start where the prompt's own tokens end, so
     the trained tokens are exactly those the model sees after the prompt at inference (the audit
-    checks that the prompt's tokens are a prefix of the joined text's).
+    checks that the prompt's tokens are a prefix of the joined text's). `context` (the RAG block)
+    goes before the prompt and is masked with it.
     """
-    prompt = make_prompt(item, tokenizer, config)
+    prompt = full_prompt(item, tokenizer, config, context)
     completion = make_completion(item.price, config)
     p_ids = prompt_ids(tokenizer, prompt)
     full = list(tokenizer(prompt + completion)["input_ids"])
@@ -72,11 +83,18 @@ def encode(item: Item, tokenizer: Any, config: PromptConfig) -> Example:
 
 
 def encode_items(
-    items: Sequence[Item], tokenizer: Any, config: PromptConfig, progress: Callable[[int], None] | None = None
+    items: Sequence[Item],
+    tokenizer: Any,
+    config: PromptConfig,
+    progress: Callable[[int], None] | None = None,
+    contexts: Sequence[str] | None = None,
 ) -> list[Example]:
+    """`encode` of each item, with its RAG context when `contexts` is given (one per item)."""
+    if contexts is not None and len(contexts) != len(items):
+        raise ValueError(f"{len(items)} items but {len(contexts)} contexts")
     out = []
-    for it in items:
-        out.append(encode(it, tokenizer, config))
+    for i, it in enumerate(items):
+        out.append(encode(it, tokenizer, config, contexts[i] if contexts is not None else ""))
         if progress is not None:
             progress(1)
     return out
@@ -188,10 +206,12 @@ class LabelAuditError(DataError):
     """Training data whose labels are wrong; the message lists the offending examples."""
 
 
-def _check_example(ex: Example, item: Item, tokenizer: Any, config: PromptConfig, max_length: int | None) -> list[str]:
+def _check_example(
+    ex: Example, item: Item, tokenizer: Any, config: PromptConfig, max_length: int | None, context: str = ""
+) -> list[str]:
     reasons = []
     eos = tokenizer.eos_token_id
-    prompt = make_prompt(item, tokenizer, config)
+    prompt = full_prompt(item, tokenizer, config, context)
     completion = make_completion(item.price, config)
     p_ids = prompt_ids(tokenizer, prompt)
     joined = list(tokenizer(prompt + completion)["input_ids"])
@@ -218,6 +238,8 @@ def _check_example(ex: Example, item: Item, tokenizer: Any, config: PromptConfig
         reasons.append(
             f"{len(ex.input_ids)} tokens > max_length {max_length}: truncation would cut the completion away"
         )
+    if context and not tokenizer.decode(ex.input_ids[: ex.prompt_len], skip_special_tokens=True).startswith(context):
+        reasons.append("the RAG context is not the start of the example's prompt")
     return reasons
 
 
@@ -230,13 +252,17 @@ def audit(
     collator: Callable[[list], dict[str, torch.Tensor]] | None = None,
     max_length: int | None = None,
     batch_size: int = 8,
+    contexts: Sequence[str] | None = None,
 ) -> AuditReport:
     """Check every example, and every batch the collator makes, for correct completion-only labels.
 
     The collator check matters as much as the examples': it is where pad == EOS masks the EOS.
+    `contexts`: the RAG context each example was encoded with (prompt: never trained).
     """
     if len(items) != len(examples):
         raise ValueError(f"{len(items)} items but {len(examples)} examples")
+    if contexts is not None and len(contexts) != len(items):
+        raise ValueError(f"{len(items)} items but {len(contexts)} contexts")
     report = AuditReport(n=len(examples))
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -245,7 +271,8 @@ def audit(
     for i, (it, ex) in enumerate(zip(items, examples, strict=True)):
         report.prompt_tokens.append(ex.prompt_len)
         report.completion_tokens.append(sum(1 for lab in ex.labels if lab != IGNORE_INDEX))
-        for reason in _check_example(ex, it, tokenizer, config, max_length):
+        context = contexts[i] if contexts is not None else ""
+        for reason in _check_example(ex, it, tokenizer, config, max_length, context):
             report.problems.append(AuditProblem(i, ex.item_id, reason))
     collator = collator or Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
     for start in range(0, len(examples), batch_size):
@@ -364,3 +391,43 @@ def choose_items(
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(pool), size=n, replace=n > available, p=w / w.sum())
     return [pool[i] for i in idx]
+
+
+# ------------------------------------------------------------------------------------------ retrieval
+
+
+@dataclass
+class RagContexts:
+    """The RAG context of every training and probe item, by item id, and the index's pool fingerprint."""
+
+    contexts: dict[str, str]
+    pool: str | None
+
+
+def rag_index_path(cfg: Any) -> Path | None:
+    """The absolute index folder a RAG config reads (`<home>/index` by default); None without RAG."""
+    from appraiser import config as app_config
+
+    if not cfg.rag:
+        return None
+    folder = cfg.index if cfg.index is not None else app_config.home() / "index"
+    return Path(folder).expanduser().resolve()
+
+
+def rag_contexts(
+    cfg: Any, pool: Sequence[Item], items: Sequence[Item], probe_items: Sequence[Item], tokenizer: Any
+) -> RagContexts:
+    """Each item's `cfg.rag` nearest neighbours as `pricers.rag.local_context` shows them.
+
+    The index must be the training pool's (`RetrievalIndex.check_pool`: a DataError otherwise), and, on a
+    resume, the very index the run started with (`cfg.index_pool`). The index never returns the item itself
+    nor a copy of it (same id or normalised title), though every training item is in it: each item sees the
+    neighbours a validation item would, never its own price.
+    """
+    from appraiser.pricers.rag import Retriever, local_contexts
+
+    retriever = Retriever(rag_index_path(cfg), pool=cfg.index_pool)
+    retriever.index.check_pool(pool)
+    distinct = list({it.id: it for it in [*items, *probe_items]}.values())
+    found = local_contexts(distinct, tokenizer, retriever, cfg.rag, cfg.rag_title_tokens)
+    return RagContexts({it.id: c for it, c in zip(distinct, found, strict=True)}, retriever.index.pool_fingerprint)

@@ -42,7 +42,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainingArguments
 
 from appraiser import config as app_config
 from appraiser.data.io import DataError, read_items, read_pool
-from appraiser.data.prompts import PromptConfig, make_prompt
+from appraiser.data.prompts import PromptConfig
 from appraiser.inference.head import head_module, log_stats
 from appraiser.items import Item, fingerprint
 from appraiser.models import FINETUNE_INFO
@@ -66,7 +66,11 @@ from appraiser.training.dataset import (
     ExampleDataset,
     audit,
     choose_items,
+    encode,
     encode_items,
+    full_prompt,
+    rag_contexts,
+    rag_index_path,
 )
 from appraiser.training.loss import PriceTrainer, completion_loss, price_loss
 from appraiser.training.model import build_model, device_and_dtype
@@ -113,6 +117,9 @@ class PreparedData:
     # probe's prompts and examples; None: made from `probe_items` with the course prompt.
     probe_prompts: list[str] | None = None
     probe_examples: list[Example] | None = None
+    # A RAG fine-tune's context per training item id (training.dataset.rag_contexts) and its index's pool.
+    contexts: dict[str, str] = field(default_factory=dict)
+    index_pool: str | None = None
 
 
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
@@ -134,6 +141,7 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
             ),
             "validation": Path(validation).expanduser().resolve() if validation else None,
             "model": model,
+            "index": rag_index_path(cfg),
         }
     )
 
@@ -150,13 +158,28 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any, progress: Callable[[int], Non
         raise DataError("no validation file given (--validation): probes and --weighting match need it")
     train_items = choose_items(pool, cfg.n_train, cfg.weighting, cfg.seed, validation or None, cfg.off_category_weight)
     prompt = cfg.prompt_config()
-    examples = encode_items(train_items, tokenizer, prompt, progress=progress)
-    report = audit(train_items, examples, tokenizer, prompt, max_length=cfg.max_length, batch_size=cfg.batch_size)
+    probe_items = validation[-cfg.probe_size :] if cfg.probe_every else []
+    rag = rag_contexts(cfg, pool, train_items, probe_items, tokenizer) if cfg.rag else None
+    contexts = [rag.contexts[it.id] for it in train_items] if rag else None
+    examples = encode_items(train_items, tokenizer, prompt, progress=progress, contexts=contexts)
+    report = audit(
+        train_items,
+        examples,
+        tokenizer,
+        prompt,
+        max_length=cfg.max_length,
+        batch_size=cfg.batch_size,
+        contexts=contexts,
+    )
     # The probe picks the best checkpoint, so it comes from the END of the validation file: the fixed
     # test set that `appraiser eval` scores is the START of a split file (first 250 items by default),
     # and a checkpoint chosen on test items would flatter itself.
-    probe_items = validation[-cfg.probe_size :] if cfg.probe_every else []
-    return PreparedData(train_items, examples, probe_items, report, prompt, fingerprint(train_items))
+    data = PreparedData(train_items, examples, probe_items, report, prompt, fingerprint(train_items))
+    if rag is not None:
+        data.contexts, data.index_pool = rag.contexts, rag.pool
+        data.probe_prompts = [full_prompt(it, tokenizer, prompt, rag.contexts[it.id]) for it in probe_items]
+        data.probe_examples = [encode(it, tokenizer, prompt, rag.contexts[it.id]) for it in probe_items]
+    return data
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -249,7 +272,7 @@ def _run(
         stage("loading model")
         head_stats = log_stats([it.price for it in data.train_items]) if cfg.has_head else None
         model, tokenizer = build_model(cfg, head_stats)
-        info = describe_finetune(cfg, run.id)
+        info = {**describe_finetune(cfg, run.id), **cfg.rag_info()}
         store_cb = StoreCallback(store, run.id, listeners)
         probe_cb = ProbeCallback(
             cfg,
@@ -336,7 +359,7 @@ def _refit(
         model,
         tokenizer,
         data.train_items,
-        lambda it: make_prompt(it, tokenizer, data.prompt),
+        lambda it: full_prompt(it, tokenizer, data.prompt, data.contexts.get(it.id, "")),
         cfg.head_refit,
         cfg.head_refit_items,
         cfg.probe_batch_size,
@@ -365,11 +388,13 @@ def start(
     stage = on_stage or (lambda _msg: None)
     cfg = resolve_paths(cfg)
     data = _prepare(cfg, data_progress, stage)
+    if data.index_pool is not None:  # recorded, so that reading the run refuses another pool's index
+        cfg = cfg.model_copy(update={"index_pool": data.index_pool})
     config = {**cfg.model_dump(mode="json"), "data_fingerprint": data.fingerprint}
     run = store.create(kind="local", name=cfg.name, model=cfg.model, config=config)
     folder = Path(run.folder)  # type: ignore[arg-type]
     cfg.save(folder / "config.json")
-    write_json_atomic(folder / FINETUNE_INFO, describe_finetune(cfg, run.id))
+    write_json_atomic(folder / FINETUNE_INFO, {**describe_finetune(cfg, run.id), **cfg.rag_info()})
     store.add_event(run.id, f"Run created: {cfg.model}, LoRA r={cfg.lora_r} on {','.join(cfg.target_modules)}")
     store.add_event(run.id, data.audit.summary())
     if on_created is not None:
