@@ -7,8 +7,12 @@ does) — one stacked ensemble of the cheap pricers (xgboost, tfidf-ridge, knn o
 fitted: K-fold out-of-fold predictions → non-negative weights in log space → members refitted on the whole
 pool. Each member is then scored alone (it is exactly the pricer fitted alone on that pool) and so is the
 ensemble; every one carries a conformal 80% interval on log price from its own out-of-fold errors. With
-`--llm RUN` (a fine-tuned run or a packaged model) the local LLM is scored plain and with `rag=K` over an
-index of the larger pool (`appraiser index build`'s index, built here if missing).
+`--llm RUN` (a fine-tuned run or a packaged model) the local LLM is scored plain and with `rag=K` at reading
+time only, over `--index` (default: an index of the larger pool, `appraiser index build`'s, built here if
+missing); with `--rag-llm RUN` a retrieval-augmented fine-tune (`appraiser train --rag K`) is scored the way it
+was trained: its own K, its own index (checked against the pool it was trained with). `--llm-methods
+head,expected` reads each run both by its regression head and by its digits (default: auto, the head when
+there is one). `--pools ""` skips the ensembles (the xgboost reference row then comes from the leaderboard).
 
 Printed: MAE with its 95% CI, RMSLE, hit rate, interval coverage and mean width, and the paired difference
 of absolute errors against xgboost on train.jsonl (negative = better; its 95% bootstrap CI). Every row is
@@ -42,6 +46,9 @@ def main() -> None:
     ap.add_argument("--level", type=float, default=0.8)
     ap.add_argument("--llm", action="append", default=[], help="a run or model to score plain and with rag")
     ap.add_argument("--rag", type=int, default=5)
+    ap.add_argument("--rag-llm", action="append", default=[], help="a run fine-tuned with --rag, read its own way")
+    ap.add_argument("--llm-methods", default="auto", help="how runs are read: auto, head, expected, ... (comma)")
+    ap.add_argument("--index", type=Path, default=None, help="index of --llm's rag rows (default: <home>/index)")
     ap.add_argument("--pools", default="train,train+extra", help="which pools: train, train+extra")
     ap.add_argument("--limit", type=int, default=None, help="first N items of each pool (a quick smoke run)")
     args = ap.parse_args()
@@ -73,18 +80,29 @@ def main() -> None:
                 results.append((label, pool_name, r))
             r = evaluate(ens, test, name=f"{ens.label} · {pool_name}", show=False, store=store, cache=False)
             results.append(("ensemble", pool_name, r))
+        methods = [m.strip() for m in args.llm_methods.split(",") if m.strip()]
         for run in args.llm:
             from appraiser.pricers.llm import LLMPricer
             from appraiser.retrieval.index import RetrievalIndex
 
-            folder = args.home / "index"
+            folder = args.index or args.home / "index"
             if not (folder / "index.json").exists():
                 held = read_items(args.data / "validation.jsonl")
                 RetrievalIndex().build(read_pool(pools["train+extra"]), held).save(folder)
-            for rag in (0, args.rag):
-                p = LLMPricer(model=run, rag=rag, index=str(folder) if rag else None)
+            for method in methods:
+                for rag in (0, args.rag):
+                    p = LLMPricer(model=run, method=method, rag=rag, index=str(folder) if rag else None)
+                    r = evaluate(p, test, show=False, store=store)
+                    results.append((p.label, "fine-tune" if rag == 0 else f"rag={rag} (reading only)", r))
+        for run in args.rag_llm:
+            from appraiser.pricers.llm import LLMPricer
+
+            for method in methods:
+                p = LLMPricer(model=run, method=method)  # its own K and index, as trained
+                if not p.rag:
+                    raise SystemExit(f"--rag-llm {run}: not fine-tuned with --rag (score it with --llm)")
                 r = evaluate(p, test, show=False, store=store)
-                results.append((p.label, "fine-tune" if rag == 0 else f"rag={rag}", r))
+                results.append((p.label, f"RAG fine-tune (rag={p.rag})", r))
 
         ref = next((r for name, pool, r in results if name == "xgboost" and pool == "train"), None)
         if ref is None and (row := store.latest("xgboost · train")) is not None:  # from an earlier --pools run
