@@ -21,12 +21,14 @@ def test_quick_demo_end_to_end(data_dir, tmp_path):
     index = (out / "index.html").read_text()
     for name in ("constant-mean", "tfidf-ridge", "smollm2-135m zero-shot", "smollm2-135m LoRA", "(head)", "digits)"):
         assert name in index
+    assert "blend: tfidf-ridge + fine-tune head + fine-tune expected" in index
+    assert "Best model-based pricer" in index and "Best model-based pricer" in result.output
     assert "leaderboard.png" in index
     rows = LeaderboardStore(out / "leaderboard.db").rows()
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert len({r.test_fingerprint for r in rows}) == 1
     preds = sorted((out / "predictions").glob("*.jsonl"))
-    assert len(preds) == 5
+    assert len(preds) == 6
     for p in preds:
         lines = [json.loads(line) for line in p.read_text().splitlines()]
         assert len(lines) == 8
@@ -40,6 +42,22 @@ def test_quick_demo_end_to_end(data_dir, tmp_path):
     test_ids = {json.loads(line)["id"] for line in (out / "data" / "test.jsonl").read_text().splitlines()}
     probe_ids = {json.loads(line)["id"] for line in (out / "data" / "probe.jsonl").read_text().splitlines()}
     assert test_ids and probe_ids and not (test_ids & probe_ids)
+    # the blend's weights were learned on training items no member was fitted on, and it reloads the same
+    read = lambda name: [json.loads(line) for line in (out / "data" / name).read_text().splitlines()]  # noqa: E731
+    blend_ids = {r["id"] for r in read("blend.jsonl")}
+    train_ids = {r["id"] for r in read("train.jsonl")}
+    assert len(blend_ids) == 24 and not blend_ids & (train_ids | test_ids | probe_ids)
+    from appraiser.data.io import read_items
+    from appraiser.pricers.base import Pricer
+
+    blend = Pricer.load(out / "blend.pkl")
+    assert set(blend.weights_) == {"tfidf-ridge", "fine-tune head", "fine-tune expected"}
+    assert all(w >= 0 for w in blend.weights_.values())
+    test_items = read_items(out / "data" / "test.jsonl")
+    saved = next(p for p in preds if "blend" in p.name)
+    before = [json.loads(line)["price"] for line in saved.read_text().splitlines()]
+    after = [p.price for p in blend.predict(test_items)]
+    assert after == pytest.approx(before, rel=1e-3)
     assert "report:" in result.output
     # the head was refit in closed form after training (training.refit) and probed again
     from appraiser.runs.store import RunStore

@@ -7,6 +7,11 @@ all on one fixed test set, with a leaderboard and charts written to one report f
 The test set is the first `test_size` items of the data's test split (or of validation, when the
 data has no test split, as the shared data does). The fine-tune's probe set — which picks the best
 checkpoint — is taken from the items *after* the test set, so no checkpoint is chosen on test items.
+
+Last, a blend (`pricers.blend`) of the fine-tune (head and digits) with the TF-IDF baseline: `blend_size`
+training items are set aside before anything is fitted, every member prices them, and non-negative weights in
+log space are learned there — different model families err differently, so the blend is usually better than
+either. Neither the test nor the probe items reach any fit.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class DemoConfig:
     head_pooling: str = "both"
     head_refit: str = "kernel"  # after training, refit the head in closed form (training.refit)
     head_refit_items: int = 1200
+    blend_size: int = 400  # training items kept out of every fit, to learn the blend's weights on
     quick: bool = False
     baseline_train_limit: int | None = None
 
@@ -66,6 +72,7 @@ class DemoConfig:
             probe_size=4,
             probe_every=3,
             head_refit_items=16,
+            blend_size=24,
             quick=True,
             baseline_train_limit=2000,
         )
@@ -97,6 +104,20 @@ def split_test_and_probe(splits: dict[str, list[Item]], test_size: int, probe_si
     return train, test, probe
 
 
+def split_blend(train: list[Item], size: int, seed: int, weighting: str, reference: list[Item]):
+    """(rest, blend): `size` training items drawn like the fine-tune's own draw, kept out of every fit."""
+    from appraiser.training.dataset import choose_items
+
+    if size <= 0:
+        return train, []
+    if len(train) < 2 * size:
+        raise DataError(f"the training split has {len(train)} items; the demo keeps {size} aside for its blend")
+    drawn = choose_items(train, size, weighting, seed + 1, reference=reference)
+    ids = {it.id for it in drawn}
+    blend = [it for it in train if it.id in ids]
+    return [it for it in train if it.id not in ids], blend
+
+
 def run_demo(
     cfg: DemoConfig,
     *,
@@ -117,10 +138,14 @@ def run_demo(
     store = LeaderboardStore(out / "leaderboard.db")
     splits = load_splits(cfg.data)
     train, test, probe = split_test_and_probe(splits, cfg.test_size, cfg.probe_size)
+    # the probe items stand in for the test's price histogram (weighting "match"): never the test items
+    train, blend_items = split_blend(train, cfg.blend_size, cfg.seed, cfg.weighting, probe)
     data_dir = out / "data"
     write_items(train, data_dir / "train.jsonl")
     write_items(test, data_dir / "test.jsonl")
     write_items(probe, data_dir / "probe.jsonl")
+    if blend_items:
+        write_items(blend_items, data_dir / "blend.jsonl")
     results: list[EvalResult] = []
 
     def run_eval(pricer, name: str) -> EvalResult:
@@ -139,11 +164,13 @@ def run_demo(
 
     # 1. Traditional baselines.
     baseline_train = train[: cfg.baseline_train_limit] if cfg.baseline_train_limit else train
+    baselines = {}
     for name in ("constant-mean", cfg.baseline):
         stage(f"baseline {name}: fitting on {len(baseline_train):,} items")
         pricer = registry.create(name)
         pricer.fit(baseline_train)
         run_eval(pricer, name)
+        baselines[name] = pricer
 
     # 2. The base model, zero-shot.
     stage(f"zero-shot {cfg.model}")
@@ -177,10 +204,24 @@ def run_demo(
     # 4. The fine-tuned model.
     stage(f"fine-tuned {cfg.model} (run {trained.run_id})")
     adapter = str(trained.best or trained.final)
+    members: dict[str, object] = {cfg.baseline: baselines[cfg.baseline]}
     if cfg.head_weight:
-        run_eval(LLMPricer(adapter, method="head"), f"{cfg.model} LoRA {trained.run_id} (head)")
+        head = LLMPricer(adapter, method="head")
+        run_eval(head, f"{cfg.model} LoRA {trained.run_id} (head)")
+        members["fine-tune head"] = head
     # The same fine-tune writing its price digit by digit ("Price is $…"), read as the course reads it.
-    run_eval(LLMPricer(adapter, method=cfg.method), f"{cfg.model} LoRA {trained.run_id} ({cfg.method} digits)")
+    digits = LLMPricer(adapter, method=cfg.method)
+    run_eval(digits, f"{cfg.model} LoRA {trained.run_id} ({cfg.method} digits)")
+    members[f"fine-tune {cfg.method}"] = digits
+
+    # 5. The blend: weights learned on the items no member was fitted on.
+    if blend_items:
+        from appraiser.pricers.blend import BlendPricer
+
+        stage(f"blend of {', '.join(members)}: weights from {len(blend_items):,} held-aside training items")
+        blend = BlendPricer(list(members.values()), labels=list(members)).fit(blend_items)
+        blend.save(out / "blend.pkl")
+        run_eval(blend, f"blend: {' + '.join(members)}")
 
     rows = [store.get(r.run_id) for r in results if r.run_id is not None]
     chart_paths = leaderboard_chart(rows, out / "charts", name="leaderboard")

@@ -99,6 +99,32 @@ def _fine_tune(out: Path, trained: Any, store: Any) -> tuple[str, str]:
     return facts + line + figure + f'<p class="muted">Also as {links}.</p>', line
 
 
+TRADITIONAL = ("constant", "linear", "tfidf", "bow", "random-forest", "xgboost", "svr", "knn", "human", "ridge")
+
+
+def is_traditional(name: str) -> bool:
+    """A pricer with no language model in it (the demo's baselines), by its leaderboard name."""
+    low = name.lower()
+    return low.startswith(TRADITIONAL) and "lora" not in low and "blend" not in low
+
+
+def model_vs_traditional(results: Sequence[EvalResult]) -> str:
+    """One line: the best model-based pricer against the best traditional baseline on the same items."""
+    scored = [r for r in results if r.metrics.get("mae") is not None]
+    trad = [r for r in scored if is_traditional(r.pricer)]
+    model = [r for r in scored if not is_traditional(r.pricer)]
+    if not trad or not model:
+        return ""
+    t = min(trad, key=lambda r: r.metrics["mae"])
+    m = min(model, key=lambda r: r.metrics["mae"])
+    diff = m.metrics["mae"] - t.metrics["mae"]
+    word = "beats" if diff < 0 else "does not beat"
+    return (
+        f"Best model-based pricer {m.pricer} (MAE ${m.metrics['mae']:,.2f}) {word} the best traditional baseline "
+        f"{t.pricer} (${t.metrics['mae']:,.2f}) by ${abs(diff):,.2f} on these {len(m.results)} items."
+    )
+
+
 def write_index(
     out: Path,
     cfg: Any,
@@ -126,6 +152,8 @@ def write_index(
             + _inline(running_figure(best), "best-running")
         )
     tune_html, _ = _fine_tune(out, trained, store) if trained is not None else ("", "")
+    verdict = model_vs_traditional(results)
+    verdict_html = f"<p><b>{html.escape(verdict)}</b></p>" if verdict else ""
     n_items = len(results[0].results) if results else 0
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Appraiser demo</title>
@@ -135,6 +163,7 @@ def write_index(
 <p>Data: <code>{html.escape(str(cfg.data))}</code>; test set: {n_items} items
 (fingerprint <code>{fp}</code>); model <code>{html.escape(cfg.model)}</code>{" (quick mode)" if cfg.quick else ""}.</p>
 <h2>Leaderboard</h2>
+{verdict_html}
 {_inline(leaderboard_figure(rows), "leaderboard-chart") if rows else ""}
 {best_html}
 <h2>The fine-tune</h2>

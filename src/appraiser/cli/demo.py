@@ -77,6 +77,10 @@ def demo_command(
             f"(95% CI ${m['mae_ci_low']:,.0f}–${m['mae_ci_high']:,.0f})  hit rate {m['hit_rate']:.0%}",
             soft_wrap=True,
         )
+    from appraiser.demo_report import model_vs_traditional
+
+    if line := model_vs_traditional(result.results):
+        console.print(escape(line), soft_wrap=True)
     console.print(f"report: {escape(str(result.index))}  ({result.seconds / 60:.1f} min)")
 
 
