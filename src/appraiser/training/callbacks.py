@@ -5,6 +5,11 @@
 - `ProbeCallback` prices a probe set with the live model every `probe_every` steps and keeps the best
   adapter as `RUN/best/` (optional early stopping).
 - `CheckpointMarker` marks a checkpoint complete after the Trainer has written all of it.
+
+On several processes (`training.distributed`) every process runs these callbacks: the store they get writes
+on rank 0 only, listeners are told on rank 0 only, and every process runs the probe (the weights are the
+same everywhere, so each reaches the same early-stopping decision and none waits for a stopped one) while
+rank 0 alone saves `best/`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from appraiser.data.io import DataError
 from appraiser.data.prompts import make_prompt
 from appraiser.items import Item
 from appraiser.runs.store import Run, RunStore
+from appraiser.training import distributed
 from appraiser.training.checkpoints import CHECKPOINT_PREFIX, mark_checkpoint, save_adapter
 from appraiser.training.config import TrainConfig
 from appraiser.training.dataset import IGNORE_INDEX, Collator, Example
@@ -81,6 +87,8 @@ class StoreCallback(TrainerCallback):
                 f"training loss is {values['loss']} at step {step}/{total}: run {self.run_id} stopped "
                 f"(learning rate {values['lr']:.2e}; try a lower --lr)"
             )
+        if not state.is_world_process_zero:  # the logged loss is already every process's mean
+            return
         for listener in self.listeners:
             listener(step, total, values)
 
@@ -201,8 +209,9 @@ class ProbeCallback(TrainerCallback):
                 level="warning",
                 step=step,
             )
-        for listener in self.listeners:
-            listener(step, state.max_steps, values)
+        if state.is_world_process_zero:
+            for listener in self.listeners:
+                listener(step, state.max_steps, values)
         return values
 
     def _eval_loss(self, model: Any) -> float:
@@ -226,10 +235,12 @@ class CheckpointMarker(TrainerCallback):
 
     `on_save` runs after the Trainer's own save (adapter, optimizer, scheduler, RNG, trainer_state.json),
     so a checkpoint without the marker is one a kill cut short. Put it first among the callbacks, so the
-    marker is written before anything else reacts to the save.
+    marker is written before anything else reacts to the save. On several processes each writes its own
+    RNG state into the checkpoint: all wait for each other first, then rank 0 writes the marker.
     """
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        distributed.barrier()
         path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
         if path.is_dir() and args.should_save:
             mark_checkpoint(path, state.global_step)

@@ -34,14 +34,15 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 #: Written last into a checkpoint folder: {"step": N, "files": {name: {"size": bytes, "sha256": hex}}}.
 CHECKPOINT_MARKER = "appraiser-checkpoint.json"
-#: The files a resumable checkpoint must hold (one of each group), besides the marker.
+#: The files a resumable checkpoint must hold (one of each group), besides the marker. A run on N processes
+#: writes one RNG state per process (`rng_state_0.pth` ... `rng_state_{N-1}.pth`) instead of `rng_state.pth`.
 REQUIRED_FILES: tuple[tuple[str, ...], ...] = (
     ("trainer_state.json",),
     ("adapter_config.json",),
     ("adapter_model.safetensors", "adapter_model.bin"),
     ("optimizer.pt",),
     ("scheduler.pt",),
-    ("rng_state.pth",),
+    ("rng_state.pth", "rng_state_0.pth"),
 )
 
 
@@ -124,7 +125,14 @@ def describe_finetune(cfg: TrainConfig, run_id: str | None = None, step: int | N
 
 
 def save_adapter(model: Any, folder: Path, info: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
-    """Save the LoRA adapter + appraiser.json (+ metrics.json) into `folder`, replacing it atomically."""
+    """Save the LoRA adapter + appraiser.json (+ metrics.json) into `folder`, replacing it atomically.
+
+    On several processes only rank 0 writes (the adapters are the same on all; two writers would race on
+    the swap); the others return the folder's path at once."""
+    from appraiser.training import distributed
+
+    if not distributed.is_main():
+        return Path(folder)
 
     def write(tmp: Path) -> None:
         model.save_pretrained(str(tmp))
@@ -241,7 +249,8 @@ def _load_problem(path: Path, step: int | None) -> str | None:
             torch.load(path / "adapter_model.bin", map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors and torch raise their own types for a damaged file
         return f"the adapter weights do not load ({type(e).__name__})"
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+    rng = sorted(p.name for p in path.glob("rng_state*.pth"))
+    for name in ("optimizer.pt", "scheduler.pt", *rng):
         try:
             torch.load(path / name, map_location="cpu", weights_only=False)
         except Exception as e:  # a damaged pickle/zip raises anything from EOFError to RuntimeError

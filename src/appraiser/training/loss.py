@@ -122,40 +122,89 @@ class PriceTrainer(Trainer):
         return optimizer
 
     def _get_train_sampler(self, train_dataset: Any = None) -> LengthGroupedSampler:
+        """Length-grouped batches of the *global* batch size (per-device batch x processes), in one order for
+        every process (it depends on seed and epoch only, never on the rank).
+
+        The DataLoader cuts that order into per-device batches and accelerate deals them out round-robin
+        (`BatchSamplerShard`: per-device batch k goes to process k mod N), so process r trains slice r of each
+        global batch, and N processes see the same examples in the same global batches as one process with an
+        N times larger batch. (Only the last, short batch of an epoch can differ: accelerate fills it up with
+        examples from the start of the epoch so every process has a batch.)
+        """
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return LengthGroupedSampler(
-            dataset.lengths, self.args.per_device_train_batch_size, self.args.seed, group=self.group_by_length
-        )
+        global_batch = self.args.per_device_train_batch_size * max(self.args.world_size, 1)
+        return LengthGroupedSampler(dataset.lengths, global_batch, self.args.seed, group=self.group_by_length)
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         prices = inputs.pop("prices", None)
-        if self.accelerator.unwrap_model(model) is not model:
-            # Wrapped for distributed training: the wrapper's forward does the gradient sync, so use it
-            # (full logits; the loss still sums over the step's tokens like ours; no regression head).
-            if self.head_weight:
-                raise NotImplementedError("the regression head is not supported with a wrapped (distributed) model")
-            outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
-        if num_items_in_batch is None:  # not counted by the Trainer: mean over this micro-batch's tokens
-            n = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum() * self.current_gradient_accumulation_steps
-            num_items_in_batch = n.clamp(min=1)
+        processes = max(self.accelerator.num_processes, 1)
+        accumulation = self.current_gradient_accumulation_steps
+        if num_items_in_batch is None:  # not counted by the Trainer: this micro-batch's tokens, as if all were alike
+            n = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
+            if processes > 1:
+                n = self.accelerator.gather(n.reshape(1)).sum()
+            num_items_in_batch = (n * accumulation).clamp(min=1)
+        elif processes > 1 and not self.args.average_tokens_across_devices:
+            raise ValueError("training on several processes needs average_tokens_across_devices (the default)")
+        # With N processes `num_items_in_batch` counts the whole global step and DDP averages the N gradients:
+        # x N makes the sum of the processes' losses the global mean, like one process with N times the batch.
+        scale = processes
+        rows = len(inputs["labels"]) * accumulation * processes  # rows in the global step (the Huber mean)
         autocast = (
             torch.autocast(device_type=self.args.device.type, dtype=torch.bfloat16)
             if self.args.bf16
             else contextlib.nullcontext()
         )
-        with autocast:
-            loss = price_loss(
-                model,
-                inputs["input_ids"],
-                inputs["attention_mask"],
-                inputs["labels"],
-                num_items_in_batch,
-                prices=prices,
-                lm_weight=self.lm_weight,
-                head_weight=self.head_weight,
-                rows_in_step=len(inputs["labels"]) * self.current_gradient_accumulation_steps,
-            )
+
+        def loss_of(net: Any, **batch: Any) -> torch.Tensor:
+            with autocast:
+                return scale * price_loss(
+                    net,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    batch["labels"],
+                    num_items_in_batch,
+                    prices=batch.get("prices"),
+                    lm_weight=self.lm_weight,
+                    head_weight=self.head_weight,
+                    rows_in_step=rows,
+                )
+
+        batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels")}
+        if prices is not None:
+            batch["prices"] = prices
+        if model is self.accelerator.unwrap_model(model):
+            loss = loss_of(model, **batch)
+        else:
+            loss = _through_wrapper(model, loss_of, batch)
         return (loss, None) if return_outputs else loss
+
+
+def _through_wrapper(wrapper: Any, loss_of: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """`loss_of(inner model, **batch)`, run as the forward of the model's distributed wrapper.
+
+    DDP (and DeepSpeed's engine) sync gradients only for a backward that follows a call of the wrapper
+    itself: its forward prepares the gradient reduction. Calling the inner model directly would train each
+    process on its own gradients, silently. So the wrapper is called, with the inner module's `forward`
+    swapped for our loss for that one call: DDP's bookkeeping runs as usual around the same completion-only
+    loss as on one process (no full logits; the regression head works too).
+    """
+    inner = getattr(wrapper, "module", None)
+    if not isinstance(inner, torch.nn.Module):
+        raise NotImplementedError(f"cannot train through a {type(wrapper).__name__} (it has no .module)")
+    missing = object()
+    saved = inner.__dict__.get("forward", missing)  # accelerate's mixed-precision forward, if any
+
+    def forward(**kwargs: Any) -> torch.Tensor:
+        return loss_of(inner, **kwargs)
+
+    inner.forward = forward
+    try:
+        return wrapper(**batch)
+    finally:
+        if saved is missing:
+            del inner.forward
+        else:
+            inner.forward = saved
