@@ -47,6 +47,7 @@ from appraiser.inference.head import head_module, log_stats
 from appraiser.items import Item, fingerprint
 from appraiser.models import FINETUNE_INFO
 from appraiser.runs.store import Run, RunStore
+from appraiser.training import distributed
 from appraiser.training.callbacks import CheckpointMarker, Listener, ProbeCallback, StoreCallback
 from appraiser.training.checkpoints import (
     CHECKPOINT_PREFIX,
@@ -391,13 +392,14 @@ def start(
     if data.index_pool is not None:  # recorded, so that reading the run refuses another pool's index
         cfg = cfg.model_copy(update={"index_pool": data.index_pool})
     config = {**cfg.model_dump(mode="json"), "data_fingerprint": data.fingerprint}
-    run = store.create(kind="local", name=cfg.name, model=cfg.model, config=config)
+    run = distributed.create_run(store, kind="local", name=cfg.name, model=cfg.model, config=config)
+    store = distributed.rank_store(store)  # one run, written by rank 0 only (training.distributed)
     folder = Path(run.folder)  # type: ignore[arg-type]
     cfg.save(folder / "config.json")
     write_json_atomic(folder / FINETUNE_INFO, {**describe_finetune(cfg, run.id), **cfg.rag_info()})
     store.add_event(run.id, f"Run created: {cfg.model}, LoRA r={cfg.lora_r} on {','.join(cfg.target_modules)}")
     store.add_event(run.id, data.audit.summary())
-    if on_created is not None:
+    if on_created is not None and distributed.is_main():
         on_created(run)
     return _run(store, run, cfg, data, resume_from=None, listeners=listeners, stage=stage)
 
@@ -431,7 +433,7 @@ def resume(
     on_stage: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Continue a killed, failed or cancelled run from its newest complete checkpoint (same data order)."""
-    store = store or RunStore()
+    store = distributed.rank_store(store or RunStore())
     stage = on_stage or (lambda _msg: None)
     run = store.get(ref)
     if run.kind != "local" or run.folder is None:
@@ -451,7 +453,8 @@ def resume(
             f"the training data changed since run {run.id} started (fingerprint {data.fingerprint}, "
             f"was {expected}); resume needs the same files"
         )
-    resume_from = _resume_point(store, run, folder)
+    with distributed.main_first():  # rank 0 removes damaged checkpoints; then the others choose the same one
+        resume_from = _resume_point(store, run, folder)
     store.update(run.id, error=None)
     return _run(store, run, cfg, data, resume_from=resume_from, listeners=listeners, stage=stage)
 
