@@ -164,3 +164,27 @@ def test_a_flat_verdict_with_a_significant_tiny_slope_says_so_instead_of_contrad
     drifting = Verdict("flat", 1.0, 57, steps_without_decrease=57).message
     assert drifting.startswith("flat: still drifting down") and "less than its noise" in drifting
     assert Verdict("flat", 0.4, 57, steps_without_decrease=57).message.startswith("flat: no decrease beyond")
+
+
+def test_steps_without_decrease_equals_one_regression_per_suffix():
+    """The running-sum form gives the same count as fitting each suffix's line on its own (dlib's loop)."""
+    from appraiser.runs.trend import _p_decrease, steps_without_decrease
+
+    def direct(y):
+        count = 0
+        for n in range(3, len(y) + 1):
+            if _p_decrease(np.arange(n, dtype=float), np.asarray(y[-n:], float))[2] < 0.51:
+                count = n
+        return count
+
+    rng = np.random.default_rng(7)
+    for t in range(120):
+        n = int(rng.integers(3, 300))
+        x = np.arange(n)
+        y = [
+            rng.normal(0, 1, n),
+            2 + np.exp(-x / 40) + rng.normal(0, 0.1, n),
+            np.round(rng.normal(3, 1, n), 1),
+            np.where(x % 7 == 0, 1.6, 1.5),
+        ][t % 4]
+        assert steps_without_decrease(list(y)) == direct(list(y))

