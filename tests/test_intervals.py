@@ -11,7 +11,8 @@ import pytest
 from appraiser.data.io import read_items
 from appraiser.evaluation.metrics import compute_metrics, interval_metrics
 from appraiser.pricers import registry
-from appraiser.pricers.conformal import Conformal, weighted_quantile
+from appraiser.pricers.base import Prediction, Pricer
+from appraiser.pricers.conformal import Conformal, ConformalQuantile, weighted_quantile
 
 
 def test_weighted_quantile_is_the_conformal_rank():
@@ -53,3 +54,131 @@ def test_conformal_covers_its_level_on_items_drawn_like_the_calibration(data_dir
 def test_conformal_rejects_a_bad_level():
     with pytest.raises(ValueError, match="between 0 and 1"):
         Conformal(registry.create("constant-median"), level=1.5)
+
+
+# ------------------------------------------------------------ a distribution's own quantiles, and CQR
+
+
+def test_a_beam_distribution_carries_its_quantiles_in_its_raw_text():
+    from appraiser.inference.decode import QUANTILE_LEVELS, parse_quantiles, summarize
+
+    d = summarize({"10": 0.2, "20": 0.2, "30": 0.4, "100": 0.2}, interval=0.8, greedy=None)
+    qs = parse_quantiles(d.raw)
+    assert qs == d.quantiles and len(qs) == len(QUANTILE_LEVELS) == 19
+    assert (qs[1], qs[9], qs[17]) == (d.low, d.median, d.high)  # 10%, 50%, 90%: the 80% interval and the median
+    assert qs == sorted(qs)
+    assert d.cdf(20) == pytest.approx(0.4) and d.cdf(5) == 0.0 and d.cdf(1000) == pytest.approx(1.0)
+    assert parse_quantiles("mean 12.00, median 12") is None and parse_quantiles(None) is None
+
+
+def _z() -> np.ndarray:
+    from scipy.stats import norm
+
+    from appraiser.inference.decode import QUANTILE_LEVELS
+
+    return norm.ppf(QUANTILE_LEVELS)
+
+
+Z = _z()  # standard normal quantiles at 5%, 10%, …, 95%
+
+
+def _lognormal_quantiles(centre: float, sigma: float) -> list[float]:
+    return (centre * np.exp(sigma * Z)).tolist()
+
+
+def test_reliability_is_nominal_for_truths_drawn_from_the_distribution_and_shows_overconfidence():
+    from appraiser.evaluation.metrics import reliability
+
+    rng = np.random.default_rng(0)
+    centres = np.exp(rng.uniform(1, 6, 4000))
+    truths = centres * np.exp(rng.normal(0, 0.5, 4000))
+    calibrated = reliability(truths, [_lognormal_quantiles(c, 0.5) for c in centres])
+    for level in (10, 50, 80, 90):
+        assert calibrated[f"calib_cover_{level}"] == pytest.approx(level / 100, abs=0.03)
+    assert sum(calibrated["pit_bins"]) == 4000 and max(calibrated["pit_bins"]) < 1.3 * 4000 / 20  # flat
+    narrow = reliability(truths, [_lognormal_quantiles(c, 0.2) for c in centres])  # too sure of itself
+    assert narrow["calib_cover_80"] < 0.5 and narrow["calib_error"] > calibrated["calib_error"]
+    bins = narrow["pit_bins"]
+    assert bins[0] + bins[-1] > 4 * (bins[9] + bins[10])  # the U shape of an overconfident model
+    assert reliability([1.0], [None]) == {}
+
+
+class _QuantilePricer(Pricer):
+    """A real ridge model with a made-up, too narrow lognormal around its guess, reported like the beam does."""
+
+    def __init__(self, sigma: float):
+        self.ridge, self.sigma = registry.create("tfidf-ridge"), sigma
+
+    def fit(self, train, validation=None):
+        self.ridge.fit(train)
+        return self
+
+    def predict(self, items):
+        from appraiser.inference.decode import format_quantiles
+
+        out = []
+        for p in self.ridge.predict(items):
+            qs = _lognormal_quantiles(p.price, self.sigma)
+            out.append(Prediction(price=p.price, low=qs[1], high=qs[17], raw=f"x; {format_quantiles(qs)}"))
+        return out
+
+
+def test_cqr_corrects_an_overconfident_distribution_to_its_level(data_dir: Path):
+    from appraiser.evaluation.evaluator import score
+
+    items = read_items(data_dir / "train.jsonl", limit=3000)
+    order = np.random.default_rng(2).permutation(len(items))
+    train, cal, test = ([items[i] for i in order[a:b]] for a, b in ((0, 1800), (1800, 2400), (2400, 3000)))
+    base = _QuantilePricer(sigma=0.2).fit(train)
+    raw = score(test, base.predict(test), name="raw").metrics
+    assert raw["interval_coverage"] < 0.6 and raw["calib_cover_80"] == raw["interval_coverage"]
+    cqr = ConformalQuantile(base, level=0.8, max_calibration=600).fit(cal)  # needs no fit: prices cal only
+    assert cqr.q_ > 0 and cqr.fit_info["calibration_items"] == 600
+    got = score(test, cqr.predict(test), name="cqr").metrics
+    assert 0.74 <= got["interval_coverage"] <= 0.86
+    p, b = cqr.predict(test[:1])[0], base.predict(test[:1])[0]
+    assert p.price == b.price and p.low == pytest.approx(b.low / math.exp(cqr.q_))
+    assert cqr.label == f"{base.label}+cqr80"
+    with pytest.raises(ValueError, match="quantile grid"):
+        ConformalQuantile(base, level=0.85).fit(cal[:30])
+
+
+def test_calibration_items_are_never_items_the_fine_tune_trained_on(data_dir: Path, tmp_path: Path):
+    """The run's own draw (choose_items with its config's n_train, weighting and seed) is replayed and left out."""
+    from appraiser.data.io import write_items
+    from appraiser.pricers.conformal import calibration_split, trained_keys
+    from appraiser.training.config import TrainConfig
+    from appraiser.training.dataset import choose_items
+
+    pool = read_items(data_dir / "train.jsonl", limit=400)
+    write_items(pool, tmp_path / "pool.jsonl")
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    TrainConfig(train=tmp_path / "pool.jsonl", n_train=300, weighting="price_flat", seed=7).save(run / "config.json")
+
+    class FineTuned:  # what the calibration reads of an llm pricer: its adapter folder
+        adapter = run / "best"
+
+    drawn = choose_items(pool, 300, "price_flat", 7)
+    assert {it.id for it in drawn} <= trained_keys(FineTuned())
+    cal, _ = calibration_split(FineTuned(), pool, 1.0, 300, 0, needs_fit=False)
+    assert cal and not {it.id for it in cal} & {it.id for it in drawn}
+    assert len(cal) == len({it.id for it in pool} - {it.id for it in drawn})  # fewer than asked: all that is left
+    assert trained_keys(registry.create("constant-median")) == set()
+
+
+def test_the_evaluation_scores_and_charts_a_reported_distribution(data_dir: Path, tmp_path: Path):
+    from appraiser.evaluation.charts import save_charts
+    from appraiser.evaluation.evaluator import score
+
+    items = read_items(data_dir / "train.jsonl", limit=700)
+    base = _QuantilePricer(sigma=0.6).fit(items[:500])
+    result = score(items[500:], base.predict(items[500:]), name="quantile-ridge")
+    m = result.metrics
+    assert m["calib_n"] == 200 and {f"calib_cover_{lv}" for lv in range(10, 100, 10)} <= m.keys()
+    assert m["calib_cover_10"] <= m["calib_cover_50"] <= m["calib_cover_90"]
+    paths = save_charts(result, tmp_path)
+    assert {"quantile-ridge-calibration.png", "quantile-ridge-calibration.html"} <= {p.name for p in paths}
+    plain = score(items[500:], registry.create("constant-median").fit(items[:500]).predict(items[500:]), name="c")
+    assert "calib_n" not in plain.metrics
+    assert not any("calibration" in p.name for p in save_charts(plain, tmp_path / "plain"))

@@ -69,7 +69,8 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
     """Write the evaluation's charts to `folder`; returns the PNG and HTML paths.
 
     scatter (guess vs truth by colour band, with y = x; log axes unless `log=False`), running
-    average error with its 95% CI band, and mean error by price band and by category.
+    average error with its 95% CI band, and mean error by price band and by category; when the guesses
+    carry their own distribution (the digit beam's quantiles), its calibration (`calibration_chart`).
     """
     import plotly.graph_objects as go
     from matplotlib.figure import Figure
@@ -186,6 +187,60 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
     )
     pfig.update_layout(title=title, showlegend=False)
     paths.append(_write_html(pfig, folder / f"{stem}-breakdown.html"))
+    paths += calibration_chart(result, folder)
+    return paths
+
+
+def calibration_chart(result: EvalResult, folder: str | Path) -> list[Path]:
+    """Reliability (nominal vs observed coverage of the central 10…90% intervals of each guess's own
+    distribution, with the binomial 95% band around a calibrated model) and the PIT histogram (20 bins of 5%;
+    flat when calibrated). Nothing is written when no guess carries quantiles."""
+    import plotly.graph_objects as go
+    from matplotlib.figure import Figure
+    from plotly.subplots import make_subplots
+
+    from appraiser.evaluation.metrics import RELIABILITY_LEVELS, reliability
+    from appraiser.inference.decode import parse_quantiles
+
+    rows = [(r.truth, parse_quantiles(r.raw)) for r in result.results if r.guess is not None]
+    rel = reliability([t for t, _ in rows], [q for _, q in rows])
+    if not rel:
+        return []
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = slug(result.pricer)
+    n = int(rel["calib_n"])
+    nominal = np.array(RELIABILITY_LEVELS)
+    observed = np.array([rel[f"calib_cover_{round(lv * 100)}"] for lv in RELIABILITY_LEVELS])
+    band = 1.96 * np.sqrt(nominal * (1 - nominal) / n)
+    pit = np.array(rel["pit_bins"], dtype=float) / n
+    centres = np.arange(20) * 0.05 + 0.025
+    title = f"{result.pricer} — calibration of its own distribution ({n} items)"
+    fig = Figure(figsize=(12, 5))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.fill_between(nominal, nominal - band, nominal + band, alpha=0.2, color="grey", label="calibrated ±95%")
+    ax1.plot([0, 1], [0, 1], color="black", lw=1, ls="--")
+    ax1.plot(nominal, observed, marker="o", label="observed")
+    ax1.set(xlabel="nominal coverage of the central interval", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1))
+    ax1.set_title("reliability")
+    ax1.legend(loc="upper left")
+    ax2.bar(centres, pit, width=0.045, color="#1f77b4")
+    ax2.axhline(0.05, color="black", lw=1, ls="--", label="calibrated (5% per bin)")
+    ax2.set(xlabel="PIT: the model's CDF at the true price", ylabel="share of items", xlim=(0, 1))
+    ax2.set_title("PIT histogram")
+    ax2.legend(loc="upper center")
+    fig.suptitle(title)
+    paths = [_save_png(fig, folder / f"{stem}-calibration.png")]
+    pfig = make_subplots(rows=1, cols=2, subplot_titles=("reliability", "PIT histogram"))
+    pfig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="calibrated", line={"dash": "dash"}), 1, 1)
+    pfig.add_trace(go.Scatter(x=nominal, y=observed, mode="lines+markers", name="observed"), 1, 1)
+    pfig.add_trace(go.Bar(x=centres, y=pit, width=0.045, name="PIT"), 1, 2)
+    pfig.add_hline(y=0.05, line_dash="dash", row=1, col=2)
+    pfig.update_xaxes(title_text="nominal coverage", range=[0, 1], row=1, col=1)
+    pfig.update_yaxes(title_text="observed coverage", range=[0, 1], row=1, col=1)
+    pfig.update_xaxes(title_text="PIT", range=[0, 1], row=1, col=2)
+    pfig.update_layout(title=title, showlegend=False)
+    paths.append(_write_html(pfig, folder / f"{stem}-calibration.html"))
     return paths
 
 

@@ -189,6 +189,12 @@ def summary_table(result: EvalResult) -> Table:
             "interval coverage",
             f"{m['interval_coverage']:.1%} of {int(m['interval_n'])}  (mean width ${m['interval_width']:,.2f})",
         )
+    if "calib_n" in m:
+        t.add_row(
+            "own distribution: central L% covers",
+            "  ".join(f"{lv}→{m[f'calib_cover_{lv}']:.0%}" for lv in (10, 30, 50, 80, 90))
+            + f"  (mean gap {m['calib_error']:.1%} over 10…90%)",
+        )
     t.add_row("failures", f"{int(m['failures'])}  (coverage {m['coverage']:.1%})")
     t.add_row("predict time", f"{result.seconds:,.1f} s" + (f"  ({result.cached} cached)" if result.cached else ""))
     if result.fit_seconds:
@@ -472,11 +478,14 @@ def score(
         ItemResult(it.id, it.title, it.category, it.price, p.price, p.low, p.high, p.raw)
         for it, p in zip(items, preds, strict=True)
     ]
+    from appraiser.inference.decode import parse_quantiles
+
     metrics = compute_metrics(
         [r.truth for r in results],
         [r.guess for r in results],
         lows=[r.low for r in results],
         highs=[r.high for r in results],
+        quantiles=[parse_quantiles(r.raw) for r in results],
     )
     return EvalResult(
         pricer=name,

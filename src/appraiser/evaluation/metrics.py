@@ -12,6 +12,11 @@ Conventions, so every number on the leaderboard means the same thing:
   the items with an interval whose true price lies inside it (ends included), and `interval_width`, their
   mean width in dollars; both are left out (not NaN) when no guess has an interval, so older rows and
   interval-less pricers look as before.
+- A guess that carries its own distribution (the digit beam's quantiles at 5%, 10%, …, 95%) is also scored for
+  calibration (`reliability`): `calib_cover_L` is the share of truths inside the distribution's central L%
+  interval (L = 10, 20, …, 90; a calibrated model gets L%), `calib_error` their mean absolute gap to L, and
+  `pit_bins` (not stored on the leaderboard) the PIT histogram: how many truths fall between each pair of
+  neighbouring 5% quantiles (flat when calibrated; a U shape means too narrow, a hump too wide).
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ METRIC_NAMES = (
 )
 #: Present only when some guess had an interval.
 INTERVAL_METRICS = ("interval_n", "interval_coverage", "interval_width", "interval_log_width")
+#: The nominal levels of the central intervals a reported distribution is scored at.
+RELIABILITY_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))
+#: Present only when some guess carried its quantiles.
+CALIBRATION_METRICS = ("calib_n", *(f"calib_cover_{round(lv * 100)}" for lv in RELIABILITY_LEVELS), "calib_error")
 
 
 def colour(guess: float | None, truth: float) -> str:
@@ -92,9 +101,11 @@ def compute_metrics(
     seed: int = 0,
     lows: Sequence[float | None] | None = None,
     highs: Sequence[float | None] | None = None,
+    quantiles: Sequence[Sequence[float] | None] | None = None,
 ) -> dict[str, float]:
     """All leaderboard metrics for paired truths and guesses (None or NaN marks a failure), plus the interval
-    metrics when `lows` and `highs` give some guesses an interval."""
+    metrics when `lows` and `highs` give some guesses an interval, and the calibration metrics when
+    `quantiles` (19 values at 5%…95% per guess, or None) give some guesses a distribution."""
     t = np.asarray(truths, dtype=float)
     g = np.array([np.nan if v is None else v for v in guesses], dtype=float)
     if t.shape != g.shape:
@@ -111,6 +122,9 @@ def compute_metrics(
     }
     if lows is not None and highs is not None:
         out.update(interval_metrics(t, g, lows, highs))
+    if quantiles is not None:
+        rel = reliability(t, [None if np.isnan(gi) else q for gi, q in zip(g, quantiles, strict=True)])
+        out.update({k: v for k, v in rel.items() if k != "pit_bins"})
     if n_ok == 0:
         out.update(dict.fromkeys(("mae", "mae_ci_low", "mae_ci_high", "median_ae", "rmsle", "mse", "r2"), nan))
         out["hit_rate"] = 0.0 if n else nan
@@ -155,3 +169,31 @@ def interval_metrics(
         "interval_width": float((hi - lo).mean()),
         "interval_log_width": float((np.log(np.clip(hi, 1e-9, None)) - np.log(np.clip(lo, 1e-9, None))).mean()),
     }
+
+
+def reliability(
+    truths: Sequence[float] | np.ndarray, quantiles: Sequence[Sequence[float] | None]
+) -> dict[str, float | list[int]]:
+    """Calibration of reported distributions: for each nominal level L in `RELIABILITY_LEVELS`, the share of the
+    truths inside the central interval [q_(1-L)/2, q_(1+L)/2] (ends included, as `interval_metrics`), and the
+    PIT histogram over the 20 bins the 19 quantiles (5%…95%) cut the price line into. A truth level with some
+    quantiles (a model sure of one whole-dollar price) counts half below them. {} when no row has quantiles."""
+    t = np.asarray(truths, dtype=float)
+    rows = [(float(y), np.asarray(q, dtype=float)) for y, q in zip(t, quantiles, strict=True) if q is not None]
+    if not rows:
+        return {}
+    y = np.array([r[0] for r in rows])
+    Q = np.vstack([r[1] for r in rows])
+    if Q.shape[1] != 19:
+        raise ValueError(f"expected 19 quantiles (5%, 10%, …, 95%) per row, not {Q.shape[1]}")
+    out: dict[str, float | list[int]] = {"calib_n": float(len(y))}
+    gaps = []
+    for level in RELIABILITY_LEVELS:
+        k = round((1 - level) / 2 / 0.05) - 1  # index of the lower end in the 5% grid
+        inside = (Q[:, k] <= y) & (y <= Q[:, 18 - k])
+        out[f"calib_cover_{round(level * 100)}"] = float(inside.mean())
+        gaps.append(abs(float(inside.mean()) - level))
+    out["calib_error"] = float(np.mean(gaps))
+    below = (Q < y[:, None]).sum(axis=1) + 0.5 * (Q == y[:, None]).sum(axis=1)
+    out["pit_bins"] = np.bincount(np.floor(below).astype(int), minlength=20).tolist()
+    return out

@@ -15,6 +15,12 @@ Prompts end with "Price is $", so the model's next tokens are the price. Three w
   the course's trick, a probability-weighted average over the `beam_width` most likely number tokens
   at the first position.
 
+A distribution also reports its quantiles at 5%, 10%, …, 95% (`QUANTILE_LEVELS`), written at the end of its
+`raw` text (`format_quantiles`; read back with `parse_quantiles`), so they travel wherever a prediction goes
+(the evaluator's cache, the leaderboard, a predictions file): the evaluator scores the central 10%…90%
+intervals and the PIT from them (a reliability chart), and conformalised quantile regression
+(`pricers.conformal.ConformalQuantile`) corrects any of them.
+
 `predict_prices` is what the pricer, the CLI and the trainer's probe call.
 """
 
@@ -32,6 +38,28 @@ METHODS = ("expected", "greedy", "beam", "topk", "head")
 #: Unfinished numbers less likely than this are dropped: they could add at most this much mass.
 _MIN_PROB = 1e-7
 _NUMBER_PIECE = re.compile(r"[\d.,]+")
+#: The quantiles a distribution reports: the ends of every central 10%…90% interval, and the median.
+QUANTILE_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+_QUANTILE_TAG = "quantiles 5-95%: "
+
+
+def format_quantiles(values: Sequence[float]) -> str:
+    """`QUANTILE_LEVELS`' values as the tail of a `raw` text (whole dollars print without ".0")."""
+    return _QUANTILE_TAG + " ".join(f"{v:g}" for v in values)
+
+
+def parse_quantiles(raw: str | None) -> list[float] | None:
+    """The quantiles `format_quantiles` wrote into `raw` (None when it holds none, e.g. a greedy or API guess)."""
+    if not raw:
+        return None
+    at = raw.rfind(_QUANTILE_TAG)
+    if at < 0:
+        return None
+    try:
+        values = [float(v) for v in raw[at + len(_QUANTILE_TAG) :].split()]
+    except ValueError:
+        return None
+    return values if len(values) == len(QUANTILE_LEVELS) else None
 
 
 @dataclass
@@ -39,7 +67,7 @@ class PriceDistribution:
     """A price read from a model: point estimates, an interval, and how much probability backs them.
 
     `support` lists the finished numbers the beam found as (digits, probability before renormalizing),
-    most probable first (empty for greedy).
+    most probable first (empty for greedy); `quantiles` are its quantiles at `QUANTILE_LEVELS` (empty for greedy).
     """
 
     mean: float
@@ -50,10 +78,16 @@ class PriceDistribution:
     mass: float
     raw: str
     support: list[tuple[str, float]] = field(default_factory=list)
+    quantiles: list[float] = field(default_factory=list)
 
     @property
     def price(self) -> float:
         return self.mean
+
+    def cdf(self, price: float) -> float:
+        """The model's probability that the price is at most `price` (over the kept mass; 0 with no support)."""
+        total = sum(p for _, p in self.support)
+        return sum(p for t, p in self.support if float(int(t)) <= price) / total if total > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -135,8 +169,10 @@ def summarize(support: dict[str, float], interval: float, greedy: float | None) 
     low, high = _quantile(values, cdf, tail), _quantile(values, cdf, 1 - tail)
     ranked = sorted(support.items(), key=lambda kv: -kv[1])
     top = ", ".join(f"{int(t)} ({p / mass:.0%})" for t, p in ranked[:3])
-    raw = f"mean {mean:.2f}, median {median:g}, {interval:.0%} {low:g}-{high:g}, mass {mass:.2f}; top: {top}"
-    return PriceDistribution(mean, median, low, high, greedy, mass, raw, ranked)
+    quantiles = [_quantile(values, cdf, q) for q in QUANTILE_LEVELS]
+    raw = f"mean {mean:.2f}, median {median:g}, {interval:.0%} {low:g}-{high:g}, mass {mass:.2f}; top: {top}; "
+    raw += format_quantiles(quantiles)
+    return PriceDistribution(mean, median, low, high, greedy, mass, raw, ranked, quantiles)
 
 
 # ------------------------------------------------------------------------------------ batching

@@ -11,7 +11,15 @@ The calibration slice can be weighted like the baselines' training draw (`weight
 `off_category_weight`: never the validation split), so its errors look like the benchmark's. With
 `refit=True` (default) the pricer is fitted again on the whole pool after calibration (the usual "full-refit"
 shortcut: the same q, a model that saw 100% of the data). A pricer that needs no fit (a local or API LLM)
-is only asked to price the calibration slice.
+is only asked to price the calibration slice — drawn from the pool items a fine-tune did *not* train on
+(`trained_keys`: the run's own draw, replayed from its `config.json`), since its errors on items it learned
+are smaller than on new ones and would make q too narrow.
+
+`ConformalQuantile` is conformalised quantile regression (CQR, Romano et al. 2019) for a pricer that reports
+its own quantiles (the llm pricer's digit beam): the model's central interval [lo, hi] at `level` is kept in
+shape and widened (or narrowed) in log space by the conformal quantile Q of the calibration items' scores
+max(log lo − log y, log y − log hi), to [lo e^−Q, hi e^Q]. It keeps the model's sense of which items are
+hard (a wide beam stays wider) and gets the split-conformal promise of `level` coverage on exchangeable items.
 """
 
 from __future__ import annotations
@@ -25,6 +33,62 @@ import numpy as np
 from appraiser.data.weighting import sample_weights
 from appraiser.items import Item
 from appraiser.pricers.base import Prediction, Pricer
+
+
+def trained_keys(pricer: Pricer) -> set[str]:
+    """Ids and normalised titles of the items a fine-tuned pricer's run trained on (empty for anything else).
+
+    The trainer draws its items with `training.dataset.choose_items(pool, n_train, weighting, seed, …)` from
+    the pool its `config.json` names; the draw is seeded, so replaying it gives the same items.
+    """
+    adapter = getattr(pricer, "adapter", None)
+    if adapter is None:
+        return set()
+    from pathlib import Path
+
+    from appraiser.data.io import read_items, read_pool
+    from appraiser.retrieval.index import dedupe_key
+    from appraiser.training.config import TrainConfig
+    from appraiser.training.dataset import choose_items
+
+    adapter = Path(adapter)
+    found = [f / "config.json" for f in (adapter, adapter.parent) if (f / "config.json").exists()]
+    if not found:
+        raise ValueError(f"{adapter}: no run config.json, so the items it trained on are unknown")
+    cfg = TrainConfig.load(found[0])
+    if cfg.train is None:
+        raise ValueError(f"{found[0]}: names no training pool")
+    reference = read_items(cfg.validation) if cfg.validation is not None and cfg.weighting == "match" else None
+    drawn = choose_items(read_pool(cfg.train), cfg.n_train, cfg.weighting, cfg.seed, reference, cfg.off_category_weight)
+    return {it.id for it in drawn} | {dedupe_key(it) for it in drawn}
+
+
+def unseen(pricer: Pricer, items: Sequence[Item]) -> list[Item]:
+    """`items` minus those the pricer's fine-tune trained on (by id or normalised title)."""
+    keys = trained_keys(pricer)
+    if not keys:
+        return list(items)
+    from appraiser.retrieval.index import dedupe_key
+
+    return [it for it in items if it.id not in keys and dedupe_key(it) not in keys]
+
+
+def calibration_split(
+    pricer: Pricer, train: Sequence[Item], share: float, most: int, seed: int, needs_fit: bool
+) -> tuple[list[Item], list[Item]]:
+    """(calibration, proper training) items: a seeded `share` (at most `most`, at least 20) of `train`; for a
+    pricer that is not fitted here, drawn only from the items its fine-tune did not train on."""
+    train = list(train)
+    candidates = train if needs_fit else unseen(pricer, train)
+    n_cal = min(most, max(20, int(round(share * len(train)))))
+    if needs_fit and n_cal >= len(train):
+        raise ValueError(f"{len(train)} training items are too few to keep {n_cal} for calibration")
+    if not candidates:
+        raise ValueError("every pool item was a training item of this fine-tune: no calibration items left")
+    order = np.random.default_rng(seed).permutation(len(candidates))
+    cal = [candidates[i] for i in order[:n_cal]]
+    chosen = {id(it) for it in cal}
+    return cal, [it for it in train if id(it) not in chosen]
 
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, level: float) -> float:
@@ -100,13 +164,9 @@ class Conformal(Pricer):
 
     def fit(self, train: Sequence[Item], validation: Sequence[Item] | None = None) -> Conformal:
         train = list(train)
-        rng = np.random.default_rng(self.seed)
-        order = rng.permutation(len(train))
-        n_cal = min(self.max_calibration, max(20, int(round(self.calibration * len(train)))))
-        if n_cal >= len(train):
-            raise ValueError(f"{len(train)} training items are too few to keep {n_cal} for calibration")
-        cal = [train[i] for i in order[:n_cal]]
-        proper = [train[i] for i in order[n_cal:]]
+        cal, proper = calibration_split(
+            self.base, train, self.calibration, self.max_calibration, self.seed, self.needs_fit
+        )
         if self.needs_fit:
             self.base.fit(proper, validation)
         preds = self.base.predict(cal)
@@ -140,4 +200,88 @@ class Conformal(Pricer):
                 out.append(p)
             else:
                 out.append(p.model_copy(update={"low": p.price / factor, "high": p.price * factor}))
+        return out
+
+
+def quantile_interval(pred: Prediction, level: float) -> tuple[float, float] | None:
+    """The central `level` interval a prediction's own distribution gives: from the quantiles in its raw text
+    (the digit beam's `QUANTILE_LEVELS`), else its low/high; None when it has neither."""
+    from appraiser.inference.decode import QUANTILE_LEVELS, parse_quantiles
+
+    qs = parse_quantiles(pred.raw)
+    if qs is not None:
+        tail = round((1 - level) / 2, 6)
+        grid = [round(g, 6) for g in QUANTILE_LEVELS]
+        if tail not in grid:
+            raise ValueError(f"level {level} is not a central interval of the quantile grid (0.1, 0.2, …, 0.9)")
+        return qs[grid.index(tail)], qs[grid.index(round(1 - tail, 6))]
+    if pred.low is not None and pred.high is not None:
+        return pred.low, pred.high
+    return None
+
+
+def cqr_scores(lows: np.ndarray, highs: np.ndarray, truths: np.ndarray) -> np.ndarray:
+    """CQR conformity scores in log space: how far outside [low, high] each truth lies (negative: inside)."""
+    lo, hi = np.log(np.clip(lows, 1e-9, None)), np.log(np.clip(highs, 1e-9, None))
+    y = np.log(truths)
+    return np.maximum(lo - y, y - hi)
+
+
+class ConformalQuantile(Pricer):
+    """`base` (a pricer that reports its own quantiles: the llm pricer's beam) with its central `level` interval
+    conformalised (CQR): [lo e^-Q, hi e^Q], Q calibrated on pool items the base never trained on."""
+
+    name: ClassVar[str] = "cqr"
+
+    def __init__(self, base: Pricer, level: float = 0.8, max_calibration: int = 300, seed: int = 0):
+        if not 0 < level < 1:
+            raise ValueError(f"the interval level must be between 0 and 1, not {level}")
+        self.base, self.level = base, float(level)
+        self.max_calibration, self.seed = int(max_calibration), int(seed)
+        self.batch_size, self.concurrency = base.batch_size, base.concurrency
+        self.q_: float | None = None
+        self.fit_info: dict[str, Any] = {}
+
+    @property
+    def label(self) -> str:
+        return f"{self.base.label}+cqr{round(self.level * 100)}"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **self.base.config(),
+            "cqr": {"level": self.level, "calibration": self.max_calibration, "seed": self.seed},
+        }
+
+    def usage(self) -> dict[str, Any] | None:
+        return self.base.usage() if callable(getattr(self.base, "usage", None)) else None
+
+    def calibrate(self, preds: Sequence[Prediction], items: Sequence[Item]) -> float:
+        """Q from the base's predictions of calibration items (those it failed or gave no interval are skipped)."""
+        rows = [(quantile_interval(p, self.level), it.price) for p, it in zip(preds, items, strict=True)]
+        rows = [(iv, y) for iv, y in rows if iv is not None and y > 0]
+        if not rows:
+            raise ValueError(f"{self.base.label}: no calibration item got an interval (does it report quantiles?)")
+        lows, highs = np.array([iv[0] for iv, _ in rows]), np.array([iv[1] for iv, _ in rows])
+        scores = cqr_scores(lows, highs, np.array([y for _, y in rows]))
+        self.q_ = weighted_quantile(scores, np.ones(len(scores)), self.level)
+        self.fit_info = {
+            **(getattr(self.base, "fit_info", None) or {}),
+            "cqr_q": round(self.q_, 6),
+            "calibration_items": len(rows),
+        }
+        return self.q_
+
+    def fit(self, train: Sequence[Item], validation: Sequence[Item] | None = None) -> ConformalQuantile:
+        cal, _ = calibration_split(self.base, train, 1.0, self.max_calibration, self.seed, needs_fit=False)
+        self.calibrate(self.base.predict(cal), cal)
+        return self
+
+    def predict(self, items: Sequence[Item]) -> list[Prediction]:
+        if self.q_ is None:
+            raise RuntimeError(f"{self.label}: call fit() before predict()")
+        factor = math.exp(self.q_)
+        out = []
+        for p in self.base.predict(items):
+            iv = quantile_interval(p, self.level) if p.price is not None else None
+            out.append(p if iv is None else p.model_copy(update={"low": iv[0] / factor, "high": iv[1] * factor}))
         return out
