@@ -288,3 +288,16 @@ def test_embedding_cache_serves_vectors_without_the_model(tmp_path):
     again = EmbeddingCache(tmp_path)
     np.testing.assert_array_equal(again.embed(texts), first)
     assert again._model is None  # everything came from disk
+
+
+def test_every_baseline_takes_the_shared_options():
+    """`appraiser baseline NAME --weighting W --seed S` works for every baseline (knn-embed once refused them)."""
+    from appraiser.pricers import registry
+    from appraiser.pricers.baselines import Baseline
+
+    names = [n for n in registry.names() if isinstance(registry.get(n).factory, type)]
+    names = [n for n in names if issubclass(registry.get(n).factory, Baseline)]
+    assert "knn-embed" in names and "xgboost" in names
+    for name in names:
+        p = registry.create(name, weighting="price_flat", seed=3)
+        assert p.config()["weighting"] == "price_flat" and p.config()["seed"] == 3, name

@@ -502,8 +502,19 @@ class KnnEmbedding(Baseline):
     name = "knn-embed"
     default_params = {"k": 10, "aggregate": "mean", "max_tokens": 128}
 
-    def __init__(self, *args, cache_dir: str | Path | None = None, progress: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        target: str | None = None,
+        weighting: str = "none",
+        seed: int = 0,
+        categories: Sequence[str] | None = None,
+        off_category_weight: float = 1.0,
+        cache_dir: str | Path | None = None,
+        progress: bool = False,
+        **params,
+    ):
+        # the shared options spelled out, so `appraiser baseline knn-embed --weighting ... --seed ...` can check them
+        super().__init__(target, weighting, seed, categories, off_category_weight, **params)
         if self.params["aggregate"] not in ("mean", "median"):
             raise ValueError("aggregate must be 'mean' or 'median'")
         self.cache = EmbeddingCache(cache_dir, max_tokens=self.params["max_tokens"])
