@@ -39,15 +39,29 @@ IntervalOpt = Annotated[
         "the training pool; coverage and width join the summary (0: none).",
     ),
 ]
+IntervalMethodOpt = Annotated[
+    str,
+    typer.Option(
+        "--interval-method",
+        help="split: [guess e^-q, guess e^q]; cqr: the llm beam's own central interval, conformalised "
+        "(calibrated on pool items its fine-tune did not train on).",
+    ),
+]
 DbOpt = Annotated[Path | None, typer.Option("--db", help="Leaderboard database (default: .appraiser/leaderboard.db).")]
 
 
-def with_interval(pricer, level: float, needs_fit: bool):
-    """`pricer` wrapped in split-conformal intervals at `level` (a pricer that needs no fit prices 300 pool items)."""
-    from appraiser.pricers.conformal import Conformal
+def with_interval(pricer, level: float, needs_fit: bool, method: str = "split"):
+    """`pricer` wrapped in conformal intervals at `level` (a pricer that needs no fit prices 300 pool items)."""
+    from appraiser.pricers.conformal import Conformal, ConformalQuantile
 
     if not 0 < level < 1:
         raise DataError(f"--interval must be between 0 and 1 (e.g. 0.8), not {level}")
+    if method == "cqr":
+        if needs_fit:
+            raise DataError("--interval-method cqr needs a pricer with its own distribution (the llm pricer)")
+        return ConformalQuantile(pricer, level=level, max_calibration=300)
+    if method != "split":
+        raise DataError(f"--interval-method must be split or cqr, not {method!r}")
     return Conformal(pricer, level=level, needs_fit=needs_fit, max_calibration=2000 if needs_fit else 300)
 
 
@@ -93,6 +107,7 @@ def eval_command(
     no_record: Annotated[bool, typer.Option("--no-record", help="Do not add the result to the leaderboard.")] = False,
     cost: Annotated[float, typer.Option(help="Cost of this evaluation in dollars, recorded with it.")] = 0.0,
     interval: IntervalOpt = 0.0,
+    interval_method: IntervalMethodOpt = "split",
     db: DbOpt = None,
 ) -> None:
     """Evaluate a pricer on a fixed test set: per-item lines, summary, charts, leaderboard row."""
@@ -119,7 +134,7 @@ def eval_command(
         p = registry.create(pricer, **parse_options(option))
         needs_fit = registry.get(pricer).needs_fit
         if interval:
-            p, needs_fit = with_interval(p, interval, needs_fit), True
+            p, needs_fit = with_interval(p, interval, needs_fit, interval_method), True
     with _store(db) as store:
         fit_and_evaluate(
             p,
