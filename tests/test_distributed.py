@@ -28,6 +28,7 @@ OPTIONS = dict(
     max_text_tokens=8,
     probe_every=0,
     lora_dropout=0.0,  # dropout draws per process: the curves can only match without it
+    head_weight=0.5,  # the regression head trains through the DDP wrapper too (its Huber mean over the global batch)
     seed=5,
     save_every=100,  # the Trainer still saves at the last step: checkpoint-3, with one RNG state per process
     threads=1,

@@ -35,12 +35,13 @@ CHECKPOINT_PREFIX = "checkpoint-"
 #: Written last into a checkpoint folder: {"step": N, "files": {name: {"size": bytes, "sha256": hex}}}.
 CHECKPOINT_MARKER = "appraiser-checkpoint.json"
 #: The files a resumable checkpoint must hold (one of each group), besides the marker. A run on N processes
-#: writes one RNG state per process (`rng_state_0.pth` ... `rng_state_{N-1}.pth`) instead of `rng_state.pth`.
+#: writes one RNG state per process (`rng_state_0.pth` ... `rng_state_{N-1}.pth`) instead of `rng_state.pth`;
+#: under DeepSpeed the optimizer is DeepSpeed's own checkpoint (`latest` names its `global_stepN/` folder).
 REQUIRED_FILES: tuple[tuple[str, ...], ...] = (
     ("trainer_state.json",),
     ("adapter_config.json",),
     ("adapter_model.safetensors", "adapter_model.bin"),
-    ("optimizer.pt",),
+    ("optimizer.pt", "latest"),
     ("scheduler.pt",),
     ("rng_state.pth", "rng_state_0.pth"),
 )
@@ -249,8 +250,9 @@ def _load_problem(path: Path, step: int | None) -> str | None:
             torch.load(path / "adapter_model.bin", map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors and torch raise their own types for a damaged file
         return f"the adapter weights do not load ({type(e).__name__})"
+    optimizer = ["optimizer.pt"] if (path / "optimizer.pt").exists() else []  # absent: DeepSpeed's (see above)
     rng = sorted(p.name for p in path.glob("rng_state*.pth"))
-    for name in ("optimizer.pt", "scheduler.pt", *rng):
+    for name in (*optimizer, "scheduler.pt", *rng):
         try:
             torch.load(path / name, map_location="cpu", weights_only=False)
         except Exception as e:  # a damaged pickle/zip raises anything from EOFError to RuntimeError
