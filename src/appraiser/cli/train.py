@@ -261,8 +261,11 @@ def train_command(
     """
     quiet_libraries()  # before `training` imports transformers/peft/bitsandbytes, which warn as they load
     from appraiser import training
+    from appraiser.training import distributed
 
     view = ProgressView()
+    if not distributed.is_main():  # under `accelerate launch` rank 0 alone shows progress and the result
+        view.progress.disable = True
     watch = _Watch(_check_notify(list(notify or [])), view)
     run_id: str | None = resume
     if resume is not None:
@@ -270,7 +273,8 @@ def train_command(
         from appraiser.runs.store import RunStore
 
         run_id = RunStore().get(resume).id
-        watch.start(run_id)
+        if distributed.is_main():  # one notifier per run (start: `created` runs on rank 0 only)
+            watch.start(run_id)
         try:
             with view.progress:
                 result = training.resume(resume, listeners=[view], data_progress=view.data, on_stage=view.stage)
@@ -341,6 +345,8 @@ def train_command(
             raise _interrupted(run_id, view) from None
         finally:
             watch.stop()
+    if not distributed.is_main():
+        return
     line = f"[green]done[/green]: run {escape(result.run_id)}, {result.steps} steps, mean loss {result.train_loss:.4f}"
     if result.best_probe_mae is not None:
         line += f", best probe MAE ${result.best_probe_mae:,.2f} at step {result.best_step}"
