@@ -35,21 +35,14 @@ from appraiser.items import Item
 from appraiser.pricers.base import Prediction, Pricer
 
 
-def trained_keys(pricer: Pricer) -> set[str]:
-    """Ids and normalised titles of the items a fine-tuned pricer's run trained on (empty for anything else).
-
-    The trainer draws its items with `training.dataset.choose_items(pool, n_train, weighting, seed, …)` from
-    the pool its `config.json` names; the draw is seeded, so replaying it gives the same items.
-    """
+def run_config(pricer: Pricer) -> Any:
+    """The `TrainConfig` of a fine-tuned pricer's run (its `config.json`), or None for anything else."""
     adapter = getattr(pricer, "adapter", None)
     if adapter is None:
-        return set()
+        return None
     from pathlib import Path
 
-    from appraiser.data.io import read_items, read_pool
-    from appraiser.retrieval.index import dedupe_key
     from appraiser.training.config import TrainConfig
-    from appraiser.training.dataset import choose_items
 
     adapter = Path(adapter)
     found = [f / "config.json" for f in (adapter, adapter.parent) if (f / "config.json").exists()]
@@ -58,6 +51,31 @@ def trained_keys(pricer: Pricer) -> set[str]:
     cfg = TrainConfig.load(found[0])
     if cfg.train is None:
         raise ValueError(f"{found[0]}: names no training pool")
+    return cfg
+
+
+def _run_weights(cfg: Any, items: Sequence[Item]) -> np.ndarray:
+    """The weights the run drew its training items by (`choose_items`), for `items`."""
+    from appraiser.data.io import read_items
+
+    reference = read_items(cfg.validation) if cfg.validation is not None and cfg.weighting == "match" else None
+    return sample_weights(items, cfg.weighting, reference, off_category_weight=cfg.off_category_weight)
+
+
+def trained_keys(pricer: Pricer) -> set[str]:
+    """Ids and normalised titles of the items a fine-tuned pricer's run trained on (empty for anything else).
+
+    The trainer draws its items with `training.dataset.choose_items(pool, n_train, weighting, seed, …)` from
+    the pool its `config.json` names; the draw is seeded, so replaying it gives the same items. (All n_train
+    drawn items count as trained on, even when max_steps stopped the run before it saw them all.)
+    """
+    cfg = run_config(pricer)
+    if cfg is None:
+        return set()
+    from appraiser.data.io import read_items, read_pool
+    from appraiser.retrieval.index import dedupe_key
+    from appraiser.training.dataset import choose_items
+
     reference = read_items(cfg.validation) if cfg.validation is not None and cfg.weighting == "match" else None
     drawn = choose_items(read_pool(cfg.train), cfg.n_train, cfg.weighting, cfg.seed, reference, cfg.off_category_weight)
     return {it.id for it in drawn} | {dedupe_key(it) for it in drawn}
@@ -77,16 +95,24 @@ def calibration_split(
     pricer: Pricer, train: Sequence[Item], share: float, most: int, seed: int, needs_fit: bool
 ) -> tuple[list[Item], list[Item]]:
     """(calibration, proper training) items: a seeded `share` (at most `most`, at least 20) of `train`; for a
-    pricer that is not fitted here, drawn only from the items its fine-tune did not train on."""
+    pricer that is not fitted here, drawn only from the items its fine-tune did not train on, and drawn like its
+    training items were (the run's weighting and categories, without replacement): calibration items should
+    look like the items the model is meant for, and the run's draw says what those are."""
     train = list(train)
     candidates = train if needs_fit else unseen(pricer, train)
     n_cal = min(most, max(20, int(round(share * len(train)))))
     if needs_fit and n_cal >= len(train):
         raise ValueError(f"{len(train)} training items are too few to keep {n_cal} for calibration")
-    if not candidates:
-        raise ValueError("every pool item was a training item of this fine-tune: no calibration items left")
-    order = np.random.default_rng(seed).permutation(len(candidates))
-    cal = [candidates[i] for i in order[:n_cal]]
+    cfg = None if needs_fit else run_config(pricer)
+    w = _run_weights(cfg, candidates) if cfg is not None and candidates else np.ones(len(candidates))
+    if not candidates or w.sum() <= 0:
+        raise ValueError("every pool item the fine-tune could draw was a training item: no calibration items left")
+    rng = np.random.default_rng(seed)
+    if cfg is None:
+        order = rng.permutation(len(candidates))[:n_cal]
+    else:
+        order = rng.choice(len(candidates), size=min(n_cal, int((w > 0).sum())), replace=False, p=w / w.sum())
+    cal = [candidates[i] for i in order]
     chosen = {id(it) for it in cal}
     return cal, [it for it in train if id(it) not in chosen]
 
