@@ -321,6 +321,21 @@ def test_a_silent_run_is_stalled_once_and_notified(webhook):
     assert [p["title"] for p in server.posts] == [f"Appraiser: run silent ({run.id}) stalled"]
 
 
+def test_a_heartbeat_is_not_a_stall():
+    """A long stage that logs no step (the head refit reading features) touches the run: not stalled."""
+    store = RunStore()
+    run = store.create(name="refitting", max_steps=5)
+    store.set_status(run.id, "running")
+    t0 = time.time() - 5
+    for step in range(1, 6):
+        store.log_metrics(run.id, step, {"loss": 2.0}, at=t0 + 0.01 * step)
+    store.update(run.id, step=5)
+    time.sleep(0.3)
+    assert check_stall(store, run.id, factor=10, min_seconds=0.2) is not None
+    store.touch(run.id)
+    assert check_stall(store, run.id, factor=10, min_seconds=0.2) is None
+
+
 def test_a_killed_process_is_told_apart_and_notified(webhook):
     url, server = webhook
     store = RunStore()

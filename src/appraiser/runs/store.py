@@ -373,6 +373,11 @@ class RunStore:
             )
             db.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
 
+    def touch(self, run_id: str) -> None:
+        """Mark the run as working without recording anything (a long stage's heartbeat: not a stall)."""
+        with self._connect() as db:
+            db.execute("UPDATE runs SET updated = ? WHERE id = ?", (time.time(), run_id))
+
     def add_event_once(
         self,
         run_id: str,
@@ -466,7 +471,6 @@ class RunStore:
         with self._connect() as db:
             cur = db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, step))
             return cur.rowcount
-
 
     # ---- state ----
 

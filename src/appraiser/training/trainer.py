@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,6 +357,13 @@ def _refit(
     n = min(n, cfg.head_refit_items or n)
     stage(f"refitting the head ({cfg.head_refit}) on {n} training items")
     store.add_event(run.id, f"Head refit ({cfg.head_refit}): reading the features of {n} training items")
+    beat = [time.monotonic()]
+
+    def heartbeat(done: int) -> None:  # minutes of feature reading write no step: without it, a "stall"
+        if time.monotonic() - beat[0] >= 10:
+            store.touch(run.id)
+            beat[0] = time.monotonic()
+
     result = refit_head(
         model,
         tokenizer,
@@ -364,6 +372,7 @@ def _refit(
         cfg.head_refit,
         cfg.head_refit_items,
         cfg.probe_batch_size,
+        progress=heartbeat,
     )
     info["head_support"] = head_module(model).kernel_rows  # shared with the probe's saves of best/
     store.add_event(run.id, result.describe())
