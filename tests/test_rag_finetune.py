@@ -57,8 +57,15 @@ def setup(data_dir, tmp_path_factory):
         threads=1,
         name="ragft-tiny",
     )
-    yield {"root": root, "pool": pool, "train": train, "index": index, "cfg": cfg, "tok": load_tokenizer(cfg.model)}
+    tok = load_tokenizer(cfg.model)
+    yield {"root": root, "home": home, "pool": pool, "train": train, "index": index, "cfg": cfg, "tok": tok}
     mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _module_home(setup, monkeypatch):
+    """Every test here in the module's home, so each text is embedded once for the module."""
+    monkeypatch.setenv("APPRAISER_HOME", str(setup["home"]))
 
 
 @pytest.fixture(scope="module")
