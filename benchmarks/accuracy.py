@@ -107,16 +107,17 @@ def main() -> None:
         ref = next((r for name, pool, r in results if name == "xgboost" and pool == "train"), None)
         if ref is None and (row := store.latest("xgboost · train")) is not None:  # from an earlier --pools run
             ref = store.result(row.run_id)
+        ref_name = "xgboost on train.jsonl" if ref is not None else results[0][0]  # no xgboost row: the first row
         ref = ref or results[0][2]
     t = Table(
-        title=f"first {len(test)} validation items; Δ = paired |error| difference vs xgboost on train.jsonl",
+        title=f"first {len(test)} validation items; Δ = paired |error| difference vs {ref_name}",
         box=box.SIMPLE_HEAD,
     )
-    for col in ("pricer", "pool", "MAE", "95% CI", "RMSLE", "hit", "cover", "width", "Δ vs xgboost", "Δ 95% CI"):
+    for col in ("pricer", "pool", "MAE", "95% CI", "RMSLE", "hit", "cover", "width", "Δ vs ref", "Δ 95% CI"):
         t.add_column(col, justify="left" if col in ("pricer", "pool") else "right")
     for name, pool, r in results:
         m = r.metrics
-        c = paired_compare(r.results, ref.results, name, "xgboost")
+        c = paired_compare(r.results, ref.results, name, ref_name)
         t.add_row(
             name,
             pool,
