@@ -26,8 +26,15 @@ def test_blend_learns_from_the_slice_and_reloads(pools, tmp_path):
     assert set(blend.weights_) == {tfidf.label, const.label}
     assert all(w >= 0 for w in blend.weights_.values())
     assert blend.weights_[tfidf.label] > 0  # the text model carries information the constant does not
+    assert sum(blend.weights_.values()) == pytest.approx(1.0) and blend.intercept_ == 0.0  # convex by default
+    free = BlendPricer([tfidf, const], combine="nnls").fit(blend_slice)
+    assert all(w >= 0 for w in free.weights_.values())
+    # a convex blend never prices outside its members' range
+    lows = [min(a.price, b.price) for a, b in zip(tfidf.predict(test), const.predict(test), strict=True)]
+    highs = [max(a.price, b.price) for a, b in zip(tfidf.predict(test), const.predict(test), strict=True)]
     preds = blend.predict(test)
     assert all(p.price and p.low < p.price < p.high for p in preds)
+    assert all(lo * 0.999 <= p.price <= hi * 1.001 for p, lo, hi in zip(preds, lows, highs, strict=True))
     # the interval's quantile is the slice's own residual quantile: about 80% of the slice lies inside
     inside = [p.low <= it.price <= p.high for p, it in zip(blend.predict(blend_slice), blend_slice, strict=True)]
     assert 0.78 <= sum(inside) / len(inside) <= 0.84
