@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from appraiser.items import MAX_PRICE, MIN_PRICE, Item
+from appraiser.items import Item
 from appraiser.pricers.base import Prediction, Pricer
-from appraiser.pricers.ensemble import _fill, _log_prices, nnls_with_intercept
+from appraiser.pricers.ensemble import _fill, _log_prices, log_predictions, nnls_with_intercept
 
 
 def convex_weights(X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -133,15 +133,4 @@ class BlendPricer(Pricer):
         X = self.member_log_prices(items)
         failed = np.isnan(X).all(axis=1)
         z = _fill(np.where(failed[:, None], 0.0, X)) @ self.coef_ + self.intercept_
-        prices = np.clip(np.exp(z), MIN_PRICE, MAX_PRICE)
-        q = self.q_
-        return [
-            Prediction(price=None)
-            if f
-            else Prediction(
-                price=float(p),
-                low=float(p * np.exp(-q)) if q is not None else None,
-                high=float(p * np.exp(q)) if q is not None else None,
-            )
-            for p, f in zip(prices, failed, strict=True)
-        ]
+        return log_predictions(z, failed, self.q_)

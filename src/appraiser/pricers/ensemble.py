@@ -78,6 +78,22 @@ def _fill(X: np.ndarray) -> np.ndarray:
     return X
 
 
+def log_predictions(z: np.ndarray, failed: np.ndarray, q: float | None) -> list[Prediction]:
+    """Predictions from combined log prices `z` (clipped to the price range), with [p e^-q, p e^q] when q is
+    set; a row every member failed on is a failed prediction."""
+    prices = np.clip(np.exp(z), MIN_PRICE, MAX_PRICE)
+    return [
+        Prediction(price=None)
+        if f
+        else Prediction(
+            price=float(p),
+            low=float(p * np.exp(-q)) if q is not None else None,
+            high=float(p * np.exp(q)) if q is not None else None,
+        )
+        for p, f in zip(prices, failed, strict=True)
+    ]
+
+
 def nnls_with_intercept(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
     """Weighted least squares of y on X with non-negative coefficients and a free intercept."""
     from scipy.optimize import nnls
@@ -263,15 +279,4 @@ class EnsemblePricer(Pricer):
         X = self.member_log_prices(items)
         failed = np.isnan(X).all(axis=1)
         z = self._features(_fill(np.where(failed[:, None], 0.0, X))) @ self.coef_ + self.intercept_
-        prices = np.clip(np.exp(z), MIN_PRICE, MAX_PRICE)
-        q = self.q_ if self.q_ is not None else None
-        return [
-            Prediction(price=None)
-            if f
-            else Prediction(
-                price=float(p),
-                low=float(p * np.exp(-q)) if q is not None else None,
-                high=float(p * np.exp(q)) if q is not None else None,
-            )
-            for p, f in zip(prices, failed, strict=True)
-        ]
+        return log_predictions(z, failed, self.q_)
