@@ -36,6 +36,22 @@ def money(v: float) -> str:
     return f"−${-v:,.2f}" if v < 0 else f"${v:,.2f}"
 
 
+def parse_options(pairs: list[str]) -> dict:
+    """["weighting=price_flat", "off_category_weight=0"] -> {"weighting": "price_flat", "off_category_weight": 0}."""
+    import json
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: use KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("APPRAISER_DATA", "../shared/data")))
@@ -51,7 +67,16 @@ def main() -> None:
     ap.add_argument("--index", type=Path, default=None, help="index of --llm's rag rows (default: <home>/index)")
     ap.add_argument("--pools", default="train,train+extra", help="which pools: train, train+extra")
     ap.add_argument("--limit", type=int, default=None, help="first N items of each pool (a quick smoke run)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an ensemble option, e.g. weighting=price_flat, categories=benchmark, off_category_weight=0, "
+        "member_weighting=true (members then train with the same weighting)",
+    )
     args = ap.parse_args()
+    options = parse_options(args.set)
     os.environ["APPRAISER_HOME"] = str(args.home.resolve())
 
     from appraiser.data.io import read_items, read_pool
@@ -66,20 +91,23 @@ def main() -> None:
     chosen = [p.strip() for p in args.pools.split(",") if p.strip()]
     results: list[tuple[str, str, object]] = []  # (pricer, pool, EvalResult)
     weights: dict[str, dict] = {}
+    labels: dict[str, list[str]] = {}
     with LeaderboardStore() as store:
         for pool_name in chosen:
             pool = read_pool(pools[pool_name])[: args.limit]
             start = time.perf_counter()
-            ens = EnsemblePricer(args.members, folds=args.folds, interval=args.level).fit(pool)
+            ens = EnsemblePricer(args.members, folds=args.folds, interval=args.level, **options).fit(pool)
             fit_s = time.perf_counter() - start
             ens.save(args.home / "models" / f"ensemble-{pool_name}.pkl")
             weights[pool_name] = {**ens.weights_, "intercept": round(ens.intercept_, 4), "fit_s": round(fit_s)}
             console.print(f"{pool_name}: {len(pool):,} items, ensemble fitted in {fit_s:,.0f} s, {weights[pool_name]}")
             for j, label in enumerate(ens.labels):
+                short = ens.members.split(",")[j].strip()  # the spec as given; the full label is on the leaderboard
                 r = evaluate(ens.member(j), test, name=f"{label} · {pool_name}", show=False, store=store, cache=False)
-                results.append((label, pool_name, r))
+                results.append((short, pool_name, r))
             r = evaluate(ens, test, name=f"{ens.label} · {pool_name}", show=False, store=store, cache=False)
             results.append(("ensemble", pool_name, r))
+            labels[pool_name] = [*ens.labels, ens.label]
         methods = [m.strip() for m in args.llm_methods.split(",") if m.strip()]
         for run in args.llm:
             from appraiser.pricers.llm import LLMPricer
@@ -133,6 +161,8 @@ def main() -> None:
     console.print(t)
     for pool_name, w in weights.items():
         console.print(f"ensemble weights ({pool_name}): {w}")
+    if options:
+        console.print(f"ensemble options: {options}; leaderboard names: {labels}")
 
 
 if __name__ == "__main__":

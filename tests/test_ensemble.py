@@ -90,6 +90,7 @@ def test_ensemble_refuses_match_weighting_and_unknown_members():
         registry.create("ensemble", members="no-such-pricer")
 
 
+@pytest.mark.slow  # the default suite's time budget; `python -m pytest -m slow` runs it
 def test_the_out_of_fold_interval_keeps_its_level_on_held_out_pool_items(data_dir: Path):
     """Where the conformal promise applies (items drawn like the pool), the refitted ensemble's interval from
     its out-of-fold errors covers close to its level, though those errors came from models fitted on 2/3."""
@@ -99,3 +100,30 @@ def test_the_out_of_fold_interval_keeps_its_level_on_held_out_pool_items(data_di
     e = registry.create("ensemble", members=MEMBERS, folds=3, interval=0.8).fit(train)
     inside = [p.low <= it.price <= p.high for p, it in zip(e.predict(held), held, strict=True)]
     assert 0.75 <= float(np.mean(inside)) <= 0.85
+
+
+def test_members_can_be_trained_the_way_the_combiner_is_fitted(split):
+    """`member_weighting=true` hands the ensemble's weighting and categories to every member that takes them
+    (a member's own option wins); `categories="benchmark"` names the release benchmark's 8 categories."""
+    from appraiser.data.weighting import BENCHMARK_CATEGORIES
+
+    train, _ = split
+    e = registry.create(
+        "ensemble",
+        members="tfidf-ridge,linear:off_category_weight=1",
+        folds=3,
+        weighting="price_flat",
+        categories="benchmark",
+        off_category_weight=0,
+        member_weighting=True,
+    )
+    assert e.categories == BENCHMARK_CATEGORIES
+    ridge, linear = e._member(0), e._member(1)
+    assert ridge.weighting == "price_flat" and ridge.categories == BENCHMARK_CATEGORIES
+    assert ridge.off_category_weight == 0 and linear.off_category_weight == 1
+    e.fit(train)
+    in_benchmark = [it for it in train if it.category is None or it.category in BENCHMARK_CATEGORIES]
+    assert e.fitted_[0].fit_info["n_train"] == len(in_benchmark) < len(train)
+    assert e.fitted_[1].fit_info["n_train"] == len(train)
+    plain = registry.create("ensemble", members="tfidf-ridge", folds=3, weighting="price_flat")._member(0)
+    assert plain.weighting == "none"  # without member_weighting members keep their own defaults

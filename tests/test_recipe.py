@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from appraiser.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +30,7 @@ def sweep(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # the default suite's time budget; `python -m pytest -m slow` runs it
 def test_sweep_check_builds_every_variant_of_both_recipes(data_dir):
     for config in ("recipes/smollm2-head.json", "recipes/gemma3-kernel.json"):
         proc = sweep("--config", str(REPO / config), "--max-steps", "600", "--data", str(data_dir))
@@ -98,6 +101,7 @@ def test_readout_benchmark_scores_both_closed_form_readouts(data_dir):
     assert "read-outs fit on 24 training items (draw)" in proc.stdout
 
 
+@pytest.mark.slow  # the default suite's time budget; `python -m pytest -m slow` runs it
 def test_readout_benchmark_can_fit_on_items_outside_the_draw(data_dir):
     cmd = [sys.executable, str(REPO / "benchmarks" / "readout.py"), "--model", "smollm2-135m", "--data", str(data_dir)]
     cmd += ["--n-train", "24", "--support", "unseen", "--n-support", "20", "--test-size", "6"]

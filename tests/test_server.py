@@ -352,6 +352,7 @@ def test_summaries_are_parsed_from_the_real_summary_rows(data_dir):
     assert parse_summary("Title: x\nBrand: y") is None and parse_summary("A nice pedal.") is None
 
 
+@pytest.mark.slow  # the default suite's time budget; `python -m pytest -m slow` runs it
 def test_summarize_plain_then_batch_against_the_server(server, data_dir, monkeypatch, tmp_path):
     """SmolLM2-135M rarely writes the five fields: what must hold is the bookkeeping. Every item is either
     written as a five-field summary or reported with its reason; a rerun asks again only for what failed;

@@ -411,6 +411,7 @@ def test_pause_saves_a_checkpoint_and_resume_finishes(ft, files):
 # ---------------------------------------------------------------- restart
 
 
+@pytest.mark.slow  # the default suite's time budget; `python -m pytest -m slow` runs it
 def test_kill_9_mid_job_resumes_from_its_checkpoint(ft, files):
     c = client(ft)
     train_id = upload(c, files["train"])

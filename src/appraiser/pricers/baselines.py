@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from appraiser.data.weighting import WEIGHTINGS, sample_weights
+from appraiser.data.weighting import BENCHMARK_CATEGORIES, WEIGHTINGS, resolve_categories, sample_weights
 from appraiser.items import Item
 from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.features import NUMERIC_COLUMNS, TARGETS, from_target, items_frame, to_target
@@ -77,7 +77,7 @@ class Baseline(Pricer):
         self.target = target
         self.weighting = weighting
         self.seed = int(seed)
-        self.categories = tuple(categories) if categories is not None else None
+        self.categories = resolve_categories(categories)
         self.off_category_weight = float(off_category_weight)
         self.params: dict[str, Any] = {**self.default_params, **params}
         self.fitted = False
@@ -101,6 +101,8 @@ class Baseline(Pricer):
         """The name, plus every setting that differs from this baseline's defaults."""
         defaults = {**COMMON_DEFAULTS, "target": self.default_target, **self.default_params}
         cfg = self.config()
+        if self.categories == BENCHMARK_CATEGORIES:
+            cfg["categories"] = "benchmark"
         diff = [f"{k}={cfg[k]}" for k in cfg if k != "name" and cfg[k] != defaults.get(k)]
         return f"{self.name}[{','.join(diff)}]" if diff else self.name
 
@@ -467,6 +469,10 @@ class EmbeddingCache:
             con.close()
         return np.stack([found[k] for k in keys]).astype(np.float32)
 
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Vectors of texts not yet cached, one row each (subclasses cache other models' vectors)."""
+        return self.model().encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+
     def _compute(self, con, todo, found, progress: bool) -> None:
         from rich.progress import Progress
 
@@ -474,9 +480,7 @@ class EmbeddingCache:
             task = bar.add_task(f"embedding {len(todo):,} texts", total=len(todo))
             for i in range(0, len(todo), self.chunk):
                 part = todo[i : i + self.chunk]
-                vecs = self.model().encode(
-                    [t for _, t in part], batch_size=32, normalize_embeddings=True, convert_to_numpy=True
-                )
+                vecs = self.encode([t for _, t in part])
                 rows = [(k, v.astype(np.float32).tobytes()) for (k, _), v in zip(part, vecs, strict=True)]
                 with con:
                     con.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from appraiser.data.weighting import sample_weights
+from appraiser.data.weighting import resolve_categories, sample_weights
 from appraiser.items import MAX_PRICE, MIN_PRICE, Item
 from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.registry import register
@@ -119,6 +119,7 @@ class EnsemblePricer(Pricer):
         categories: str | None = None,
         off_category_weight: float = 1.0,
         interval: float = 0.8,
+        member_weighting: bool = False,
     ):
         if not 0 <= float(interval) < 1:
             raise ValueError(f"interval must be 0 (none) or a level between 0 and 1, not {interval}")
@@ -136,7 +137,8 @@ class EnsemblePricer(Pricer):
             registry.create(name, **options)
         self.folds, self.combine, self.seed = int(folds), combine, int(seed)
         self.weighting = weighting
-        self.categories = tuple(c.strip() for c in categories.split(",")) if categories else None
+        self.categories = resolve_categories(categories)
+        self.member_weighting = bool(member_weighting)
         self.off_category_weight = float(off_category_weight)
         self.interval = float(interval)
         self.q_: float | None = None
@@ -152,9 +154,8 @@ class EnsemblePricer(Pricer):
 
     @property
     def labels(self) -> list[str]:
-        from appraiser.pricers import registry
-
-        return [registry.create(n, **o).label for n, o in self.member_specs]
+        """Each member's label as the ensemble builds it (inherited seed and weighting included)."""
+        return [self._member(j).label for j in range(len(self.member_specs))]
 
     @property
     def label(self) -> str:
@@ -171,6 +172,7 @@ class EnsemblePricer(Pricer):
             "categories": list(self.categories) if self.categories else None,
             "off_category_weight": self.off_category_weight,
             "interval": self.interval,
+            "member_weighting": self.member_weighting,
             "weights": self.weights_,
             "intercept": self.intercept_,
         }
@@ -182,8 +184,17 @@ class EnsemblePricer(Pricer):
 
         name, options = self.member_specs[j]
         opts = dict(options)
-        if "seed" in registry.options(name) and "seed" not in opts:
-            opts["seed"] = self.seed
+        accepted = registry.options(name)
+        inherited = {"seed": self.seed}
+        if self.member_weighting:  # members trained the way the combiner is fitted (a member's own option wins)
+            inherited |= {
+                "weighting": self.weighting,
+                "categories": self.categories,
+                "off_category_weight": self.off_category_weight,
+            }
+        for key, value in inherited.items():
+            if key in accepted and key not in opts:
+                opts[key] = value
         return registry.create(name, **opts)
 
     def _features(self, X: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ def _load_builtin() -> None:
     import appraiser.pricers.ensemble  # noqa: F401
     import appraiser.pricers.knn  # noqa: F401
     import appraiser.pricers.llm  # noqa: F401
+    import appraiser.pricers.readout  # noqa: F401
 
 
 def names(kind: str | None = None) -> list[str]:
