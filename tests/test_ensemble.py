@@ -127,3 +127,16 @@ def test_members_can_be_trained_the_way_the_combiner_is_fitted(split):
     assert e.fitted_[1].fit_info["n_train"] == len(train)
     plain = registry.create("ensemble", members="tfidf-ridge", folds=3, weighting="price_flat")._member(0)
     assert plain.weighting == "none"  # without member_weighting members keep their own defaults
+
+
+def test_items_of_weight_zero_are_never_priced_out_of_fold(split):
+    """With off_category_weight=0 an off-benchmark item enters neither the combiner nor the interval, so the
+    folds do not price it (for an LLM member that is most of the cost)."""
+    from appraiser.data.weighting import BENCHMARK_CATEGORIES
+
+    train, _ = split
+    e = registry.create("ensemble", members="tfidf-ridge", folds=3, categories="benchmark", off_category_weight=0)
+    e.fit(train)
+    off = np.array([it.category is not None and it.category not in BENCHMARK_CATEGORIES for it in train])
+    assert off.any() and np.isnan(e.oof_[off]).all() and not np.isnan(e.oof_[~off]).any()
+    assert np.isfinite(e.fit_info["oof_rmse_log"]) and e.q_ is not None

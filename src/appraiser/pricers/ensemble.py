@@ -215,19 +215,22 @@ class EnsemblePricer(Pricer):
         start = time.perf_counter()
         m = len(self.member_specs)
         oof = np.full((len(train), m), np.nan)
+        y = np.log(np.array([it.price for it in train]))
+        w = sample_weights(
+            train, self.weighting, None, categories=self.categories, off_category_weight=self.off_category_weight
+        )
         folds = KFold(self.folds, shuffle=True, random_state=self.seed).split(np.arange(len(train)))
         for tr, te in folds:
+            te = te[w[te] > 0]  # an item of weight 0 enters neither the combiner nor the interval: never priced
             part, held = [train[i] for i in tr], [train[i] for i in te]
             for j in range(m):
                 p = self._member(j)
                 fit_pricer(p, part)
                 oof[te, j] = _log_prices(p.predict(held))
-        y = np.log(np.array([it.price for it in train]))
-        w = sample_weights(
-            train, self.weighting, None, categories=self.categories, off_category_weight=self.off_category_weight
-        )
-        X = self._features(_fill(oof))
         keep = w > 0
+        X = np.zeros_like(oof)
+        X[keep] = _fill(oof[keep])
+        X = self._features(X)
         if self.combine == "nnls":
             coef, intercept = nnls_with_intercept(X[keep], y[keep], w[keep])
         else:
@@ -258,7 +261,7 @@ class EnsemblePricer(Pricer):
             "n_train": len(train),
             "weights": self.weights_,
             "intercept": round(self.intercept_, 6),
-            "oof_rmse_log": round(float(np.sqrt(np.mean((stacked - y) ** 2))), 6),
+            "oof_rmse_log": round(float(np.sqrt(np.mean((stacked - y)[keep] ** 2))), 6),
             "member_oof_rmse_log": {
                 n: round(float(np.sqrt(np.nanmean((oof[:, j] - y) ** 2))), 6) for j, n in enumerate(self.labels)
             },
