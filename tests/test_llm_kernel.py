@@ -65,3 +65,14 @@ def test_max_items_keeps_a_weighted_draw(items, cache):
     train, _ = items
     p = registry.create("llm-kernel", cache_dir=cache, max_items=25, seed=3, **OPTIONS).fit(train)
     assert p.fit_info["support"] == 25
+
+
+def test_bf16_and_fp32_features_never_share_a_cache_file(monkeypatch, tmp_path):
+    from appraiser.pricers.readout import FeatureCache
+
+    paths = {}
+    for forced in ("fp32", "bf16"):
+        monkeypatch.setenv("APPRAISER_DTYPE", forced)
+        paths[forced] = FeatureCache("smollm2-135m", "mean", tmp_path).path
+    assert paths["fp32"].name == "features-smollm2-135m-mean.sqlite"
+    assert paths["bf16"].name == "features-smollm2-135m-mean-bfloat16.sqlite"
