@@ -66,6 +66,13 @@ def main() -> None:
     ap.add_argument("--llm-methods", default="auto", help="how runs are read: auto, head, expected, ... (comma)")
     ap.add_argument("--index", type=Path, default=None, help="index of --llm's rag rows (default: <home>/index)")
     ap.add_argument("--pools", default="train,train+extra", help="which pools: train, train+extra")
+    ap.add_argument(
+        "--llm-interval",
+        type=float,
+        default=None,
+        help="interval level of the --llm/--rag-llm rows (default: --level; 0: none): split conformal around the "
+        "head's guess, CQR on the digit beam's own interval; calibrated on 300 train.jsonl items the run never saw",
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N items of each pool (a quick smoke run)")
     ap.add_argument(
         "--set",
@@ -109,6 +116,19 @@ def main() -> None:
             results.append(("ensemble", pool_name, r))
             labels[pool_name] = [*ens.labels, ens.label]
         methods = [m.strip() for m in args.llm_methods.split(",") if m.strip()]
+        llm_level = args.level if args.llm_interval is None else args.llm_interval
+        calibration_pool = read_pool(pools["train"])
+
+        def with_interval(p):
+            """The llm row with its interval: CQR where the beam reports quantiles, split conformal otherwise."""
+            from appraiser.pricers.conformal import Conformal, ConformalQuantile
+
+            if not llm_level:
+                return p
+            if p.method in ("head", "greedy"):  # no distribution of its own
+                return Conformal(p, level=llm_level, needs_fit=False, max_calibration=300).fit(calibration_pool)
+            return ConformalQuantile(p, level=llm_level, max_calibration=300).fit(calibration_pool)
+
         for run in args.llm:
             from appraiser.pricers.llm import LLMPricer
             from appraiser.retrieval.index import RetrievalIndex
@@ -120,7 +140,7 @@ def main() -> None:
             for method in methods:
                 for rag in (0, args.rag):
                     p = LLMPricer(model=run, method=method, rag=rag, index=str(folder) if rag else None)
-                    r = evaluate(p, test, show=False, store=store)
+                    r = evaluate(with_interval(p), test, show=False, store=store)
                     results.append((p.label, "fine-tune" if rag == 0 else f"rag={rag} (reading only)", r))
         for run in args.rag_llm:
             from appraiser.pricers.llm import LLMPricer
@@ -129,7 +149,7 @@ def main() -> None:
                 p = LLMPricer(model=run, method=method)  # its own K and index, as trained
                 if not p.rag:
                     raise SystemExit(f"--rag-llm {run}: not fine-tuned with --rag (score it with --llm)")
-                r = evaluate(p, test, show=False, store=store)
+                r = evaluate(with_interval(p), test, show=False, store=store)
                 results.append((p.label, f"RAG fine-tune (rag={p.rag})", r))
 
         ref = next((r for name, pool, r in results if name == "xgboost" and pool == "train"), None)

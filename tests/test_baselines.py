@@ -202,6 +202,25 @@ def test_bad_options_fail_clearly():
         registry.create("linear", weighting="flat")
 
 
+@pytest.mark.parametrize("name", ["knn", "knn-embed", "llm-kernel"])
+def test_a_baseline_subclass_with_its_own_options_still_checks_the_shared_ones(name):
+    # these take only their own options and hand the rest to Baseline: the registry reads both
+    shared = {"target", "weighting", "seed", "categories", "off_category_weight"}
+    assert shared | {"cache_dir", "progress"} <= set(registry.options(name))
+    with pytest.raises(DataError, match="seed='x'.*integer"):
+        registry.create(name, seed="x")
+    with pytest.raises(DataError, match="unknown option.*n_trees"):
+        registry.create(name, n_trees=5)
+    p = registry.create(name, seed=3, weighting="price_flat", categories="benchmark")
+    assert p.seed == 3 and p.weighting == "price_flat" and len(p.categories) == 8
+
+
+def test_categories_take_the_benchmark_alias_as_an_option():
+    # `-o categories=benchmark` reaches the registry as a string, as `--categories benchmark` does
+    assert len(registry.create("xgboost", categories="benchmark").categories) == 8
+    assert registry.create("xgboost", categories="Automotive,Electronics").categories == ("Automotive", "Electronics")
+
+
 def test_predict_before_fit_is_an_error(validation):
     with pytest.raises(RuntimeError, match="fit"):
         registry.create("linear").predict(validation[:2])

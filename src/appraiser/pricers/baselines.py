@@ -61,7 +61,7 @@ class Baseline(Pricer):
         target: str | None = None,
         weighting: str = "none",
         seed: int = 0,
-        categories: Sequence[str] | None = None,
+        categories: str | Sequence[str] | None = None,  # names, or "benchmark", or "A,B"
         off_category_weight: float = 1.0,
         **params: Any,
     ):
@@ -506,19 +506,8 @@ class KnnEmbedding(Baseline):
     name = "knn-embed"
     default_params = {"k": 10, "aggregate": "mean", "max_tokens": 128}
 
-    def __init__(
-        self,
-        target: str | None = None,
-        weighting: str = "none",
-        seed: int = 0,
-        categories: Sequence[str] | None = None,
-        off_category_weight: float = 1.0,
-        cache_dir: str | Path | None = None,
-        progress: bool = False,
-        **params,
-    ):
-        # the shared options spelled out, so `appraiser baseline knn-embed --weighting ... --seed ...` can check them
-        super().__init__(target, weighting, seed, categories, off_category_weight, **params)
+    def __init__(self, cache_dir: str | Path | None = None, progress: bool = False, **options: Any):
+        super().__init__(**options)  # target, weighting, seed, categories, ...: the registry reads them from Baseline
         if self.params["aggregate"] not in ("mean", "median"):
             raise ValueError("aggregate must be 'mean' or 'median'")
         self.cache = EmbeddingCache(cache_dir, max_tokens=self.params["max_tokens"])

@@ -10,6 +10,8 @@ another pool than the one it is fitted on; without, `fit` builds its own from th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,19 +27,8 @@ class KnnPricer(Baseline):
     name = "knn"
     default_params = {"k": 10, "aggregate": "mean", "backend": DEFAULT_BACKEND, "index": None}
 
-    def __init__(
-        self,
-        target: str | None = None,
-        weighting: str = "none",
-        seed: int = 0,
-        categories: Sequence[str] | None = None,
-        off_category_weight: float = 1.0,
-        cache_dir=None,
-        progress: bool = False,
-        **params,
-    ):
-        # the shared options spelled out, so `appraiser baseline knn --weighting ... --seed ...` can check them
-        super().__init__(target, weighting, seed, categories, off_category_weight, **params)
+    def __init__(self, cache_dir: str | Path | None = None, progress: bool = False, **options: Any):
+        super().__init__(**options)  # target, weighting, seed, categories, ...: the registry reads them from Baseline
         if self.params["aggregate"] not in ("mean", "median"):
             raise ValueError("aggregate must be 'mean' or 'median'")
         if int(self.params["k"]) < 1:

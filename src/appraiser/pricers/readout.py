@@ -21,6 +21,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,19 +116,8 @@ class LLMKernel(Baseline):
         "batch_size": 16,
     }
 
-    def __init__(
-        self,
-        target: str | None = None,
-        weighting: str = "none",
-        seed: int = 0,
-        categories: Sequence[str] | None = None,
-        off_category_weight: float = 1.0,
-        cache_dir: str | Path | None = None,
-        progress: bool = False,
-        **params,
-    ):
-        # the shared options spelled out, so `appraiser baseline llm-kernel --weighting ... --seed ...` can check them
-        super().__init__(target, weighting, seed, categories, off_category_weight, **params)
+    def __init__(self, cache_dir: str | Path | None = None, progress: bool = False, **options: Any):
+        super().__init__(**options)  # target, weighting, seed, categories, ...: the registry reads them from Baseline
         if self.params["pooling"] not in ("mean", "last", "both"):
             raise ValueError("pooling must be mean, last or both")
         if int(self.params["max_items"]) < 3:

@@ -67,10 +67,6 @@ def get(name: str) -> Entry:
     return _REGISTRY[name]
 
 
-def _signature_target(factory: Callable[..., Any]) -> Callable[..., Any]:
-    return factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
-
-
 def options(name: str) -> dict[str, Any]:
     """The options a pricer's factory takes, with their defaults (`inspect.Parameter.empty` when required).
 
@@ -78,15 +74,37 @@ def options(name: str) -> dict[str, Any]:
     """
     factory = get(name).factory
     out: dict[str, Any] = {}
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):  # a builtin or C factory: nothing to list
-        params = []
-    for p in params:
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            out[p.name] = p.default
+    for target in _init_chain(factory):
+        try:
+            params = inspect.signature(target).parameters.values()
+        except (TypeError, ValueError):  # a builtin or C factory: nothing to list
+            params = []
+        for p in params:
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self":
+                out.setdefault(p.name, p.default)
     out.update(getattr(factory, "default_params", None) or {})
     return out
+
+
+def _init_chain(factory: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """The callables whose named parameters are the factory's options: a function itself; for a class, its
+    `__init__` and, while each passes `**kwargs` on, its bases' (so a baseline subclass that adds its own
+    options and hands the rest to `Baseline.__init__` need not spell out the shared ones)."""
+    if not inspect.isclass(factory):
+        return [factory]
+    chain = []
+    for klass in factory.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        chain.append(init)
+        try:
+            passes_on = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):
+            break
+        if not passes_on:
+            break
+    return chain
 
 
 def _takes_any_keyword(factory: Callable[..., Any]) -> bool:
@@ -110,10 +128,12 @@ def _checked(name: str, factory: Callable[..., Any], given: dict[str, Any]) -> d
     unknown = sorted(set(given) - set(known))
     if unknown and not _takes_any_keyword(factory):
         raise DataError(f"{name}: unknown option(s) {', '.join(unknown)}; its options: {listing}")
-    try:
-        hints = typing.get_type_hints(_signature_target(factory))
-    except Exception:  # an annotation that cannot be resolved: leave the values as given
-        hints = {}
+    hints: dict[str, Any] = {}
+    for target in reversed(_init_chain(factory)):  # the subclass's own annotation wins
+        try:
+            hints.update(typing.get_type_hints(target))
+        except Exception:  # an annotation that cannot be resolved: leave the values as given
+            continue
     out = dict(given)
     for key, value in given.items():
         hint = hints.get(key)
