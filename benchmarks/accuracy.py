@@ -71,7 +71,15 @@ def main() -> None:
         type=float,
         default=None,
         help="interval level of the --llm/--rag-llm rows (default: --level; 0: none): split conformal around the "
-        "head's guess, CQR on the digit beam's own interval; calibrated on 300 train.jsonl items the run never saw",
+        "head's guess, CQR on the digit beam's own interval; calibrated on 300 pool items the run never saw",
+    )
+    ap.add_argument(
+        "--llm-calibration",
+        default="benchmark",
+        choices=("benchmark", "train"),
+        help="where the --llm rows' calibration items come from: 'benchmark' = the pool's rows curated like the "
+        "benchmark (sources=benchmark, train.jsonl and extra/), 'train' = all of train.jsonl (drawn like the run's "
+        "training items); items the run trained on are never calibration items",
     )
     ap.add_argument("--limit", type=int, default=None, help="first N items of each pool (a quick smoke run)")
     ap.add_argument(
@@ -109,7 +117,7 @@ def main() -> None:
             weights[pool_name] = {**ens.weights_, "intercept": round(ens.intercept_, 4), "fit_s": round(fit_s)}
             console.print(f"{pool_name}: {len(pool):,} items, ensemble fitted in {fit_s:,.0f} s, {weights[pool_name]}")
             for j, label in enumerate(ens.labels):
-                short = ens.members.split(",")[j].strip()  # the spec as given; the full label is on the leaderboard
+                short = ens.members.split(",")[j].strip().split(":")[0]  # the full label is on the leaderboard
                 r = evaluate(ens.member(j), test, name=f"{label} · {pool_name}", show=False, store=store, cache=False)
                 results.append((short, pool_name, r))
             r = evaluate(ens, test, name=f"{ens.label} · {pool_name}", show=False, store=store, cache=False)
@@ -117,7 +125,14 @@ def main() -> None:
             labels[pool_name] = [*ens.labels, ens.label]
         methods = [m.strip() for m in args.llm_methods.split(",") if m.strip()]
         llm_level = args.level if args.llm_interval is None else args.llm_interval
-        calibration_pool = read_pool(pools["train"])
+        if args.llm_calibration == "benchmark":  # items curated like the test set: their errors are the test's
+            from appraiser.data.weighting import BENCHMARK_SOURCES
+
+            calibration_pool = [
+                it for it in read_pool(pools["train+extra"]) if (it.source or "").startswith(BENCHMARK_SOURCES)
+            ]
+        else:
+            calibration_pool = read_pool(pools["train"])
 
         def with_interval(p):
             """The llm row with its interval: CQR where the beam reports quantiles, split conformal otherwise."""
@@ -152,11 +167,15 @@ def main() -> None:
                 r = evaluate(with_interval(p), test, show=False, store=store)
                 results.append((p.label, f"RAG fine-tune (rag={p.rag})", r))
 
-        ref = next((r for name, pool, r in results if name == "xgboost" and pool == "train"), None)
+        xgb = [(pool, r) for name, pool, r in results if name == "xgboost"]
+        ref = next((r for pool, r in xgb if pool == "train"), None)
+        ref_name = "xgboost on train.jsonl"
         if ref is None and (row := store.latest("xgboost · train")) is not None:  # from an earlier --pools run
             ref = store.result(row.run_id)
-        ref_name = "xgboost on train.jsonl" if ref is not None else results[0][0]  # no xgboost row: the first row
-        ref = ref or results[0][2]
+        if ref is None and xgb:  # only the larger pool fitted: its own xgboost (same weighting, same data)
+            ref_name, ref = f"xgboost on {xgb[0][0]}", xgb[0][1]
+        if ref is None:  # no xgboost row: the first row
+            ref_name, ref = results[0][0], results[0][2]
     t = Table(
         title=f"first {len(test)} validation items; Δ = paired |error| difference vs {ref_name}",
         box=box.SIMPLE_HEAD,
@@ -181,7 +200,7 @@ def main() -> None:
     console.print(t)
     for pool_name, w in weights.items():
         console.print(f"ensemble weights ({pool_name}): {w}")
-    if options:
+    if options or ":" in args.members:
         console.print(f"ensemble options: {options}; leaderboard names: {labels}")
 
 

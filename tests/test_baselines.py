@@ -205,7 +205,7 @@ def test_bad_options_fail_clearly():
 @pytest.mark.parametrize("name", ["knn", "knn-embed", "llm-kernel"])
 def test_a_baseline_subclass_with_its_own_options_still_checks_the_shared_ones(name):
     # these take only their own options and hand the rest to Baseline: the registry reads both
-    shared = {"target", "weighting", "seed", "categories", "off_category_weight"}
+    shared = {"target", "weighting", "seed", "categories", "off_category_weight", "sources", "off_source_weight"}
     assert shared | {"cache_dir", "progress"} <= set(registry.options(name))
     with pytest.raises(DataError, match="seed='x'.*integer"):
         registry.create(name, seed="x")
@@ -244,6 +244,30 @@ def test_off_category_weight_zero_filters_training_items(train, validation):
     kept = [it for it in train if it.category is None or it.category in val_categories]
     assert p.fit_info["n_train"] == len(kept) < len(train)
     assert p.predict(train[:1])[0].price == pytest.approx(np.mean([it.price for it in kept]))
+
+
+def test_off_source_weight_leans_on_the_rows_curated_like_the_benchmark(train):
+    """`sources=benchmark` names the data READMEs' benchmark curation by source prefix; the other rows are
+    multiplied by `off_source_weight` (0 drops them); a row without a source keeps its weight."""
+    from appraiser.data.weighting import BENCHMARK_SOURCES
+
+    curated = np.array([bool(it.source) and it.source.startswith(BENCHMARK_SOURCES) for it in train])
+    assert 50 < curated.sum() < len(train) / 4  # the 999 rows of train.jsonl, one in ten of them here
+    only = sample_weights(train, sources="benchmark", off_source_weight=0.0)
+    np.testing.assert_array_equal(only > 0, curated)
+    lean = sample_weights(train, sources="benchmark", off_source_weight=0.1)
+    assert lean[curated] == pytest.approx(10 * lean[~curated][0]) and np.ptp(lean[~curated]) == 0
+    assert lean[lean > 0].mean() == pytest.approx(1.0)
+    sourceless = [Item(id="x", title="t", category=None, text="a thing", price=5.0)]
+    assert sample_weights(sourceless, sources="benchmark", off_source_weight=0.5)[0] == 1.0
+    with pytest.raises(ValueError, match="sources"):
+        sample_weights(train, off_source_weight=0.5)
+    p = registry.create("constant-mean", sources="benchmark", off_source_weight=0).fit(train)
+    assert p.sources == BENCHMARK_SOURCES and p.fit_info["n_train"] == curated.sum()
+    assert p.label == "constant-mean[sources=benchmark,off_source_weight=0.0]"
+    assert registry.create("xgboost", sources="a/b,c/d").sources == ("a/b", "c/d")
+    with pytest.raises(DataError, match="off_source_weight needs sources"):
+        registry.create("xgboost", off_source_weight=0)
 
 
 # ---------------------------------------------------------------- features and weights

@@ -140,3 +140,21 @@ def test_items_of_weight_zero_are_never_priced_out_of_fold(split):
     off = np.array([it.category is not None and it.category not in BENCHMARK_CATEGORIES for it in train])
     assert off.any() and np.isnan(e.oof_[off]).all() and not np.isnan(e.oof_[~off]).any()
     assert np.isfinite(e.fit_info["oof_rmse_log"]) and e.q_ is not None
+
+
+def test_the_combiner_can_be_fitted_on_the_rows_curated_like_the_benchmark(split):
+    """`sources=benchmark, off_source_weight=0`: only the benchmark's own curation is priced out of fold and
+    fits the combiner and the interval; members trained without it (no member_weighting) see the whole pool,
+    and with it they inherit the sources too."""
+    from appraiser.data.weighting import BENCHMARK_SOURCES
+
+    train, _ = split
+    curated = np.array([bool(it.source) and it.source.startswith(BENCHMARK_SOURCES) for it in train])
+    e = registry.create("ensemble", members="tfidf-ridge", folds=3, sources="benchmark", off_source_weight=0)
+    e.fit(train)
+    assert curated.sum() >= 6 and np.isnan(e.oof_[~curated]).all() and not np.isnan(e.oof_[curated]).any()
+    assert e.fitted_[0].fit_info["n_train"] == len(train) and e.config()["sources"] == list(BENCHMARK_SOURCES)
+    inherited = registry.create(
+        "ensemble", members="tfidf-ridge", sources="benchmark", off_source_weight=0, member_weighting=True
+    )._member(0)
+    assert inherited.sources == BENCHMARK_SOURCES and inherited.off_source_weight == 0

@@ -169,6 +169,22 @@ def test_weighting_draws_a_seeded_sample_shaped_like_validation(data_dir, valida
         choose_items(pool, 10, "bogus")
 
 
+def test_a_fine_tune_can_draw_only_the_rows_curated_like_the_benchmark(data_dir):
+    """`--sources benchmark --off-source-weight 0`: the draw holds only the benchmark's own curation, and the
+    conformal replay of the run's draw (which items it trained on) reads the same two fields."""
+    from appraiser.data.weighting import BENCHMARK_SOURCES
+    from appraiser.training.config import TrainConfig
+
+    pool = read_items(data_dir / "train.jsonl", limit=3000)
+    drawn = choose_items(pool, None, "none", 1, None, 1.0, ["benchmark"], 0.0)
+    curated = [it for it in pool if (it.source or "").startswith(BENCHMARK_SOURCES)]
+    assert drawn == curated and 0 < len(curated) < len(pool)
+    cfg = TrainConfig(train=data_dir / "train.jsonl", sources=["benchmark"], off_source_weight=0.0)
+    assert TrainConfig.model_validate_json(cfg.model_dump_json()).sources == ["benchmark"]
+    with pytest.raises(ValueError, match="off_source_weight needs sources"):
+        TrainConfig(off_source_weight=0.5)
+
+
 # ------------------------------------------------------------------------------------------ loss
 
 

@@ -197,6 +197,13 @@ def train_command(
     off_category_weight: Annotated[
         float | None, typer.Option(help="weight of items outside the validation categories (0: drop)")
     ] = None,
+    sources: Annotated[
+        str | None,
+        typer.Option(help="source prefixes to lean on, comma-separated ('benchmark': rows curated like the benchmark)"),
+    ] = None,
+    off_source_weight: Annotated[
+        float | None, typer.Option(help="weight of items whose source is not among --sources (0: drop)")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="optimizer steps (overrides --epochs)")] = None,
     epochs: Annotated[float | None, typer.Option(help="passes over the drawn items")] = None,
     batch_size: Annotated[int | None, typer.Option(help="items per micro-batch")] = None,
@@ -290,6 +297,8 @@ def train_command(
             "n_train": n_train,
             "weighting": weighting,
             "off_category_weight": off_category_weight,
+            "sources": sources.split(",") if sources else None,
+            "off_source_weight": off_source_weight,
             "max_steps": max_steps,
             "epochs": epochs,
             "batch_size": batch_size,

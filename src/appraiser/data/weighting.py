@@ -32,6 +32,31 @@ BENCHMARK_CATEGORIES: tuple[str, ...] = (
 )
 
 
+#: The training rows curated exactly like the release benchmark, by `source` prefix (an item's source is
+#: "owner/repo:path@commit"): the 999 rows of `train.jsonl` whose source is validation's own file and commit
+#: (the data README's "1,000 rows come from the same curation as the benchmark") and the course's own
+#: curation in `extra/` (its README: "built exactly like the course rows"). `sources="benchmark"` names them.
+#: Chosen from the data READMEs and validation's `source` field, which the data README allows for sampling
+#: weights; no validation price or text is read.
+BENCHMARK_SOURCES: tuple[str, ...] = (
+    "oscargbocanegra/llms-engineering-main:week6/test.pkl@ae351dfebcf81e7cb9275cfecb0b988c5f28e48d",
+    "TalatMasood1988/LLMs:Pricer/test.pkl",
+)
+
+
+def resolve_sources(sources: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """Source prefixes (or one comma-separated string) with the alias "benchmark" expanded to
+    `BENCHMARK_SOURCES`; None stays None."""
+    if sources is None:
+        return None
+    if isinstance(sources, str):
+        sources = sources.split(",")
+    out: list[str] = []
+    for s in (str(s).strip() for s in sources):
+        out.extend(BENCHMARK_SOURCES if s == "benchmark" else [s] if s else [])
+    return tuple(dict.fromkeys(out))
+
+
 def resolve_categories(categories: Sequence[str] | str | None) -> tuple[str, ...] | None:
     """A category list (or one comma-separated string) with the alias "benchmark" expanded to
     `BENCHMARK_CATEGORIES`; None stays None."""
@@ -64,6 +89,8 @@ def sample_weights(
     *,
     categories: Sequence[str] | None = None,
     off_category_weight: float = 1.0,
+    sources: Sequence[str] | str | None = None,
+    off_source_weight: float = 1.0,
     max_weight: float = 20.0,
 ) -> np.ndarray:
     """One weight per training item: mean 1 over the items with a weight above 0, before the cap.
@@ -78,6 +105,10 @@ def sample_weights(
     Categories: items whose (known) category is outside `categories` (default: the categories
     present in `validation`, if given) are multiplied by `off_category_weight`; 0 removes them.
     Items without a category keep their weight: we cannot tell where they belong.
+
+    Sources: items whose `source` starts with none of the `sources` prefixes ("benchmark":
+    `BENCHMARK_SOURCES`) are multiplied by `off_source_weight` — a way to lean on the rows curated exactly like
+    the benchmark while the rest of the pool still counts. Items without a source keep their weight.
 
     Weights are then capped at `max_weight` (the mean being 1) so a few items in a rare bin cannot
     dominate. A weight of 0 (a price bin validation never reaches, a filtered category) drops the item.
@@ -105,6 +136,13 @@ def sample_weights(
             raise ValueError("off_category_weight needs `categories` or the validation split")
         off = np.array([it.category is not None and it.category not in target for it in train])
         w = np.where(off, w * off_category_weight, w)
+
+    if off_source_weight != 1.0:
+        prefixes = resolve_sources(sources)
+        if not prefixes:
+            raise ValueError("off_source_weight needs `sources` (source prefixes, or 'benchmark')")
+        off = np.array([it.source is not None and not it.source.startswith(prefixes) for it in train])
+        w = np.where(off, w * off_source_weight, w)
 
     if w.sum() <= 0:
         raise ValueError("all training weights are zero: nothing left to learn from")

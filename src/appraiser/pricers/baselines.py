@@ -8,8 +8,9 @@ one set of options (see `Baseline`):
   mean; which one wins on mean absolute error depends on the test set's price mix.
 * ``weighting``: ``"none"``, ``"price_flat"`` or ``"match"`` sample weights, and a category
   weight (``off_category_weight``), to move the training pool's price distribution towards
-  the benchmark's (see `appraiser.data.weighting.sample_weights`). ``"match"`` reads only the
-  validation split's *price histogram and category set*, never its texts.
+  the benchmark's (see `appraiser.data.weighting.sample_weights`); likewise ``sources`` and
+  ``off_source_weight`` lean on the rows curated exactly like the benchmark (``sources=benchmark``).
+  ``"match"`` reads only the validation split's *price histogram and category set*, never its texts.
 * ``seed``: everything random (splits of forests, MLP init, the random baseline) derives from it.
 
 Predictions are clipped to [$0.50, $999.49], the range every train and test price lies in, so
@@ -31,7 +32,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from appraiser.data.weighting import BENCHMARK_CATEGORIES, WEIGHTINGS, resolve_categories, sample_weights
+from appraiser.data.weighting import (
+    BENCHMARK_CATEGORIES,
+    BENCHMARK_SOURCES,
+    WEIGHTINGS,
+    resolve_categories,
+    resolve_sources,
+    sample_weights,
+)
 from appraiser.items import Item
 from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.features import NUMERIC_COLUMNS, TARGETS, from_target, items_frame, to_target
@@ -42,6 +50,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "categories": None,
     "off_category_weight": 1.0,
+    "sources": None,
+    "off_source_weight": 1.0,
 }
 
 
@@ -63,6 +73,8 @@ class Baseline(Pricer):
         seed: int = 0,
         categories: str | Sequence[str] | None = None,  # names, or "benchmark", or "A,B"
         off_category_weight: float = 1.0,
+        sources: str | Sequence[str] | None = None,  # source prefixes, or "benchmark", or "A,B"
+        off_source_weight: float = 1.0,
         **params: Any,
     ):
         target = target or self.default_target
@@ -79,6 +91,10 @@ class Baseline(Pricer):
         self.seed = int(seed)
         self.categories = resolve_categories(categories)
         self.off_category_weight = float(off_category_weight)
+        self.sources = resolve_sources(sources)
+        self.off_source_weight = float(off_source_weight)
+        if self.off_source_weight != 1.0 and not self.sources:
+            raise ValueError("off_source_weight needs sources (source prefixes, or 'benchmark')")
         self.params: dict[str, Any] = {**self.default_params, **params}
         self.fitted = False
         self.fit_info: dict[str, Any] = {}
@@ -93,6 +109,8 @@ class Baseline(Pricer):
             "seed": self.seed,
             "categories": list(self.categories) if self.categories is not None else None,
             "off_category_weight": self.off_category_weight,
+            "sources": list(self.sources) if self.sources is not None else None,
+            "off_source_weight": self.off_source_weight,
             **self.params,
         }
 
@@ -103,6 +121,8 @@ class Baseline(Pricer):
         cfg = self.config()
         if self.categories == BENCHMARK_CATEGORIES:
             cfg["categories"] = "benchmark"
+        if self.sources == BENCHMARK_SOURCES:
+            cfg["sources"] = "benchmark"
         diff = [f"{k}={cfg[k]}" for k in cfg if k != "name" and cfg[k] != defaults.get(k)]
         return f"{self.name}[{','.join(diff)}]" if diff else self.name
 
@@ -119,6 +139,8 @@ class Baseline(Pricer):
             validation,
             categories=self.categories,
             off_category_weight=self.off_category_weight,
+            sources=self.sources,
+            off_source_weight=self.off_source_weight,
         )
         keep = w > 0
         items = [it for it, k in zip(train, keep, strict=True) if k]

@@ -59,7 +59,14 @@ def _run_weights(cfg: Any, items: Sequence[Item]) -> np.ndarray:
     from appraiser.data.io import read_items
 
     reference = read_items(cfg.validation) if cfg.validation is not None and cfg.weighting == "match" else None
-    return sample_weights(items, cfg.weighting, reference, off_category_weight=cfg.off_category_weight)
+    return sample_weights(
+        items,
+        cfg.weighting,
+        reference,
+        off_category_weight=cfg.off_category_weight,
+        sources=cfg.sources,
+        off_source_weight=cfg.off_source_weight,
+    )
 
 
 def trained_keys(pricer: Pricer) -> set[str]:
@@ -77,7 +84,16 @@ def trained_keys(pricer: Pricer) -> set[str]:
     from appraiser.training.dataset import choose_items
 
     reference = read_items(cfg.validation) if cfg.validation is not None and cfg.weighting == "match" else None
-    drawn = choose_items(read_pool(cfg.train), cfg.n_train, cfg.weighting, cfg.seed, reference, cfg.off_category_weight)
+    drawn = choose_items(
+        read_pool(cfg.train),
+        cfg.n_train,
+        cfg.weighting,
+        cfg.seed,
+        reference,
+        cfg.off_category_weight,
+        cfg.sources,
+        cfg.off_source_weight,
+    )
     return {it.id for it in drawn} | {dedupe_key(it) for it in drawn}
 
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from appraiser.data.weighting import resolve_categories, sample_weights
+from appraiser.data.weighting import resolve_categories, resolve_sources, sample_weights
 from appraiser.items import MAX_PRICE, MIN_PRICE, Item
 from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.registry import register
@@ -118,6 +118,8 @@ class EnsemblePricer(Pricer):
         weighting: str = "none",
         categories: str | None = None,
         off_category_weight: float = 1.0,
+        sources: str | None = None,
+        off_source_weight: float = 1.0,
         interval: float = 0.8,
         member_weighting: bool = False,
     ):
@@ -140,6 +142,10 @@ class EnsemblePricer(Pricer):
         self.categories = resolve_categories(categories)
         self.member_weighting = bool(member_weighting)
         self.off_category_weight = float(off_category_weight)
+        self.sources = resolve_sources(sources)
+        self.off_source_weight = float(off_source_weight)
+        if self.off_source_weight != 1.0 and not self.sources:
+            raise ValueError("off_source_weight needs sources (source prefixes, or 'benchmark')")
         self.interval = float(interval)
         self.q_: float | None = None
         self.member_q_: list[float] = []
@@ -171,6 +177,8 @@ class EnsemblePricer(Pricer):
             "weighting": self.weighting,
             "categories": list(self.categories) if self.categories else None,
             "off_category_weight": self.off_category_weight,
+            "sources": list(self.sources) if self.sources else None,
+            "off_source_weight": self.off_source_weight,
             "interval": self.interval,
             "member_weighting": self.member_weighting,
             "weights": self.weights_,
@@ -191,6 +199,8 @@ class EnsemblePricer(Pricer):
                 "weighting": self.weighting,
                 "categories": self.categories,
                 "off_category_weight": self.off_category_weight,
+                "sources": self.sources,
+                "off_source_weight": self.off_source_weight,
             }
         for key, value in inherited.items():
             if key in accepted and key not in opts:
@@ -217,7 +227,13 @@ class EnsemblePricer(Pricer):
         oof = np.full((len(train), m), np.nan)
         y = np.log(np.array([it.price for it in train]))
         w = sample_weights(
-            train, self.weighting, None, categories=self.categories, off_category_weight=self.off_category_weight
+            train,
+            self.weighting,
+            None,
+            categories=self.categories,
+            off_category_weight=self.off_category_weight,
+            sources=self.sources,
+            off_source_weight=self.off_source_weight,
         )
         folds = KFold(self.folds, shuffle=True, random_state=self.seed).split(np.arange(len(train)))
         for tr, te in folds:

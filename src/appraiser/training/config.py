@@ -46,6 +46,13 @@ class TrainConfig(BaseModel):
         ge=0,
         description="weight of items whose category is not among the validation categories (0: drop them)",
     )
+    sources: list[str] | None = Field(
+        None,
+        description="source prefixes of the rows to lean on ('benchmark': the rows curated like the benchmark)",
+    )
+    off_source_weight: float = Field(
+        1.0, ge=0, description="weight of items whose source is not among `sources` (0: drop them)"
+    )
     name: str | None = None
 
     # Prompts (see data.prompts.PromptConfig)
@@ -138,6 +145,8 @@ class TrainConfig(BaseModel):
             raise ValueError("probe_method 'head' needs a regression head (head_weight > 0)")
         if self.index is not None and not self.rag:
             raise ValueError("index is only read with rag > 0 (the number of similar items to show)")
+        if self.off_source_weight != 1.0 and not self.sources:
+            raise ValueError("off_source_weight needs sources (source prefixes, or 'benchmark')")
         if self.lm_weight == 0 and self.probe_method != "head":
             self.probe_method = "head"  # the LM's own answer is not trained
         return self

@@ -367,6 +367,8 @@ def choose_items(
     seed: int = 42,
     reference: Sequence[Item] | None = None,
     off_category_weight: float = 1.0,
+    sources: Sequence[str] | None = None,
+    off_source_weight: float = 1.0,
 ) -> list[Item]:
     """`n` items of the pool drawn by price weight (seeded; without replacement while the pool allows).
 
@@ -378,9 +380,16 @@ def choose_items(
 
     if not pool:
         raise DataError("the training pool is empty")
-    if n is None and weighting == "none" and off_category_weight == 1.0:
+    if n is None and weighting == "none" and off_category_weight == 1.0 and off_source_weight == 1.0:
         return list(pool)
-    w = sample_weights(pool, weighting, reference, off_category_weight=off_category_weight)
+    w = sample_weights(
+        pool,
+        weighting,
+        reference,
+        off_category_weight=off_category_weight,
+        sources=sources,
+        off_source_weight=off_source_weight,
+    )
     if w.sum() <= 0:
         raise DataError(f"weighting {weighting!r} leaves no training item with a weight above 0")
     available = int((w > 0).sum())

@@ -158,7 +158,16 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any, progress: Callable[[int], Non
         validation = read_items(cfg.validation)
     elif cfg.weighting == "match" or cfg.probe_every or cfg.off_category_weight != 1.0:
         raise DataError("no validation file given (--validation): probes and --weighting match need it")
-    train_items = choose_items(pool, cfg.n_train, cfg.weighting, cfg.seed, validation or None, cfg.off_category_weight)
+    train_items = choose_items(
+        pool,
+        cfg.n_train,
+        cfg.weighting,
+        cfg.seed,
+        validation or None,
+        cfg.off_category_weight,
+        cfg.sources,
+        cfg.off_source_weight,
+    )
     prompt = cfg.prompt_config()
     probe_items = validation[-cfg.probe_size :] if cfg.probe_every else []
     rag = rag_contexts(cfg, pool, train_items, probe_items, tokenizer) if cfg.rag else None
