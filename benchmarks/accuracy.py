@@ -115,7 +115,8 @@ def main() -> None:
             fit_s = time.perf_counter() - start
             ens.save(args.home / "models" / f"ensemble-{pool_name}.pkl")
             weights[pool_name] = {**ens.weights_, "intercept": round(ens.intercept_, 4), "fit_s": round(fit_s)}
-            console.print(f"{pool_name}: {len(pool):,} items, ensemble fitted in {fit_s:,.0f} s, {weights[pool_name]}")
+            fitted = f"{pool_name}: {len(pool):,} items, ensemble fitted in {fit_s:,.0f} s, {weights[pool_name]}"
+            console.print(fitted, markup=False)  # labels like xgboost[sources=...] are not rich markup
             for j, label in enumerate(ens.labels):
                 short = ens.members.split(",")[j].strip().split(":")[0]  # the full label is on the leaderboard
                 r = evaluate(ens.member(j), test, name=f"{label} · {pool_name}", show=False, store=store, cache=False)
@@ -199,9 +200,9 @@ def main() -> None:
         )
     console.print(t)
     for pool_name, w in weights.items():
-        console.print(f"ensemble weights ({pool_name}): {w}")
+        console.print(f"ensemble weights ({pool_name}): {w}", markup=False)
     if options or ":" in args.members:
-        console.print(f"ensemble options: {options}; leaderboard names: {labels}")
+        console.print(f"ensemble options: {options}; leaderboard names: {labels}", markup=False)
 
 
 if __name__ == "__main__":
