@@ -8,6 +8,10 @@ the weights in their loss and fine-tuning draws its training items by them
 scheme reads only the *labels' distribution* of the validation split (a histogram of its prices and
 the set of its categories), never its texts, which is the same information as "the benchmark is
 flattened over $0–$1000 in these 8 categories" that the data README states.
+
+`sources` / `off_source_weight` go one step further: the pool holds ~3,000 rows curated exactly like the
+benchmark (the data READMEs say which), and weighting the rest down (or out) moved every pricer closer to the
+benchmark than any price or category weighting did (README, "The accuracy recipe").
 """
 
 from __future__ import annotations
@@ -44,30 +48,26 @@ BENCHMARK_SOURCES: tuple[str, ...] = (
 )
 
 
-def resolve_sources(sources: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    """Source prefixes (or one comma-separated string) with the alias "benchmark" expanded to
-    `BENCHMARK_SOURCES`; None stays None."""
-    if sources is None:
+def _expand(values: Sequence[str] | str | None, benchmark: tuple[str, ...]) -> tuple[str, ...] | None:
+    """A list (or one comma-separated string) with the alias "benchmark" expanded; None stays None."""
+    if values is None:
         return None
-    if isinstance(sources, str):
-        sources = sources.split(",")
+    if isinstance(values, str):
+        values = values.split(",")
     out: list[str] = []
-    for s in (str(s).strip() for s in sources):
-        out.extend(BENCHMARK_SOURCES if s == "benchmark" else [s] if s else [])
+    for v in (str(v).strip() for v in values):
+        out.extend(benchmark if v == "benchmark" else [v] if v else [])
     return tuple(dict.fromkeys(out))
+
+
+def resolve_sources(sources: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """Source prefixes with the alias "benchmark" expanded to `BENCHMARK_SOURCES`."""
+    return _expand(sources, BENCHMARK_SOURCES)
 
 
 def resolve_categories(categories: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    """A category list (or one comma-separated string) with the alias "benchmark" expanded to
-    `BENCHMARK_CATEGORIES`; None stays None."""
-    if categories is None:
-        return None
-    if isinstance(categories, str):
-        categories = categories.split(",")
-    out: list[str] = []
-    for c in (str(c).strip() for c in categories):
-        out.extend(BENCHMARK_CATEGORIES if c == "benchmark" else [c] if c else [])
-    return tuple(dict.fromkeys(out))
+    """Category names with the alias "benchmark" expanded to `BENCHMARK_CATEGORIES`."""
+    return _expand(categories, BENCHMARK_CATEGORIES)
 
 
 #: Price bins for weighting: $50 wide over $0–$1000, the scale on which the benchmark was flattened.

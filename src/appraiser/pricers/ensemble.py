@@ -10,6 +10,10 @@ trained on (those look better than they are), and never on the split the ensembl
   intercept (`combine="nnls"`, weights >= 0, so a member can only be used or dropped, never bet against), or
   the course's linear regression on [members..., min, max] (`combine="linear"`);
 * the members are then refitted on the whole training draw, and the ensemble prices with them;
+* the ensemble's own weighting (`weighting`, `categories`/`off_category_weight`, `sources`/`off_source_weight`)
+  decides which items are priced out of fold and fit the combiner and the interval: with `sources=benchmark,
+  off_source_weight=0` only the rows curated like the benchmark do (~3,000 of 21,000), so a slow LLM member
+  reads a seventh of the pool, and the interval is set on errors of items drawn like the test set;
 * `fit` never reads the validation split (its `validation` argument is ignored, and members are fitted
   without it), so validation labels cannot reach the weights.
 
