@@ -157,7 +157,8 @@ def main() -> None:
                 for rag in (0, args.rag):
                     p = LLMPricer(model=run, method=method, rag=rag, index=str(folder) if rag else None)
                     r = evaluate(with_interval(p), test, show=False, store=store)
-                    results.append((p.label, "fine-tune" if rag == 0 else f"rag={rag} (reading only)", r))
+                    how = "fine-tune" if rag == 0 else f"rag={rag} (reading only)"
+                    results.append((p.label, f"{how}, {p.method}", r))
         for run in args.rag_llm:
             from appraiser.pricers.llm import LLMPricer
 
@@ -166,7 +167,7 @@ def main() -> None:
                 if not p.rag:
                     raise SystemExit(f"--rag-llm {run}: not fine-tuned with --rag (score it with --llm)")
                 r = evaluate(with_interval(p), test, show=False, store=store)
-                results.append((p.label, f"RAG fine-tune (rag={p.rag})", r))
+                results.append((p.label, f"RAG fine-tune (rag={p.rag}), {p.method}", r))
 
         xgb = [(pool, r) for name, pool, r in results if name == "xgboost"]
         ref = next((r for pool, r in xgb if pool == "train"), None)
