@@ -65,6 +65,9 @@ class Baseline(Pricer):
 
     default_target: ClassVar[str] = "log"
     default_params: ClassVar[dict[str, Any]] = {}
+    # class-level defaults: a baseline pickled before source weighting existed loads with none
+    sources: tuple[str, ...] | None = None
+    off_source_weight: float = 1.0
 
     def __init__(
         self,

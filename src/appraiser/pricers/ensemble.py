@@ -112,6 +112,9 @@ def nnls_with_intercept(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np
 @register("ensemble", "stacked ensemble: out-of-fold member predictions combined in log space (non-negative)")
 class EnsemblePricer(Pricer):
     name: ClassVar[str] = "ensemble"
+    # class-level defaults: an ensemble pickled before source weighting existed loads with none
+    sources: tuple[str, ...] | None = None
+    off_source_weight: float = 1.0
 
     def __init__(
         self,
