@@ -1,0 +1,236 @@
+"""The accuracy levers one at a time, on the first 400 validation items (README, "The accuracy recipe").
+
+    python benchmarks/levers.py weighting [--pricers xgboost,tfidf-ridge]   # source weighting sweep
+    python benchmarks/levers.py kernel                                      # llm-kernel variants
+    python benchmarks/levers.py layers                                      # Gemma layer by layer (~5 min of reads)
+    python benchmarks/levers.py combiners                                   # combiners on one ensemble's OOF
+    python benchmarks/levers.py intervals                                   # plain vs spread-scaled conformal
+
+Each fits on train.jsonl + extra/ (`--data`), never on validation, and prints MAE on the first `--size`
+validation items (and the leave-one-out MAE where the pricer has one). The figures choose settings on
+validation, as the data README allows; the recipe's own run (`recipes/benchmark-ensemble.sh`) is the number to
+quote. Features and embeddings are cached under `--home`, so a second run reads no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+W = "categories=benchmark:off_category_weight=0:sources=benchmark:off_source_weight=0.03"
+CURATED = {"sources": "benchmark", "off_source_weight": 0}
+RECIPE_MEMBERS = (
+    f"xgboost:{W},tfidf-ridge:{W},knn:{W},llm-kernel:sources=benchmark:off_source_weight=0:max_text_tokens=256"
+)
+
+
+def mae(prices: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean(np.abs(prices - truth)))
+
+
+def weighting(pool, test, y, pricers: list[str]) -> None:
+    from appraiser.pricers import registry
+
+    category = {"categories": "benchmark", "off_category_weight": 0}
+    settings = [
+        {},
+        category,
+        *({**category, "sources": "benchmark", "off_source_weight": w} for w in (0.3, 0.1, 0.03)),
+        CURATED,
+    ]
+    for name in pricers:
+        for s in settings:
+            start = time.perf_counter()
+            p = registry.create(name, **s).fit(pool)
+            got = mae(np.array([q.price for q in p.predict(test)]), y)
+            print(f"{name:12s} {s}: MAE ${got:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def kernel(pool, test, y) -> None:
+    from appraiser.pricers import registry
+
+    variants = [
+        CURATED,
+        {**CURATED, "max_text_tokens": 256},
+        {**CURATED, "gamma_scale": 0.5},
+        {**CURATED, "gamma_scale": 2},
+        {**CURATED, "gamma_scale": 4},
+        {"categories": "benchmark", "off_category_weight": 0, "sources": "benchmark", "off_source_weight": 0.1},
+        {**CURATED, "model": "smollm2-135m"},
+    ]
+    for s in variants:
+        start = time.perf_counter()
+        p = registry.create("llm-kernel", progress=True, **s).fit(pool)
+        got = mae(np.array([q.price for q in p.predict(test)]), y)
+        loo = p.fit_info["loo_mae"]
+        print(f"llm-kernel {s}: MAE ${got:.2f}, LOO ${loo:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def layers(pool, test, y) -> None:
+    """Mean-pooled hidden states of several Gemma layers from one forward pass, each read by RBF kernel ridge
+    with its penalty by exact leave-one-out error (the `llm-kernel` math, fitted here per layer)."""
+    import torch
+
+    from appraiser.data.prompts import PromptConfig, make_prompt
+    from appraiser.data.weighting import BENCHMARK_SOURCES
+    from appraiser.inference.decode import encode_prompts, length_batches
+    from appraiser.models import load_model
+
+    curated = [it for it in pool if (it.source or "").startswith(BENCHMARK_SOURCES)]
+    model, tok = load_model("gemma3-270m")
+    model.eval()
+    prompts = [make_prompt(it, tok, PromptConfig(max_text_tokens=256)) for it in curated + list(test)]
+    chosen = [4, 6, 8, 10, 12, 14, 16, 18]
+    feats = {layer: [None] * len(prompts) for layer in chosen}
+    with torch.inference_mode():
+        for batch in length_batches(tok, prompts, 16):
+            ids, mask = encode_prompts(tok, [prompts[i] for i in batch], next(model.parameters()).device)
+            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            m = mask.unsqueeze(-1).to(hidden[0].dtype)
+            for layer in chosen:
+                pooled = ((hidden[layer] * m).sum(1) / m.sum(1)).float().numpy()
+                for i, row in zip(batch, pooled, strict=True):
+                    feats[layer][i] = row
+    n = len(curated)
+    y_log = np.log([it.price for it in curated])
+    for layer in chosen:
+        x = np.stack(feats[layer]).astype(np.float64)
+        loo, pred = kernel_ridge(x[:n], y_log, x[n:])
+        print(f"layer {layer:2d}: MAE ${mae(np.exp(pred), y):.2f}, LOO ${loo:.2f}", flush=True)
+
+
+def kernel_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> tuple[float, np.ndarray]:
+    """RBF kernel ridge on standardised features, the penalty with the lowest exact leave-one-out dollar MAE."""
+    mu, sd = x.mean(0), x.std(0)
+    sd[sd < 1e-8] = 1.0
+    x, x_test = (x - mu) / sd, (x_test - mu) / sd
+    gamma = 1.0 / x.shape[1]
+
+    def k(a, b):
+        return np.exp(-gamma * np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0))
+
+    bias = y.mean()
+    eigval, eigvec = np.linalg.eigh(k(x, x))
+    qy, q2 = eigvec.T @ (y - bias), eigvec**2
+    best = None
+    for a in np.logspace(-2, 2, 9):
+        inv = 1 / (eigval + a)
+        dual = eigvec @ (qy * inv)
+        loo = float(np.mean(np.abs(np.exp(y - dual / (q2 @ inv)) - np.exp(y))))
+        if best is None or loo < best[0]:
+            best = (loo, dual)
+    return best[0], k(x_test, x) @ best[1] + bias
+
+
+def fitted_ensemble(pool, test, members: str, folds: int):
+    from appraiser.pricers.ensemble import EnsemblePricer
+
+    ens = EnsemblePricer(members, folds=folds, **CURATED).fit(pool)
+    keep = ~np.isnan(ens.oof_).any(axis=1)  # the curated rows: the only ones priced out of fold
+    return ens, ens.oof_[keep], np.log([it.price for it, k in zip(pool, keep, strict=True) if k]), keep
+
+
+def combiners(pool, test, y, members: str, folds: int) -> None:
+    from scipy.optimize import minimize
+    from sklearn.linear_model import LinearRegression
+
+    from appraiser.pricers.ensemble import nnls_with_intercept
+
+    ens, x, y_log, keep = fitted_ensemble(pool, test, members, folds)
+    xt = ens.member_log_prices(test)
+    c, b = nnls_with_intercept(x, y_log, np.ones(len(x)))
+    print(f"NNLS in log space: MAE ${mae(np.exp(xt @ c + b), y):.2f} (weights {np.round(c, 3)}, intercept {b:.3f})")
+
+    prices = np.exp(y_log)
+
+    def l1_dollars(theta):  # a smooth |e| (sqrt(e² + 1)) so L-BFGS-B can follow it; weights kept >= 0
+        z = x @ theta[:-1] + theta[-1]
+        e = np.exp(z) - prices
+        s = np.sqrt(e * e + 1.0)
+        g = e / s * np.exp(z)
+        return s.mean(), np.append(x.T @ g, g.sum()) / len(x)
+
+    bounds = [(0, None)] * x.shape[1] + [(None, None)]
+    r = minimize(l1_dollars, np.append(c, b), jac=True, method="L-BFGS-B", bounds=bounds)
+    print(f"L1 in dollars: MAE ${mae(np.exp(xt @ r.x[:-1] + r.x[-1]), y):.2f}")
+    lr = LinearRegression().fit(x, y_log)
+    print(f"linear regression: MAE ${mae(np.exp(lr.predict(xt)), y):.2f}")
+
+    import xgboost as xgb
+
+    cats = sorted({it.category or "none" for it in pool})
+
+    def meta(items):
+        one_hot = np.array([[(it.category or "none") == c for c in cats] for it in items], float)
+        return np.hstack([one_hot, np.log1p([len(it.text) for it in items])[:, None]])
+
+    m_train = meta([it for it, k in zip(pool, keep, strict=True) if k])
+    for depth in (2, 3):
+        g = xgb.XGBRegressor(n_estimators=300, learning_rate=0.03, max_depth=depth, subsample=0.8)
+        g.fit(np.hstack([x, m_train]), y_log)
+        got = mae(np.exp(g.predict(np.hstack([xt, meta(test)]))), y)
+        print(f"XGBoost stacking, depth {depth}, + category and length: MAE ${got:.2f}")
+
+
+def intervals(pool, test, y, members: str, folds: int) -> None:
+    from appraiser.pricers.conformal import weighted_quantile
+
+    ens, x, y_log, _ = fitted_ensemble(pool, test, members, folds)
+    xt, yt = ens.member_log_prices(test), np.log(y)
+    z, zt = x @ ens.coef_ + ens.intercept_, xt @ ens.coef_ + ens.intercept_
+    resid, ones = np.abs(y_log - z), np.ones(len(z))
+    q = weighted_quantile(resid, ones, 0.8)
+    print(f"plain: OOF covers {np.mean(resid <= q):.2%}, validation {np.mean(np.abs(yt - zt) <= q):.2%}")
+    spread, spread_t = x.std(1), xt.std(1)
+    for c in (0.5, 1.0, 2.0):
+        k = c * np.median(spread)
+        qn = weighted_quantile(resid / (spread + k), ones, 0.8)
+        covered = np.mean(np.abs(yt - zt) <= qn * (spread_t + k))
+        print(f"scaled by the members' spread (+{c} x its median): validation {covered:.2%}")
+    from appraiser.data.weighting import BENCHMARK_SOURCES
+
+    same_file = np.array([(it.source or "").startswith(BENCHMARK_SOURCES[0]) for it in pool])
+    rows = same_file[~np.isnan(ens.oof_).any(axis=1)]
+    oof_mae = mae(np.exp(z[rows]), np.exp(y_log[rows]))
+    print(
+        f"ensemble MAE: out of fold on the {rows.sum()} rows from validation's own file ${oof_mae:.2f}, "
+        f"validation ${mae(np.exp(zt), y):.2f}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("lever", choices=("weighting", "kernel", "layers", "combiners", "intervals"))
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("APPRAISER_DATA", "../shared/data")))
+    ap.add_argument("--home", type=Path, default=Path(".appraiser"))
+    ap.add_argument("--size", type=int, default=400)
+    ap.add_argument("--pricers", default="xgboost,tfidf-ridge")
+    ap.add_argument("--members", default=RECIPE_MEMBERS)
+    ap.add_argument("--folds", type=int, default=10)
+    args = ap.parse_args()
+    os.environ["APPRAISER_HOME"] = str(args.home.resolve())
+
+    from appraiser.data.io import read_pool
+    from appraiser.evaluation.evaluator import load_test_items
+
+    pool = read_pool([args.data])
+    test = load_test_items(args.data / "validation.jsonl", args.size)
+    y = np.array([it.price for it in test])
+    if args.lever == "weighting":
+        weighting(pool, test, y, [p.strip() for p in args.pricers.split(",")])
+    elif args.lever == "kernel":
+        kernel(pool, test, y)
+    elif args.lever == "layers":
+        layers(pool, test, y)
+    elif args.lever == "combiners":
+        combiners(pool, test, y, args.members, args.folds)
+    else:
+        intervals(pool, test, y, args.members, args.folds)
+
+
+if __name__ == "__main__":
+    main()
