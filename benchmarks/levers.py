@@ -4,7 +4,7 @@
     python benchmarks/levers.py kernel                                      # llm-kernel variants
     python benchmarks/levers.py layers                                      # Gemma layer by layer (~5 min of reads)
     python benchmarks/levers.py combiners                                   # combiners on one ensemble's OOF
-    python benchmarks/levers.py intervals                                   # plain vs spread-scaled conformal
+    python benchmarks/levers.py intervals [--size 500]                      # plain vs difficulty-scaled conformal
 
 Each fits on train.jsonl + extra/ (`--data`), never on validation, and prints MAE on the first `--size`
 validation items (and the leave-one-out MAE where the pricer has one). The figures choose settings on
@@ -176,29 +176,62 @@ def combiners(pool, test, y, members: str, folds: int) -> None:
         print(f"XGBoost stacking, depth {depth}, + category and length: MAE ${got:.2f}")
 
 
-def intervals(pool, test, y, members: str, folds: int) -> None:
-    from appraiser.pricers.conformal import weighted_quantile
-
-    ens, x, y_log, _ = fitted_ensemble(pool, test, members, folds)
-    xt, yt = ens.member_log_prices(test), np.log(y)
-    z, zt = x @ ens.coef_ + ens.intercept_, xt @ ens.coef_ + ens.intercept_
-    resid, ones = np.abs(y_log - z), np.ones(len(z))
-    q = weighted_quantile(resid, ones, 0.8)
-    print(f"plain: OOF covers {np.mean(resid <= q):.2%}, validation {np.mean(np.abs(yt - zt) <= q):.2%}")
-    spread, spread_t = x.std(1), xt.std(1)
-    for c in (0.5, 1.0, 2.0):
-        k = c * np.median(spread)
-        qn = weighted_quantile(resid / (spread + k), ones, 0.8)
-        covered = np.mean(np.abs(yt - zt) <= qn * (spread_t + k))
-        print(f"scaled by the members' spread (+{c} x its median): validation {covered:.2%}")
+def intervals(pool, test, y, members: str, folds: int, whole) -> None:
+    """One width in log space for every item vs widths scaled by a difficulty model (the ensemble's default),
+    for the ensemble and each member: coverage overall and in each third of the guesses (cut where the curated
+    rows' out-of-fold guesses cut), out of fold (cross-fitted σ) and on validation, and the mean width; then how
+    hard validation's first 400 items are next to its other items and to the curated rows (`whole`: all of
+    validation), as the errors say and as the difficulty model expects."""
     from appraiser.data.weighting import BENCHMARK_SOURCES
+    from appraiser.pricers.conformal import cross_fitted_difficulty, weighted_quantile
 
+    ens, x, y_log, keep = fitted_ensemble(pool, test, members, folds)
+    items = [it for it, k in zip(pool, keep, strict=True) if k]
+    xt, yt = ens.member_log_prices(test), np.log(y)
+    names = [m.split(":")[0] for m in members.split(",")] + ["ensemble"]
+    z_all = np.column_stack([x, x @ ens.coef_ + ens.intercept_])
+    zt_all = np.column_stack([xt, xt @ ens.coef_ + ens.intercept_])
+    ones = np.ones(len(x))
+
+    def cover(inside, thirds):
+        return f"{inside.mean():.1%} [{' '.join(f'{inside[thirds == i].mean():.0%}' for i in range(3))}]"
+
+    print("coverage of the nominal 80% interval: all [cheapest third of guesses, middle, dearest]; mean width")
+    for j, name in enumerate(names):
+        z, zt = z_all[:, j], zt_all[:, j]
+        spread, spread_t = (x.std(1), xt.std(1)) if name == "ensemble" else (None, None)
+        r, rt = np.abs(y_log - z), np.abs(yt - zt)
+        edges = np.quantile(z, [1 / 3, 2 / 3])
+        b, bt = np.digitize(z, edges), np.digitize(zt, edges)
+        q = weighted_quantile(r, ones, 0.8)
+        half_t = np.full(len(zt), q)
+        row = [f"{name:12s} plain      OOF {cover(r <= q, b)}  validation {cover(rt <= q, bt)}"]
+        sigma = cross_fitted_difficulty(items, z, r, ones, spread)
+        qn = weighted_quantile(r / sigma, ones, 0.8)
+        if name == "ensemble":
+            half_n = ens.q_ * ens.scale_.predict(test, zt, spread_t)
+        else:
+            half_n = ens.member_q_[j] * ens.member_scale_[j].predict(test, zt)
+        row.append(f"{'':12s} difficulty OOF {cover(r <= qn * sigma, b)}  validation {cover(rt <= half_n, bt)}")
+        for line, half in enumerate((half_t, half_n)):
+            row[line] += f"  width ${np.mean(np.exp(zt) * (np.exp(half) - np.exp(-half))):,.0f}"
+        print("\n".join(row), flush=True)
     same_file = np.array([(it.source or "").startswith(BENCHMARK_SOURCES[0]) for it in pool])
-    rows = same_file[~np.isnan(ens.oof_).any(axis=1)]
-    oof_mae = mae(np.exp(z[rows]), np.exp(y_log[rows]))
+    rows = same_file[keep]
+    z = z_all[:, -1]
     print(
-        f"ensemble MAE: out of fold on the {rows.sum()} rows from validation's own file ${oof_mae:.2f}, "
-        f"validation ${mae(np.exp(zt), y):.2f}"
+        f"ensemble MAE: out of fold on the {rows.sum()} rows from validation's own file "
+        f"${mae(np.exp(z[rows]), np.exp(y_log[rows])):.2f}, validation ${mae(np.exp(zt_all[:, -1]), y):.2f}"
+    )
+    xa = ens.member_log_prices(whole)
+    za = xa @ ens.coef_ + ens.intercept_
+    r, ra = np.abs(y_log - z), np.abs(np.log([it.price for it in whole]) - za)
+    sigma, sigma_a = cross_fitted_difficulty(items, z, r, ones, x.std(1)), ens.scale_.predict(whole, za, xa.std(1))
+    print(
+        f"ensemble mean |log error| (its difficulty model's expectation): out of fold {r.mean():.3f} "
+        f"({sigma.mean():.3f}), same-file rows {r[rows].mean():.3f} ({sigma[rows].mean():.3f}), validation's "
+        f"first 400 {ra[:400].mean():.3f} ({sigma_a[:400].mean():.3f}), its other {len(whole) - 400} "
+        f"{ra[400:].mean():.3f} ({sigma_a[400:].mean():.3f})"
     )
 
 
@@ -229,7 +262,7 @@ def main() -> None:
     elif args.lever == "combiners":
         combiners(pool, test, y, args.members, args.folds)
     else:
-        intervals(pool, test, y, args.members, args.folds)
+        intervals(pool, test, y, args.members, args.folds, load_test_items(args.data / "validation.jsonl", None))
 
 
 if __name__ == "__main__":

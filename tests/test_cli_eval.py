@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 
 import pytest
@@ -157,6 +158,7 @@ def test_eval_options_and_no_record(files, tmp_path):
         (["eval", "--model", "/nonexistent/model.pkl"], "no such saved pricer"),
         (["eval", "test-length", "-o", "nonsense"], "bad option"),
         (["compare", "nobody", "nothing"], "no evaluation named"),
+        (["eval", "test-length", "--interval", "0.8", "--interval-scale", "wide"], "--interval-scale must be"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(files, args, message):
@@ -166,6 +168,19 @@ def test_bad_input_is_one_line_and_exit_2(files, args, message):
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error:")
+
+
+def test_eval_with_a_difficulty_scaled_interval(files, tmp_path):
+    """--interval 0.8 --interval-scale difficulty: coverage and width join the summary, and each item's interval
+    has its own width in log space."""
+    preds = tmp_path / "p.jsonl"
+    r = run("eval", "tfidf-ridge", "--test", files["test"], "--size", "30", "--train", files["train"], "--interval",
+            "0.8", "--interval-scale", "difficulty", "--predictions", preds, "--db", tmp_path / "lb.db")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "coverage" in r.output.lower()
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    halves = {round(math.log(x["high"] / x["price"]), 6) for x in lines}
+    assert len(lines) == 30 and len(halves) > 10
 
 
 def test_leaderboard_ranks_one_test_set_and_charts_it(files, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appraiser.data.io import read_items
+from appraiser.data.io import DataError, read_items
 from appraiser.pricers import registry
 from appraiser.pricers.base import Pricer
 from appraiser.pricers.ensemble import nnls_with_intercept, parse_members
@@ -72,6 +72,43 @@ def test_ensemble_and_members_carry_out_of_fold_intervals(split):
     alone = registry.create("tfidf-ridge").fit(train)
     assert [p.price for p in ridge.predict(val)] == pytest.approx([p.price for p in alone.predict(val)])
     assert ridge.label == "tfidf-ridge+ci80" and ridge.q_ == e.member_q_[0]
+
+
+def test_interval_widths_scale_with_each_items_difficulty_by_default(split):
+    """The default interval_scale="difficulty": the ensemble's and each member's half-width in log space is its q
+    times the item's expected error (so widths differ by item); "none" gives every item the same width."""
+    import math
+
+    train, val = split
+    e = registry.create("ensemble", members=MEMBERS, folds=3, interval=0.8).fit(train)
+    assert e.config()["interval_scale"] == "difficulty" and len(e.member_scale_) == 3
+    halves = [math.log(p.high / p.price) for p in e.predict(val)]
+    z, spread = np.log([p.price for p in e.predict(val)]), e.member_log_prices(val).std(axis=1)
+    assert halves == pytest.approx(list(e.q_ * e.scale_.predict(val, z, spread)))
+    assert np.std(halves) > 0.01
+    ridge = e.member(0)
+    assert ridge.scale_ is e.member_scale_[0]
+    ridge_halves = [math.log(p.high / p.price) for p in ridge.predict(val)]
+    assert ridge_halves == pytest.approx(
+        list(ridge.q_ * ridge.scale_.predict(val, np.log([p.price for p in ridge.predict(val)])))
+    )
+    plain = registry.create("ensemble", members=MEMBERS, folds=3, interval=0.8, interval_scale="none").fit(train)
+    assert [math.log(p.high / p.price) for p in plain.predict(val)] == pytest.approx([plain.q_] * len(val))
+    assert plain.weights_ == e.weights_  # the scale changes widths only, never the guesses
+    assert [p.price for p in plain.predict(val)] == [p.price for p in e.predict(val)]
+    with pytest.raises(DataError, match="interval scale"):
+        registry.create("ensemble", members=MEMBERS, interval_scale="wide")
+
+
+def test_an_ensemble_pickled_before_difficulty_scaling_prices_with_one_width(split):
+    import math
+
+    train, val = split
+    e = registry.create("ensemble", members=MEMBERS, folds=3, interval=0.8, interval_scale="none").fit(train)
+    for attr in ("interval_scale", "scale_", "member_scale_"):
+        del e.__dict__[attr]  # as unpickled from a file written before these existed
+    assert [math.log(p.high / p.price) for p in e.predict(val)] == pytest.approx([e.q_] * len(val))
+    assert e.member(0).predict(val)[0].low is not None
 
 
 def test_linear_combiner_reads_min_and_max(split):

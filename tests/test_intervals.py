@@ -51,6 +51,44 @@ def test_conformal_covers_its_level_on_items_drawn_like_the_calibration(data_dir
     assert c.label == "tfidf-ridge+ci80"
 
 
+def test_difficulty_scaled_intervals_keep_the_level_with_a_width_per_item(data_dir: Path, tmp_path: Path):
+    """scale="difficulty": the same marginal promise on exchangeable items, each item's half-width q·σ(item)."""
+    items = read_items(data_dir / "train.jsonl", limit=3000)
+    order = np.random.default_rng(1).permutation(len(items))
+    train, test = [items[i] for i in order[:2400]], [items[i] for i in order[2400:]]
+    c = Conformal(registry.create("tfidf-ridge"), level=0.8, seed=0, scale="difficulty").fit(train)
+    preds = c.predict(test)
+    inside = [p.low <= it.price <= p.high for p, it in zip(preds, test, strict=True)]
+    assert 0.74 <= float(np.mean(inside)) <= 0.86
+    halves = np.log([p.high / p.price for p in preds])
+    assert halves == pytest.approx(c.q_ * c.scale_.predict(test, np.log([p.price for p in preds])))
+    assert halves.std() > 0.05 and c.fit_info["interval_scale"] == "difficulty"
+    back = Pricer.load(c.save(tmp_path / "c.pkl"))
+    assert [p.low for p in back.predict(test[:20])] == [p.low for p in preds[:20]]
+    with pytest.raises(ValueError, match="interval scale"):
+        Conformal(registry.create("constant-median"), scale="wide")
+
+
+def test_the_difficulty_model_learns_which_items_are_hard(data_dir: Path):
+    """Errors that depend on the category and on the guess are learned from both; predictions never drop below
+    a tenth of the mean error; a model fitted with the members' spread needs it to predict."""
+    from appraiser.pricers.conformal import Difficulty, normalized_quantile
+
+    items = [it for it in read_items(data_dir / "validation.jsonl") if it.category in ("Automotive", "Electronics")]
+    z = np.log([it.price for it in items])
+    hard = np.array([it.category == "Electronics" for it in items])
+    errors = np.where(hard, 1.0, 0.2) + 0.05 * (z - z.mean())
+    d = Difficulty().fit(items, z, errors)
+    got = d.predict(items, z)
+    assert got[hard].mean() > 3 * got[~hard].mean()
+    assert got.min() >= 0.1 * errors.mean() - 1e-12
+    assert np.corrcoef(got, errors)[0, 1] > 0.95
+    q, model = normalized_quantile(items, z, errors, np.ones(len(items)), 0.8)
+    assert 0.5 < q < 2.0 and isinstance(model, Difficulty)
+    with pytest.raises(ValueError, match="spread"):
+        Difficulty().fit(items, z, errors, spread=np.ones(len(items))).predict(items, z)
+
+
 def test_conformal_rejects_a_bad_level():
     with pytest.raises(ValueError, match="between 0 and 1"):
         Conformal(registry.create("constant-median"), level=1.5)

@@ -77,6 +77,13 @@ def baseline_command(
     interval: Annotated[
         float, typer.Option("--interval", help="Split-conformal interval on log price at this level (0: none).")
     ] = 0.0,
+    interval_scale: Annotated[
+        str,
+        typer.Option(
+            "--interval-scale",
+            help="none: one width in log space for all; difficulty: scaled per item by how hard it is.",
+        ),
+    ] = "none",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-item lines, just the summary.")] = False,
     no_record: Annotated[bool, typer.Option("--no-record", help="Do not add a leaderboard row.")] = False,
     db: Annotated[Path | None, typer.Option(help="Leaderboard database (default: <home>/leaderboard.db).")] = None,
@@ -102,7 +109,7 @@ def baseline_command(
     if interval:
         from appraiser.cli.evaluate import with_interval
 
-        pricer = with_interval(pricer, interval, True)
+        pricer = with_interval(pricer, interval, True, scale=interval_scale)
 
     data = config.default_data_dir()
     test_items = load_test_items(test or data / "validation.jsonl", None if size <= 0 else size, offset)

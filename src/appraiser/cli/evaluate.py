@@ -47,10 +47,19 @@ IntervalMethodOpt = Annotated[
         "(calibrated on pool items its fine-tune did not train on).",
     ),
 ]
+IntervalScaleOpt = Annotated[
+    str,
+    typer.Option(
+        "--interval-scale",
+        help="split intervals only: none = one width in log space for every item; difficulty = each item's "
+        "width scaled by a model of how hard it is (guess, text length, category), so coverage holds across "
+        "price levels, not only on average.",
+    ),
+]
 DbOpt = Annotated[Path | None, typer.Option("--db", help="Leaderboard database (default: .appraiser/leaderboard.db).")]
 
 
-def with_interval(pricer, level: float, needs_fit: bool, method: str = "split"):
+def with_interval(pricer, level: float, needs_fit: bool, method: str = "split", scale: str = "none"):
     """`pricer` wrapped in conformal intervals at `level` (a pricer that needs no fit prices 300 pool items)."""
     from appraiser.pricers.conformal import Conformal, ConformalQuantile
 
@@ -62,7 +71,12 @@ def with_interval(pricer, level: float, needs_fit: bool, method: str = "split"):
         return ConformalQuantile(pricer, level=level, max_calibration=300)
     if method != "split":
         raise DataError(f"--interval-method must be split or cqr, not {method!r}")
-    return Conformal(pricer, level=level, needs_fit=needs_fit, max_calibration=2000 if needs_fit else 300)
+    from appraiser.pricers.conformal import INTERVAL_SCALES
+
+    if scale not in INTERVAL_SCALES:
+        raise DataError(f"--interval-scale must be one of {', '.join(INTERVAL_SCALES)}, not {scale!r}")
+    most = 2000 if needs_fit else 300
+    return Conformal(pricer, level=level, needs_fit=needs_fit, max_calibration=most, scale=scale)
 
 
 def _size(size: int) -> int | None:
@@ -108,6 +122,7 @@ def eval_command(
     cost: Annotated[float, typer.Option(help="Cost of this evaluation in dollars, recorded with it.")] = 0.0,
     interval: IntervalOpt = 0.0,
     interval_method: IntervalMethodOpt = "split",
+    interval_scale: IntervalScaleOpt = "none",
     db: DbOpt = None,
 ) -> None:
     """Evaluate a pricer on a fixed test set: per-item lines, summary, charts, leaderboard row."""
@@ -134,7 +149,7 @@ def eval_command(
         p = registry.create(pricer, **parse_options(option))
         needs_fit = registry.get(pricer).needs_fit
         if interval:
-            p, needs_fit = with_interval(p, interval, needs_fit, interval_method), True
+            p, needs_fit = with_interval(p, interval, needs_fit, interval_method, interval_scale), True
     with _store(db) as store:
         fit_and_evaluate(
             p,

@@ -20,7 +20,9 @@ trained on (those look better than they are), and never on the split the ensembl
 Members are registered pricer names with their default options (`members="xgboost,tfidf-ridge,knn"`), or
 `name:key=value:key=value` to set options. The weights are reported (`weights_`, `config()`), saved with the
 pricer and reload with it like any fitted pricer. With `interval=LEVEL` (default 0.8) the ensemble and each
-member (`member(j)`) get a conformal interval on log price from their out-of-fold errors on the training draw.
+member (`member(j)`) get a conformal interval on log price from their out-of-fold errors on the training draw,
+its width scaled per item by a model of how hard the item is (`interval_scale="difficulty"`, the default: see
+`pricers.conformal`; `"none"` gives every item the same width in log space).
 Those errors come from models fitted on (K-1)/K of the draw, the interval is put around the refitted ones:
 `benchmarks/calibration.py --ensemble` measures what that costs on held-out pool items (with K=3 the
 ensemble's OOF q is 0.950 where its refitted models need 0.942: 80.5% covered; knn, which gains most from a
@@ -82,19 +84,20 @@ def _fill(X: np.ndarray) -> np.ndarray:
     return X
 
 
-def log_predictions(z: np.ndarray, failed: np.ndarray, q: float | None) -> list[Prediction]:
+def log_predictions(z: np.ndarray, failed: np.ndarray, q: float | np.ndarray | None) -> list[Prediction]:
     """Predictions from combined log prices `z` (clipped to the price range), with [p e^-q, p e^q] when q is
-    set; a row every member failed on is a failed prediction."""
+    set (one half-width for all, or one per item); a row every member failed on is a failed prediction."""
     prices = np.clip(np.exp(z), MIN_PRICE, MAX_PRICE)
+    half = np.broadcast_to(np.asarray(np.nan if q is None else q, dtype=float), prices.shape)
     return [
         Prediction(price=None)
         if f
         else Prediction(
             price=float(p),
-            low=float(p * np.exp(-q)) if q is not None else None,
-            high=float(p * np.exp(q)) if q is not None else None,
+            low=float(p * np.exp(-h)) if q is not None else None,
+            high=float(p * np.exp(h)) if q is not None else None,
         )
-        for p, f in zip(prices, failed, strict=True)
+        for p, f, h in zip(prices, failed, half, strict=True)
     ]
 
 
@@ -115,6 +118,10 @@ class EnsemblePricer(Pricer):
     # class-level defaults: an ensemble pickled before source weighting existed loads with none
     sources: tuple[str, ...] | None = None
     off_source_weight: float = 1.0
+    # ... and one pickled before difficulty-scaled intervals with one q for every item
+    interval_scale: str = "none"
+    scale_: Any = None
+    member_scale_: tuple = ()
 
     def __init__(
         self,
@@ -129,6 +136,7 @@ class EnsemblePricer(Pricer):
         off_source_weight: float = 1.0,
         interval: float = 0.8,
         member_weighting: bool = False,
+        interval_scale: str = "difficulty",
     ):
         if not 0 <= float(interval) < 1:
             raise ValueError(f"interval must be 0 (none) or a level between 0 and 1, not {interval}")
@@ -154,6 +162,11 @@ class EnsemblePricer(Pricer):
         if self.off_source_weight != 1.0 and not self.sources:
             raise ValueError("off_source_weight needs sources (source prefixes, or 'benchmark')")
         self.interval = float(interval)
+        from appraiser.pricers.conformal import check_scale
+
+        self.interval_scale = check_scale(interval_scale)
+        self.scale_ = None
+        self.member_scale_ = ()
         self.q_: float | None = None
         self.member_q_: list[float] = []
         self.fitted_: list[Pricer] = []
@@ -187,6 +200,7 @@ class EnsemblePricer(Pricer):
             "sources": list(self.sources) if self.sources else None,
             "off_source_weight": self.off_source_weight,
             "interval": self.interval,
+            "interval_scale": self.interval_scale,
             "member_weighting": self.member_weighting,
             "weights": self.weights_,
             "intercept": self.intercept_,
@@ -267,14 +281,7 @@ class EnsemblePricer(Pricer):
         self.oof_ = oof
         stacked = X @ self.coef_ + intercept
         if self.interval:  # conformal on out-of-fold errors: every training item is a calibration item
-            from appraiser.pricers.conformal import weighted_quantile
-
-            ok = ~np.isnan(oof)
-            self.q_ = weighted_quantile(np.abs(stacked - y)[keep], w[keep], self.interval)
-            self.member_q_ = [
-                weighted_quantile(np.abs(oof[:, j] - y)[ok[:, j] & keep], w[ok[:, j] & keep], self.interval)
-                for j in range(m)
-            ]
+            self._calibrate(train, oof, X[:, :m], stacked, y, w, keep)
         self.fitted_ = []
         for j in range(m):
             p = self._member(j)
@@ -294,13 +301,35 @@ class EnsemblePricer(Pricer):
         }
         return self
 
+    def _calibrate(self, train, oof, X, stacked, y, w, keep) -> None:
+        """q (and with interval_scale="difficulty" the difficulty models) of the ensemble and of each member,
+        from the out-of-fold errors of the items that fit the combiner."""
+        from appraiser.pricers.conformal import normalized_quantile, weighted_quantile
+
+        def quantile(rows: np.ndarray, z: np.ndarray, spread: np.ndarray | None = None):
+            errors = np.abs(z[rows] - y[rows])
+            if self.interval_scale == "none":
+                return weighted_quantile(errors, w[rows], self.interval), None
+            items = [train[i] for i in np.flatnonzero(rows)]
+            sub = None if spread is None else spread[rows]
+            return normalized_quantile(items, z[rows], errors, w[rows], self.interval, sub, seed=self.seed)
+
+        self.q_, self.scale_ = quantile(keep, stacked, X.std(axis=1))
+        ok = ~np.isnan(oof)
+        members = [quantile(ok[:, j] & keep, oof[:, j]) for j in range(oof.shape[1])]
+        self.member_q_ = [q for q, _ in members]
+        self.member_scale_ = tuple(s for _, s in members) if self.interval_scale != "none" else ()
+
     def member(self, j: int) -> Pricer:
         """Member `j` as refitted on all of `train`, with its own out-of-fold conformal interval (when
         `interval` > 0): the same model the member would be fitted alone, so it can be evaluated alone."""
         from appraiser.pricers.conformal import Conformal
 
         p = self.fitted_[j]
-        return Conformal.from_fitted(p, self.member_q_[j], self.interval) if self.interval else p
+        if not self.interval:
+            return p
+        scale = self.member_scale_[j] if self.member_scale_ else None
+        return Conformal.from_fitted(p, self.member_q_[j], self.interval, scale)
 
     # ------------------------------------------------------------ predict
 
@@ -315,5 +344,9 @@ class EnsemblePricer(Pricer):
             return []
         X = self.member_log_prices(items)
         failed = np.isnan(X).all(axis=1)
-        z = self._features(_fill(np.where(failed[:, None], 0.0, X))) @ self.coef_ + self.intercept_
-        return log_predictions(z, failed, self.q_)
+        filled = _fill(np.where(failed[:, None], 0.0, X))
+        z = self._features(filled) @ self.coef_ + self.intercept_
+        q = self.q_
+        if q is not None and self.scale_ is not None:
+            q = q * self.scale_.predict(items, z, filled.std(axis=1))
+        return log_predictions(z, failed, q)
