@@ -4,6 +4,7 @@
     python benchmarks/levers.py kernel                                      # llm-kernel variants
     python benchmarks/levers.py layers                                      # Gemma layer by layer (~5 min of reads)
     python benchmarks/levers.py combiners                                   # combiners on one ensemble's OOF
+    python benchmarks/levers.py members                                     # more members and feature views
     python benchmarks/levers.py intervals [--size 500]                      # plain vs difficulty-scaled conformal
 
 Each fits on train.jsonl + extra/ (`--data`), never on validation, and prints MAE on the first `--size`
@@ -103,8 +104,9 @@ def layers(pool, test, y) -> None:
         print(f"layer {layer:2d}: MAE ${mae(np.exp(pred), y):.2f}, LOO ${loo:.2f}", flush=True)
 
 
-def kernel_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> tuple[float, np.ndarray]:
-    """RBF kernel ridge on standardised features, the penalty with the lowest exact leave-one-out dollar MAE."""
+def kernel_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, power: float = 0.0) -> tuple[float, np.ndarray]:
+    """RBF kernel ridge on standardised features, the penalty with the lowest exact leave-one-out dollar MAE;
+    it regresses on log price (`power` 0) or on price**power, and returns log prices either way."""
     mu, sd = x.mean(0), x.std(0)
     sd[sd < 1e-8] = 1.0
     x, x_test = (x - mu) / sd, (x_test - mu) / sd
@@ -113,17 +115,22 @@ def kernel_ridge(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> tuple[floa
     def k(a, b):
         return np.exp(-gamma * np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0))
 
-    bias = y.mean()
+    def to_log(t):  # back from the target, clipped to the data's price range
+        t = np.log(np.clip(t, 1e-3, None)) / power if power else t
+        return np.clip(t, np.log(0.5), np.log(1000.0))
+
+    t = np.exp(power * y) if power else y
+    bias = t.mean()
     eigval, eigvec = np.linalg.eigh(k(x, x))
-    qy, q2 = eigvec.T @ (y - bias), eigvec**2
+    qy, q2 = eigvec.T @ (t - bias), eigvec**2
     best = None
     for a in np.logspace(-2, 2, 9):
         inv = 1 / (eigval + a)
         dual = eigvec @ (qy * inv)
-        loo = float(np.mean(np.abs(np.exp(y - dual / (q2 @ inv)) - np.exp(y))))
+        loo = float(np.mean(np.abs(np.exp(to_log(t - dual / (q2 @ inv))) - np.exp(y))))
         if best is None or loo < best[0]:
             best = (loo, dual)
-    return best[0], k(x_test, x) @ best[1] + bias
+    return best[0], to_log(k(x_test, x) @ best[1] + bias)
 
 
 def fitted_ensemble(pool, test, members: str, folds: int):
@@ -174,6 +181,89 @@ def combiners(pool, test, y, members: str, folds: int) -> None:
         g.fit(np.hstack([x, m_train]), y_log)
         got = mae(np.exp(g.predict(np.hstack([xt, meta(test)]))), y)
         print(f"XGBoost stacking, depth {depth}, + category and length: MAE ${got:.2f}")
+
+
+def more_members(pool, test, y, members: str, folds: int) -> None:
+    """Candidate members and feature views on the recipe's out-of-fold rows: each fitted fold by fold on the
+    curated rows (the ensemble's own folds), alone and stacked with the recipe's members (the combiner itself
+    cross-fitted over the same folds, so "stacked OOF" is honest), then on validation. Features come from the
+    caches the recipe filled; Gemma's last-token features (`pooling=both`) are read once (~5 minutes)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from appraiser.pricers import registry
+    from appraiser.pricers.baselines import EmbeddingCache
+    from appraiser.pricers.ensemble import nnls_with_intercept
+
+    ens, x, y_log, keep = fitted_ensemble(pool, test, members, folds)
+    items = [it for it, k in zip(pool, keep, strict=True) if k]
+    xt, prices = ens.member_log_prices(test), np.exp(y_log)
+    fold = np.empty(len(pool), dtype=int)
+    for i, (_, te) in enumerate(KFold(folds, shuffle=True, random_state=0).split(np.arange(len(pool)))):
+        fold[te] = i
+    fold = fold[keep]
+
+    def oof(fit_predict, f, ft):
+        out = np.empty(len(f))
+        for k in range(folds):
+            tr = fold != k
+            out[~tr] = fit_predict(f[tr], y_log[tr], f[~tr])
+        return out, fit_predict(f, y_log, ft)
+
+    def stacked(cols, cols_t):
+        a, at = np.column_stack([x, *cols]), np.column_stack([xt, *cols_t])
+        z = np.empty(len(a))
+        for k in range(folds):
+            tr = fold != k
+            c, b = nnls_with_intercept(a[tr], y_log[tr], np.ones(tr.sum()))
+            z[~tr] = a[~tr] @ c + b
+        c, b = nnls_with_intercept(a, y_log, np.ones(len(a)))
+        return mae(np.exp(z), prices), mae(np.exp(at @ c + b), y), c
+
+    base_oof, base_val, _ = stacked([], [])
+    print(f"recipe ensemble: stacked OOF ${base_oof:.2f}, validation ${base_val:.2f}", flush=True)
+    gemma = registry.create("llm-kernel", max_text_tokens=256)
+    g, gt = gemma.features(items), gemma.features(test)
+    both = registry.create("llm-kernel", max_text_tokens=256, pooling="both", progress=True)
+    b, bt = both.features(items), both.features(test)
+    cache = EmbeddingCache()
+    m, mt = cache.embed([it.text for it in items]).astype(float), cache.embed([it.text for it in test]).astype(float)
+    s = np.sqrt(g.shape[1] / m.shape[1])  # MiniLM's 384 unit-length dims weighed like Gemma's 640
+
+    def kr(power=0.0):
+        return lambda f, yy, ft: kernel_ridge(f, yy, ft, power)[1]
+
+    def sk(make):
+        return lambda f, yy, ft: make().fit(f, yy).predict(ft)
+
+    import xgboost as xgb
+
+    def boosted():
+        return xgb.XGBRegressor(n_estimators=600, learning_rate=0.03, max_depth=4, subsample=0.8, colsample_bytree=0.3)
+
+    def ridge():
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(1, 5, 9)))
+
+    candidates = [
+        ("kernel ridge on MiniLM embeddings", kr(), m, mt),
+        ("kernel ridge on Gemma + MiniLM", kr(), np.hstack([g, m * s]), np.hstack([gt, mt * s])),
+        ("kernel ridge on Gemma last-token + mean features", kr(), b, bt),
+        ("kernel ridge on Gemma features, target price^0.3", kr(0.3), g, gt),
+        ("kernel ridge on Gemma features, target price^0.5", kr(0.5), g, gt),
+        ("XGBoost on Gemma + MiniLM features", sk(boosted), np.hstack([g, m]), np.hstack([gt, mt])),
+        ("linear ridge on Gemma features", sk(ridge), g, gt),
+    ]
+    for name, fit_predict, f, ft in candidates:
+        o, t = oof(fit_predict, f, ft)
+        got_oof, got_val, c = stacked([o], [t])
+        print(
+            f"{name}: alone OOF ${mae(np.exp(o), prices):.2f}, validation ${mae(np.exp(t), y):.2f}; added to the "
+            f"recipe: stacked OOF ${got_oof:.2f} ({got_oof - base_oof:+.2f}), validation ${got_val:.2f} "
+            f"({got_val - base_val:+.2f}), its weight {c[-1]:.3f}",
+            flush=True,
+        )
 
 
 def intervals(pool, test, y, members: str, folds: int, whole) -> None:
@@ -237,7 +327,7 @@ def intervals(pool, test, y, members: str, folds: int, whole) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("lever", choices=("weighting", "kernel", "layers", "combiners", "intervals"))
+    ap.add_argument("lever", choices=("weighting", "kernel", "layers", "combiners", "members", "intervals"))
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("APPRAISER_DATA", "../shared/data")))
     ap.add_argument("--home", type=Path, default=Path(".appraiser"))
     ap.add_argument("--size", type=int, default=400)
@@ -259,6 +349,8 @@ def main() -> None:
         kernel(pool, test, y)
     elif args.lever == "layers":
         layers(pool, test, y)
+    elif args.lever == "members":
+        more_members(pool, test, y, args.members, args.folds)
     elif args.lever == "combiners":
         combiners(pool, test, y, args.members, args.folds)
     else:
