@@ -166,7 +166,8 @@ def ensemble_section(args, console: Console) -> None:
         for col in (*cols, "cover held-out pool", "cover validation"):
             t.add_column(col, justify="left" if col == "pricer" else "right")
         start = time.perf_counter()
-        ens = EnsemblePricer(args.members, folds=k, interval=args.level).fit(rest)
+        # one q for every item: this table compares the OOF q with the q the refitted models need
+        ens = EnsemblePricer(args.members, folds=k, interval=args.level, interval_scale="none").fit(rest)
         console.print(f"folds={k}: fitted in {time.perf_counter() - start:,.0f} s, weights {ens.weights_}")
         from appraiser.pricers.ensemble import _fill
 
