@@ -182,7 +182,8 @@ def main() -> None:
         title=f"first {len(test)} validation items; Δ = paired |error| difference vs {ref_name}",
         box=box.SIMPLE_HEAD,
     )
-    for col in ("pricer", "pool", "MAE", "95% CI", "RMSLE", "hit", "cover", "width", "Δ vs ref", "Δ 95% CI"):
+    cols = ("pricer", "pool", "MAE", "95% CI", "RMSLE", "hit", "cover", "by third", "width", "Δ vs ref", "Δ 95% CI")
+    for col in cols:
         t.add_column(col, justify="left" if col in ("pricer", "pool") else "right")
     for name, pool, r in results:
         m = r.metrics
@@ -195,6 +196,9 @@ def main() -> None:
             f"{m['rmsle']:.3f}",
             f"{m['hit_rate']:.1%}",
             f"{m['interval_coverage']:.1%}" if "interval_coverage" in m else "—",
+            " ".join(f"{m[f'interval_coverage_{k}']:.0%}" for k in ("low", "mid", "high"))
+            if "interval_coverage_high" in m
+            else "—",
             money(m["interval_width"]) if "interval_width" in m else "—",
             "—" if r is ref else money(c.mean_diff),
             "—" if r is ref else f"{money(c.ci_low)} … {money(c.ci_high)}",

@@ -29,6 +29,10 @@ def test_interval_metrics_count_inside_and_width():
     assert m["interval_n"] == 3  # the failure has no interval that counts
     assert m["interval_coverage"] == pytest.approx(1 / 3)  # 10 in [9, 12]; 20 < 21; 40 < 41
     assert m["interval_width"] == pytest.approx((3 + 4 + 9) / 3)
+    # by third of the guesses (11, 21, 45): one each; only the cheapest guess's interval holds its truth
+    assert (m["interval_coverage_low"], m["interval_coverage_mid"], m["interval_coverage_high"]) == (1.0, 0.0, 0.0)
+    six = interval_metrics([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], [0] * 6, [0.5, 2.5, 9, 9, 0, 0])
+    assert (six["interval_coverage_low"], six["interval_coverage_mid"], six["interval_coverage_high"]) == (0, 1, 0.5)
     assert "interval_coverage" not in compute_metrics([1.0, 2.0], [1.0, 2.0])  # no intervals: no columns
     assert compute_metrics([1.0], [1.0], lows=[None], highs=[None]).keys() == compute_metrics([1.0], [1.0]).keys()
 

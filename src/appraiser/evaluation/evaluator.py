@@ -189,6 +189,12 @@ def summary_table(result: EvalResult) -> Table:
             "interval coverage",
             f"{m['interval_coverage']:.1%} of {int(m['interval_n'])}  (mean width ${m['interval_width']:,.2f})",
         )
+        if "interval_coverage_high" in m:
+            t.add_row(
+                "  by third of the guesses",
+                " · ".join(f"{m[f'interval_coverage_{k}']:.0%}" for k in ("low", "mid", "high"))
+                + "  (cheapest · middle · dearest)",
+            )
     if "calib_n" in m:
         t.add_row(
             "own distribution: central L% covers",

@@ -153,7 +153,9 @@ def interval_metrics(
     lows: Sequence[float | None],
     highs: Sequence[float | None],
 ) -> dict[str, float]:
-    """Coverage and mean width of the intervals of the non-failed guesses that have one ({} when none has)."""
+    """Coverage and mean width of the intervals of the non-failed guesses that have one ({} when none has), and
+    the coverage in each third of those guesses (cheapest, middle, dearest: `interval_coverage_low/mid/high`),
+    since an interval can keep its level on average and break it by price level."""
     t = np.asarray(truths, dtype=float)
     g = np.array([np.nan if v is None else v for v in guesses], dtype=float)
     lo = np.array([np.nan if v is None else v for v in lows], dtype=float)
@@ -161,11 +163,18 @@ def interval_metrics(
     has = ~np.isnan(g) & ~np.isnan(lo) & ~np.isnan(hi)
     if not has.any():
         return {}
-    t, lo, hi = t[has], lo[has], hi[has]
+    t, g, lo, hi = t[has], g[has], lo[has], hi[has]
     inside = (lo <= t) & (t <= hi)
+    thirds = np.array_split(inside[np.argsort(g, kind="stable")], 3)
+    by_third = {
+        f"interval_coverage_{name}": float(part.mean())
+        for name, part in zip(("low", "mid", "high"), thirds, strict=True)
+        if len(part)
+    }
     return {
         "interval_n": float(has.sum()),
         "interval_coverage": float(inside.mean()),
+        **by_third,
         "interval_width": float((hi - lo).mean()),
         "interval_log_width": float((np.log(np.clip(hi, 1e-9, None)) - np.log(np.clip(lo, 1e-9, None))).mean()),
     }
