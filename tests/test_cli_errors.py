@@ -226,7 +226,14 @@ def _interrupt(args: list[str], predicate, what: str) -> tuple[int, str]:
     try:
         _wait_for(predicate, proc, what)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where it is stuck: the CLI dumps every thread's stack on SIGUSR1
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(3)
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"still running 60 s after Ctrl-C; its threads:\n{err[-6000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -154,11 +154,26 @@ def _register() -> None:
 _register()
 
 
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints every thread's stack to stderr and the command goes on: how to see where a long
+    training run or a server that stopped answering is stuck, without stopping it (POSIX only)."""
+    import faulthandler
+    import signal
+    import sys
+
+    if hasattr(signal, "SIGUSR1") and sys.stderr is not None:
+        try:
+            faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+        except (RuntimeError, ValueError, OSError):  # no usable stderr file descriptor (embedded, redirected)
+            pass
+
+
 def main() -> None:
     """Entry point: run the app; a user error that escapes a command is still one clear line and exit code 2."""
     from pydantic import ValidationError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    _stacks_on_sigusr1()
     try:
         app()
     except DataError as e:
