@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,17 @@ REPO = Path(__file__).resolve().parents[1]
 # answers on every CI machine, so it runs in fp32 even where the CPU would pick bf16;
 # tests/test_dtype.py covers the bf16 path explicitly.
 os.environ.setdefault("APPRAISER_DTYPE", "fp32")
+
+
+@pytest.fixture(autouse=True)
+def _sigint_reaches_subprocesses():
+    """A shell that starts the suite in the background (`cmd &` without job control) ignores SIGINT, and an
+    ignored signal stays ignored in every process started from it: the Ctrl-C tests' `appraiser` processes
+    would never see KeyboardInterrupt and train on. With Python's own handler here, a child starts with the
+    default disposition, as it would from a terminal (a handler, unlike an ignore, is reset by exec)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 def shared_data_dir() -> Path:
