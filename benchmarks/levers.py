@@ -5,7 +5,8 @@
     python benchmarks/levers.py layers                                      # Gemma layer by layer (~5 min of reads)
     python benchmarks/levers.py combiners                                   # combiners on one ensemble's OOF
     python benchmarks/levers.py members                                     # more members and feature views
-    python benchmarks/levers.py intervals [--size 500]                      # plain vs difficulty-scaled conformal
+    python benchmarks/levers.py intervals                                   # plain vs difficulty-scaled conformal
+    python benchmarks/levers.py raw-intervals                               # the same for eval's split conformal
 
 Each fits on train.jsonl + extra/ (`--data`), never on validation, and prints MAE on the first `--size`
 validation items (and the leave-one-out MAE where the pricer has one). The figures choose settings on
@@ -327,9 +328,31 @@ def intervals(pool, test, y, members: str, folds: int, whole) -> None:
     )
 
 
+def raw_intervals(data: Path) -> None:
+    """Plain vs difficulty-scaled split conformal where `appraiser eval --interval` uses it: tfidf-ridge on the
+    raw pool (2,400 of the first 3,000 `train.jsonl` items, 480 of them for calibration), scored on the other
+    600 — why `eval` and `baseline` keep `--interval-scale none` as their default."""
+    from appraiser.data.io import read_items
+    from appraiser.pricers import registry
+    from appraiser.pricers.conformal import Conformal
+
+    items = read_items(data / "train.jsonl", limit=3000)
+    order = np.random.default_rng(1).permutation(len(items))
+    train, test = [items[i] for i in order[:2400]], [items[i] for i in order[2400:]]
+    truth = np.array([it.price for it in test])
+    for scale in ("none", "difficulty"):
+        preds = Conformal(registry.create("tfidf-ridge"), level=0.8, seed=0, scale=scale).fit(train).predict(test)
+        inside = np.array([p.low <= t <= p.high for p, t in zip(preds, truth, strict=True)])
+        thirds = np.array_split(inside[np.argsort([p.price for p in preds], kind="stable")], 3)
+        width = np.mean([p.high - p.low for p in preds])
+        by_third = " ".join(f"{t.mean():.0%}" for t in thirds)
+        print(f"{scale:10s} covers {inside.mean():.1%} [{by_third}], width ${width:,.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("lever", choices=("weighting", "kernel", "layers", "combiners", "members", "intervals"))
+    levers = ("weighting", "kernel", "layers", "combiners", "members", "intervals", "raw-intervals")
+    ap.add_argument("lever", choices=levers)
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("APPRAISER_DATA", "../shared/data")))
     ap.add_argument("--home", type=Path, default=Path(".appraiser"))
     ap.add_argument("--size", type=int, default=400)
@@ -342,6 +365,9 @@ def main() -> None:
     from appraiser.data.io import read_pool
     from appraiser.evaluation.evaluator import load_test_items
 
+    if args.lever == "raw-intervals":
+        raw_intervals(args.data)
+        return
     pool = read_pool([args.data])
     test = load_test_items(args.data / "validation.jsonl", args.size)
     y = np.array([it.price for it in test])
