@@ -96,43 +96,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """(base_url, process, log path) of a running `appraiser serve`."""
-    home = tmp_path_factory.mktemp("serve-home")
-    port = _free_port()
+def start_serve(home: Path, *args: str, port: int | None = None, timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """Start `appraiser serve --port PORT ARGS` with APPRAISER_HOME=home (fp32), its output appended to
+    home/serve.log, and wait until /health answers: (the process, its base URL without /v1)."""
+    port = port or _free_port()
     exe = shutil.which("appraiser") or str(Path(sys.executable).parent / "appraiser")
     log = home / "serve.log"
     env = {**os.environ, "APPRAISER_HOME": str(home), "APPRAISER_DTYPE": "fp32"}
-    cmd = [
-        exe,
-        "serve",
-        "--port",
-        str(port),
-        "--api-key",
-        KEY,
-        "--api-key",
-        OTHER_KEY,
-        "--max-body",
-        "20000",
-        "--max-tokens",
-        "64",
-    ]
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    with open(log, "a") as fh:  # the child keeps its own handle to the file
+        proc = subprocess.Popen(
+            [exe, "serve", "--port", str(port), *args], stdout=fh, stderr=subprocess.STDOUT, env=env
+        )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"appraiser serve exited: {log.read_text()}")
         try:
             if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
-                break
+                return proc, base
         except httpx2.HTTPError:
             time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail(f"appraiser serve did not come up: {log.read_text()}")
+    proc.kill()
+    pytest.fail(f"appraiser serve did not come up: {log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """(base_url, process, log path) of a running `appraiser serve`."""
+    home = tmp_path_factory.mktemp("serve-home")
+    proc, base = start_serve(
+        home, "--api-key", KEY, "--api-key", OTHER_KEY, "--max-body", "20000", "--max-tokens", "64"
+    )
+    log = home / "serve.log"
     yield f"{base}/v1", proc, log
     proc.terminate()
     proc.wait(timeout=30)

@@ -127,30 +127,11 @@ STEPS = 2  # every job is capped at this many steps (the server's --job-max-step
 def trainer_server(tmp_path_factory):
     """(base_url, home) of an `appraiser serve` that runs fine-tuning jobs: two steps each, a checkpoint
     after each step, and a body limit that takes a training file."""
-    import httpx2
-    from conftest import _free_port
+    from conftest import start_serve
 
     home = tmp_path_factory.mktemp("trainer-home")
-    port = _free_port()
-    log = home / "serve.log"
-    env = {**os.environ, "APPRAISER_HOME": str(home), "APPRAISER_DTYPE": "fp32"}
-    cmd = [EXE, "serve", "--port", str(port), "--api-key", KEY, "--max-body", "5000000",
-           "--job-max-steps", str(STEPS), "--job-save-every", "1", "--max-tokens", "16"]  # fmt: skip
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"appraiser serve exited: {log.read_text()}")
-        try:
-            if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx2.HTTPError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail(f"appraiser serve did not come up: {log.read_text()}")
+    args = ["--api-key", KEY, "--max-body", "5000000", "--job-max-steps", str(STEPS), "--job-save-every", "1"]
+    proc, base = start_serve(home, *args, "--max-tokens", "16", timeout=180)
     yield f"{base}/v1", home
     proc.terminate()
     try:

@@ -11,11 +11,8 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import KEY, OTHER_KEY, _free_port
+from conftest import KEY, OTHER_KEY, _free_port, start_serve
 
 from appraiser.data.io import read_items
 from appraiser.runs.store import RunStore
@@ -84,23 +81,9 @@ class JobServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        exe = shutil.which("appraiser") or str(Path(sys.executable).parent / "appraiser")
-        cmd = [exe, "serve", "--port", str(self.port), "--api-key", KEY, "--api-key", OTHER_KEY]
-        cmd += ["--max-tokens", "16", "--webhook-url", self.receiver.url, "--webhook-secret", SECRET]
-        cmd += ["--job-threads", "1", "--job-save-every", "2"]
-        env = {**os.environ, "APPRAISER_HOME": str(self.home), "APPRAISER_DTYPE": "fp32"}
-        log = open(self.home / "serve.log", "a")  # noqa: SIM115 (the server writes to it until it stops)
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        end = time.time() + 120
-        while time.time() < end:
-            if self.proc.poll() is not None:
-                pytest.fail(f"appraiser serve exited: {(self.home / 'serve.log').read_text()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        pytest.fail("appraiser serve did not come up")
+        args = ["--api-key", KEY, "--api-key", OTHER_KEY, "--max-tokens", "16", "--job-threads", "1"]
+        args += ["--webhook-url", self.receiver.url, "--webhook-secret", SECRET, "--job-save-every", "2"]
+        self.proc, _ = start_serve(self.home, *args, port=self.port)
 
     def kill9(self) -> None:
         assert self.proc is not None
