@@ -126,8 +126,9 @@ def server(tmp_path_factory):
     """(base_url, process, log path) of a running `appraiser serve`."""
     home = tmp_path_factory.mktemp("serve-home")
     proc, base = start_serve(
-        home, "--api-key", KEY, "--api-key", OTHER_KEY, "--max-body", "20000", "--max-tokens", "64"
-    )
+        home, "--api-key", KEY, "--api-key", OTHER_KEY, "--max-body", "20000", "--max-tokens", "64",
+        "--max-prompt-tokens", "1000",
+    )  # fmt: skip
     log = home / "serve.log"
     yield f"{base}/v1", proc, log
     proc.terminate()

@@ -81,8 +81,8 @@ def test_a_downsampled_curve_keeps_the_trend_of_every_point():
 
 def test_cursor_parsing():
     assert parse_cursor("12.3") == (12, 3)
-    for bad in (None, "", "12", "a.b", "-1.2", "1.2.3"):
-        assert parse_cursor(bad) is None
+    for bad in (None, "", "12", "a.b", "-1.2", "1.2.3", "².1", "9" * 30 + ".1", "1." + "9" * 30):
+        assert parse_cursor(bad) is None  # not digits, or past SQLite's integers: the stream starts over
 
 
 # ---------------------------------------------------------------- a real `appraiser dashboard`
@@ -250,6 +250,8 @@ def test_a_browser_signs_in_once_and_the_cookie_opens_the_dashboard_only(tmp_pat
         jar = {"Cookie": f"{COOKIE}={KEY}"}
         assert client.get("/v1/models", headers=jar).status_code == 401
         assert client.post("/v1/files", headers=jar, files={"file": ("a.jsonl", b"{}")}).status_code == 401
+        out = client.post("/dashboard/logout")  # with the cookie alone, as a browser signs out
+        assert out.status_code == 303 and f'{COOKIE}=""' in out.headers["set-cookie"]
         client.cookies.clear()
         assert client.get("/dashboard/api/runs").status_code == 401
 

@@ -148,6 +148,17 @@ def test_urls_are_shown_without_their_secrets():
         assert "hunter2" not in shown and "bob" in shown
 
 
+def test_a_url_apprise_rejects_is_not_logged_by_apprise(caplog):
+    """Apprise logs a URL it cannot parse ("Unparseable URL …"); the check reports it redacted instead."""
+    from appraiser.notify.send import check_url
+
+    caplog.set_level("DEBUG")
+    for url in ("nosuchscheme://bob:hunter2@host/path", "mailto://bob:hunter2@"):
+        problem = check_url(url)
+        assert problem is not None and "hunter2" not in problem
+    assert not [r for r in caplog.records if r.name.startswith("apprise")], caplog.text
+
+
 def test_notify_test_command(webhook):
     url, server = webhook
     ok = runner.invoke(app, ["notify", "test", url])

@@ -184,6 +184,13 @@ def test_bad_requests_are_400s_never_500s(server):
             {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}
         ),
         "a list": json.dumps([1, 2]),
+        "seed past 64 bits": json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "seed": 2**64}
+        ),  # noqa: E501
+        "a lone surrogate": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "\ud800"}]}),
+        "a prompt over --max-prompt-tokens": json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "price " * 2500}]}
+        ),
     }
     for what, body in cases.items():
         r = httpx2.post(f"{base}/chat/completions", content=body, headers=hdr, timeout=60)
@@ -191,17 +198,60 @@ def test_bad_requests_are_400s_never_500s(server):
         _shape(r.json())
     r = httpx2.post(f"{base}/chat/completions", content="x" * 30000, headers=hdr)
     assert r.status_code == 413 and _shape(r.json())["code"] == "request_too_large"
+    chunked = httpx2.post(f"{base}/chat/completions", content=iter([b"x" * 15000] * 2), headers=hdr)
+    assert chunked.status_code == 413 and _shape(chunked.json())["code"] == "request_too_large"  # no Content-Length
+    small = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}).encode()
+    assert httpx2.post(f"{base}/chat/completions", content=iter([small[:9], small[9:]]), headers=hdr).status_code == 200
     r = httpx2.get(f"{base}/no/such/route", headers=hdr)
     assert r.status_code == 404 and _shape(r.json())
+
+
+def test_a_burst_past_max_waiting_gets_429s_and_the_count_comes_back(server):
+    """120 requests at once against a limit of 64 waiting or running: some are told to retry (429 with
+    Retry-After), none fails otherwise, and once they are answered the server takes requests again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    hdr = {"Authorization": f"Bearer {KEY}"}
+
+    def post(_: int) -> httpx2.Response:
+        return httpx2.post(f"{server[0]}/chat/completions", json=body, headers=hdr, timeout=300)
+
+    with ThreadPoolExecutor(120) as pool:  # they arrive faster than batches of 8 are answered
+        answers = list(pool.map(post, range(120)))
+    codes = sorted(r.status_code for r in answers)
+    assert set(codes) <= {200, 429} and codes.count(200) >= 64, codes
+    busy = [r for r in answers if r.status_code == 429]
+    assert busy and all(r.headers["retry-after"] == "1" and _shape(r.json())["code"] for r in busy)
+    assert post(0).status_code == 200
 
 
 def test_logs_carry_no_key_and_no_prompt(server, client):
     secret_prompt = "zebra-unicorn-secret-prompt"
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": secret_prompt}], max_tokens=1)
+    httpx2.get(server[0] + "/x%0AINFO%20req_0000000000000000%20GET%20/forged%20200%201ms%00")  # a crafted path
     time.sleep(0.5)
     log = server[2].read_text()
     assert "req_" in log  # request ids are logged
     assert KEY not in log and OTHER_KEY not in log and secret_prompt not in log
+    assert "\x00" not in log and not any(line.startswith("INFO req_0000000000000000") for line in log.splitlines())
+    assert "/x\\nINFO req_0000000000000000" in log  # the path is logged, escaped
+
+
+def test_the_context_is_checked_against_the_model(server):
+    """Past the model's own context (prompt + max_tokens), whatever the server's cap: OpenAI's 400."""
+    from types import SimpleNamespace
+
+    from appraiser.server.chat import ChatRequest, check_context
+    from appraiser.server.errors import OpenAIError
+
+    tokenizer = SimpleNamespace(chat_template=None, encode=lambda text: text.split())
+    lm = SimpleNamespace(tokenizer=tokenizer, model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=50)))
+    req = ChatRequest(model=MODEL, messages=[{"role": "user", "content": "w " * 40}], max_tokens=10)
+    check_context(lm, req, SimpleNamespace(max_prompt_tokens=None))  # 40 + 10 fits in 50
+    with pytest.raises(OpenAIError) as e:
+        check_context(lm, req.model_copy(update={"max_tokens": 11}), SimpleNamespace(max_prompt_tokens=None))
+    assert e.value.status == 400 and e.value.code == "context_length_exceeded" and "50 tokens" in e.value.message
 
 
 def test_price_route_prices_items(server):

@@ -248,6 +248,21 @@ def test_course_flow_upload_train_events_checkpoints_chat_price_webhook(ft, file
         timeout=300,
     )
     assert price.status_code == 200 and price.json()["data"][0]["price"] > 0
+    # ... and in the Batch API, for its owner only (a batch line is answered for the key that made the batch)
+    line = {"method": "POST", "url": "/v1/chat/completions"}
+    line["body"] = {"model": done.fine_tuned_model, "messages": ask, "max_tokens": 4, "temperature": 0}
+    answers = {}
+    for key in (KEY, OTHER_KEY):
+        kc = client(ft, key)
+        f = kc.files.create(file=("b.jsonl", json.dumps({**line, "custom_id": "a"}).encode()), purpose="batch")
+        batch = kc.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        for _ in range(600):
+            if (batch := kc.batches.retrieve(batch.id)).status in ("completed", "failed", "cancelled"):
+                break
+            time.sleep(0.2)
+        out = batch.output_file_id or batch.error_file_id
+        answers[key] = json.loads(kc.files.content(out).read())["response"]["status_code"]
+    assert answers == {KEY: 200, OTHER_KEY: 404}
 
     # the webhook, received by a real HTTP server and verified by the SDK
     body, headers = ft.receiver.wait_for(job.id)

@@ -42,6 +42,9 @@ def serve_command(
     ] = None,
     max_body: Annotated[int, typer.Option(help="Largest request body in bytes.", min=1)] = 1_000_000,
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.", min=1)] = 512,
+    max_prompt_tokens: Annotated[
+        int, typer.Option(help="Longest prompt in tokens (and never beyond the model's context).", min=1)
+    ] = 4096,
     max_loaded: Annotated[int, typer.Option(help="Models kept in memory at once.", min=1)] = 2,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     max_jobs: Annotated[int, typer.Option(help="Fine-tuning jobs trained at once (one process each).", min=1)] = 1,
@@ -96,6 +99,7 @@ def serve_command(
             keys=keys,
             max_body_bytes=max_body,
             max_tokens_cap=max_tokens,
+            max_prompt_tokens=max_prompt_tokens,
             max_loaded=max_loaded,
             max_jobs=max_jobs,
             webhook_url=webhook_url,

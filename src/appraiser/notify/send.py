@@ -8,10 +8,12 @@ their secrets masked, because a notification URL often holds a password or a tok
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +38,42 @@ _USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/@?#]*)@", re.IGNORECASE)
 _SECRET_QUERY = re.compile(r"([?&](?:pass|password|token|key|apikey|secret|pw)=)[^&#]*", re.IGNORECASE)
 
 
+_quiet = threading.local()
+
+
+class _DropWhileParsing(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_quiet, "on", False)
+
+
+_apprise_log = logging.getLogger("apprise")
+_apprise_log.addFilter(_DropWhileParsing())
+
+
+@contextlib.contextmanager
+def _parsing() -> Iterator[None]:
+    """Apprise logs a URL it cannot parse in full ("Unparseable URL mailto://user:password@…"), secrets and
+    all; while this thread parses a URL, those lines are dropped (the caller reports the URL redacted)."""
+    before = getattr(_quiet, "on", False)
+    _quiet.on = True
+    try:
+        yield
+    finally:
+        _quiet.on = before
+
+
+def instantiate(url: str) -> object | None:
+    """Apprise's plugin for `url`, or None, without Apprise logging the URL."""
+    import apprise
+
+    with _parsing():
+        return apprise.Apprise.instantiate(url)
+
+
 def redact(url: str) -> str:
     """The URL with its secrets masked (Apprise's own privacy view when it knows the scheme)."""
     try:
-        import apprise
-
-        obj = apprise.Apprise.instantiate(url)
+        obj = instantiate(url)
         if obj is not None:
             return _without_defaults(obj.url(privacy=True))
     except Exception:  # noqa: BLE001 - redaction must never fail; fall back to the regexes below
@@ -75,11 +107,10 @@ def is_email(url: str) -> bool:
 
 def check_url(url: str) -> str | None:
     """Why Apprise cannot use `url` (None when it can): checked when a command starts, not when training ends."""
-    import apprise
 
     if "://" not in url:
         return f"{url!r} is not a notification URL (e.g. mailto://user:pass@example.com, json://host/path)"
-    if apprise.Apprise.instantiate(url) is None:
+    if instantiate(url) is None:
         return f"{redact(url)}: Apprise does not accept this URL (unknown scheme or missing parts)"
     return None
 
@@ -88,7 +119,9 @@ def _send_once(url: str, title: str, body: str, attachments: Sequence[Path]) -> 
     import apprise
 
     notifier = apprise.Apprise()
-    if not notifier.add(url):
+    with _parsing():
+        added = notifier.add(url)
+    if not added:
         return False, "Apprise does not accept this URL"
     with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
         result = notifier.notify(

@@ -23,12 +23,21 @@ import anyio
 from fastapi import FastAPI, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from appraiser import config
 from appraiser.server import dashboard, errors, finetune
 from appraiser.server.batcher import PriceBatcher
 from appraiser.server.batches import BatchRunner
-from appraiser.server.chat import ChatRequest, chat_messages, check_chat, complete_chat, generation_args, usage_of
+from appraiser.server.chat import (
+    ChatRequest,
+    chat_messages,
+    check_chat,
+    check_context,
+    complete_chat,
+    generation_args,
+    usage_of,
+)
 from appraiser.server.engine import ModelPool, stream_pieces
 from appraiser.server.errors import OpenAIError
 from appraiser.server.security import Guard
@@ -44,6 +53,7 @@ class ServerSettings:
     keys: dict[str, str] = field(default_factory=dict)
     max_body_bytes: int = 1_000_000
     max_tokens_cap: int = 512
+    max_prompt_tokens: int = 4096  # a CPU forward grows with the square of the prompt and holds the model's lock
     max_items: int = 256  # per /v1/price request
     max_loaded: int = 2
     max_waiting: int = 64  # generation requests queued or running before a 429
@@ -128,15 +138,20 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             raise OpenAIError(
                 429, "The server is busy; retry shortly.", code="rate_limit_exceeded", headers={"Retry-After": "1"}
             )
-        lm = await anyio.to_thread.run_sync(pool.get, req.model)
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventSourceResponse(_chat_stream(lm, req, include_usage, waiting), ping=15)
-        waiting["n"] += 1
+        waiting["n"] += 1  # counted before the first await, so a burst cannot all pass the check at once
+        slot = _Slot(waiting)
         try:
+            lm = await anyio.to_thread.run_sync(pool.get, req.model)
+            await anyio.to_thread.run_sync(check_context, lm, req, settings)
+            if req.stream:
+                include_usage = bool(req.stream_options and req.stream_options.include_usage)
+                stream = _chat_stream(lm, req, include_usage, slot)
+                return EventSourceResponse(stream, ping=15, background=BackgroundTask(slot.release))
             return await anyio.to_thread.run_sync(complete_chat, lm, req)
         finally:
-            waiting["n"] -= 1
+            if not req.stream:
+                slot.release()
+        # a stream's slot is released when its generator ends or, if it never starts, after the response
 
     # ------------------------------------------------------------ files and batches
 
@@ -258,7 +273,19 @@ def _model_obj(card: Any) -> dict[str, Any]:
     return {"id": card.id, "object": "model", "created": card.created, "owned_by": card.owned_by}
 
 
-def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, waiting: dict[str, int]) -> Any:
+class _Slot:
+    """One request's place in the count of generation requests waiting or running; released once."""
+
+    def __init__(self, waiting: dict[str, int]):
+        self.waiting, self.held = waiting, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.waiting["n"] -= 1
+
+
+def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, slot: _Slot) -> Any:
     """SSE events: a role chunk, content chunks as tokens arrive, a finish chunk, usage, then [DONE]."""
     cid, created, kwargs = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), generation_args(req)
     messages = chat_messages(req)
@@ -278,10 +305,13 @@ def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, waiting: dict[s
             body["usage"] = usage
         return json.dumps(body)
 
-    waiting["n"] += 1
+    def answer(on_token: Any, cancel: Any) -> Any:
+        return lm.batcher.generate(messages, on_token=on_token, cancel=cancel, **kwargs)
+
+    pieces = stream_pieces(answer)
     try:
         yield {"data": chunk({"role": "assistant", "content": ""})}
-        for kind, value in stream_pieces(lambda on_token: lm.batcher.generate(messages, on_token=on_token, **kwargs)):
+        for kind, value in pieces:
             if kind == "piece":
                 yield {"data": chunk({"content": value})}
             elif kind == "result":
@@ -294,8 +324,9 @@ def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, waiting: dict[s
                 yield {"data": json.dumps(err)}
                 return
         yield {"data": "[DONE]"}
-    finally:
-        waiting["n"] -= 1
+    finally:  # also when the client went away: closing `pieces` stops its generation at the next token
+        pieces.close()
+        slot.release()
 
 
 def _pricer_for(pool: ModelPool, model: str) -> tuple[Any, Any]:

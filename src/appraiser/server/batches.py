@@ -19,8 +19,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from appraiser.server.chat import ChatRequest, check_chat, complete_chat
-from appraiser.server.errors import OpenAIError
+from appraiser.server.chat import ChatRequest, check_chat, check_context, complete_chat
+from appraiser.server.engine import current_owner
+from appraiser.server.errors import OpenAIError, error_body
 from appraiser.server.store import ServerStore, new_id
 
 ENDPOINTS = ("/v1/chat/completions",)
@@ -180,7 +181,7 @@ class BatchRunner:
                     continue
                 if self.store.get_batch(owner, bid)["status"] == "cancelling":
                     break
-                line = json.dumps(self._answer(r))
+                line = json.dumps(self._answer(r, owner))
                 out.write(line + "\n")
                 out.flush()
                 done[r["custom_id"]] = line
@@ -205,19 +206,24 @@ class BatchRunner:
             fields.update(status="completed", completed_at=now)
         self.store.update_batch(bid, **fields)
 
-    def _answer(self, r: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, r: dict[str, Any], owner: str) -> dict[str, Any]:
         rid = f"req_{uuid.uuid4().hex[:16]}"
         base = {"id": f"batch_req_{uuid.uuid4().hex[:16]}", "custom_id": r["custom_id"]}
+        token = current_owner.set(owner)  # this worker thread answers for the batch's owner: their ft: models
         try:
             req = ChatRequest.model_validate(r["body"])
-            body = complete_chat(self.pool.get(req.model), req)
+            lm = self.pool.get(req.model)
+            check_context(lm, req, self.settings)
+            body = complete_chat(lm, req)
             return {**base, "response": {"status_code": 200, "request_id": rid, "body": body}, "error": None}
         except OpenAIError as e:
-            err = {"message": e.message, "type": "invalid_request_error", "param": e.param, "code": e.code}
+            err = error_body(e.status, e.message, e.code, e.param)
             return {
                 **base,
-                "response": {"status_code": e.status, "request_id": rid, "body": {"error": err}},
+                "response": {"status_code": e.status, "request_id": rid, "body": err},
                 "error": None,
             }
         except Exception as e:  # one request's failure is that line's error, not the batch's
             return {**base, "response": None, "error": {"code": "server_error", "message": type(e).__name__}}
+        finally:
+            current_owner.reset(token)

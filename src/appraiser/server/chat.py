@@ -17,12 +17,31 @@ from appraiser.server.errors import OpenAIError
 
 #: max_tokens when a request names none (the price is a few tokens; chat answers want more).
 DEFAULT_MAX_TOKENS = 16
+#: A seed is a signed 64-bit integer, as at OpenAI (torch's generator takes no wider one).
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _text_only(value: Any) -> Any:
+    """Refuse strings that are not text: a lone UTF-16 surrogate (JSON allows "\\ud800") cannot be encoded,
+    and would fail the tokenizer inside a batch shared with other requests."""
+    strings = [value] if isinstance(value, str) else []
+    if isinstance(value, list):
+        strings = [x for x in value if isinstance(x, str)]
+        strings += [v for part in value if isinstance(part, dict) for v in part.values() if isinstance(v, str)]
+    for x in strings:
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("not valid Unicode text (a lone surrogate)") from None
+    return value
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+
+    _content_is_text = field_validator("content")(_text_only)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -42,7 +61,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1])] | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -55,7 +74,7 @@ class ChatRequest(BaseModel):
     def _stops(cls, v: str | list[str] | None) -> list[str] | None:
         if v is None:
             return None
-        v = [v] if isinstance(v, str) else v
+        v = _text_only([v] if isinstance(v, str) else v)
         if len(v) > 4:
             raise ValueError("at most 4 stop sequences")
         return v
@@ -73,6 +92,35 @@ def check_chat(req: ChatRequest, settings: Any) -> None:
         )
     if req.top_logprobs is not None and not req.logprobs:
         raise OpenAIError(400, "top_logprobs needs logprobs: true.", code="invalid_value", param="top_logprobs")
+
+
+def check_context(lm: Loaded, req: ChatRequest, settings: Any) -> None:
+    """Refuse a prompt that does not fit: the model's context (prompt + max_tokens), or the server's
+    `max_prompt_tokens`. A CPU forward grows with the square of the prompt, and it holds the model's lock, so
+    one huge prompt would stall every other client of that model. Tokenises the prompt (blocking)."""
+    from appraiser.server.engine import chat_prompt_ids
+
+    n = len(chat_prompt_ids(lm.tokenizer, chat_messages(req)))
+    max_tokens = req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS
+    context = int(getattr(lm.model.config, "max_position_embeddings", 0) or 0)
+    if context and n + max_tokens > context:
+        raise OpenAIError(
+            400,
+            f"This model's maximum context length is {context} tokens. However, you requested {n + max_tokens} "
+            f"tokens ({n} in the messages, {max_tokens} in the completion). Please reduce the length of the messages "
+            "or completion.",
+            code="context_length_exceeded",
+            param="messages",
+        )
+    cap = getattr(settings, "max_prompt_tokens", None)
+    if cap and n > cap:
+        raise OpenAIError(
+            400,
+            f"Your messages came to {n} tokens; this server allows at most {cap} (appraiser serve "
+            "--max-prompt-tokens).",
+            code="context_length_exceeded",
+            param="messages",
+        )
 
 
 def chat_messages(req: ChatRequest) -> list[dict[str, str]]:

@@ -184,7 +184,7 @@ def checkpoints_of(run: Run) -> list[dict[str, Any]]:
     found = []
     for p in Path(run.folder).glob(f"{CHECKPOINT_PREFIX}*"):
         suffix = p.name[len(CHECKPOINT_PREFIX) :]
-        if suffix.isdigit() and p.is_dir():
+        if suffix.isascii() and suffix.isdigit() and p.is_dir():
             found.append((int(suffix), p))
     marked = any((p / CHECKPOINT_MARKER).exists() for _, p in found)
     done = CHECKPOINT_MARKER if marked else "trainer_state.json"

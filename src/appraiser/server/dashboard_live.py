@@ -34,11 +34,12 @@ BATCH = 2000
 
 
 def parse_cursor(text: str | None) -> tuple[int, int] | None:
-    """(metrics rowid, event id) from `"123.45"`; None for anything else (the stream then starts over)."""
+    """(metrics rowid, event id) from `"123.45"`; None for anything else (the stream then starts over),
+    numbers past SQLite's 64-bit integers included."""
     if not text:
         return None
     m, _, e = text.strip().partition(".")
-    if not (m.isdigit() and e.isdigit()):
+    if not all(x.isascii() and x.isdigit() and len(x) <= 18 for x in (m, e)):  # "²" is a digit too; < 2**63
         return None
     return int(m), int(e)
 

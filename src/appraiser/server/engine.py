@@ -56,7 +56,7 @@ class Loaded:
 @dataclass
 class Generation:
     text: str
-    finish_reason: str  # stop | length
+    finish_reason: str  # stop | length (| cancelled: its stream's client went away)
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[dict[str, Any]] | None = None
@@ -198,6 +198,7 @@ class GenRequest:
     stop: list[str] | None = None
     top_logprobs: int | None = None
     on_token: Any = None
+    cancel: Any = None  # a threading.Event: once set, the request ends at its next token (finish "cancelled")
     # filled while decoding
     ids: list[int] = field(default_factory=list)
     out_ids: list[int] = field(default_factory=list)
@@ -247,6 +248,8 @@ def generate_batch(lm: Loaded, reqs: list[GenRequest]) -> list[Generation]:
             logits = out.logits[:, -1].float()
             nxt = []
             for i, r in enumerate(reqs):
+                if r.finish is None and r.cancel is not None and r.cancel.is_set():
+                    r.finish = "cancelled"  # nobody is reading it any more
                 if r.finish is not None:
                     nxt.append(pad)
                     continue
@@ -348,12 +351,29 @@ class ChatBatcher:
             self.requests += len(batch)
             try:
                 results = generate_batch(self.lm, [r for r, _ in batch])
-            except Exception as e:  # every request of the batch gets the error
-                for _, fut in batch:
-                    fut.set_exception(e)
+            except Exception as e:
+                if len(batch) == 1:
+                    batch[0][1].set_exception(e)
+                    continue
+                # one bad request must not fail the others it was batched with: answer each alone
+                for r, fut in batch:
+                    if r.emitted:  # its client already has part of an answer: do not send it twice
+                        fut.set_exception(e)
+                        continue
+                    try:
+                        fut.set_result(generate_batch(self.lm, [_fresh(r)])[0])
+                    except Exception as alone:
+                        fut.set_exception(alone)
                 continue
             for (_, fut), res in zip(batch, results, strict=True):
                 fut.set_result(res)
+
+
+def _fresh(r: GenRequest) -> GenRequest:
+    """The request as it came in (a failed batch may have left decoding state on it)."""
+    return GenRequest(
+        r.messages, r.max_tokens, r.temperature, r.top_p, r.seed, r.stop, r.top_logprobs, r.on_token, r.cancel
+    )
 
 
 def _logprob_entry(tok: Any, token_id: int, logp: Any, k: int) -> dict[str, Any]:
@@ -374,19 +394,25 @@ def _finite(x: float) -> float:
 
 
 def stream_pieces(fn: Any) -> Iterator[str]:
-    """Run `fn(on_token)` in a thread and yield the pieces it reports, then its `Generation` last."""
+    """Run `fn(on_token, cancel)` in a thread and yield the pieces it reports, then its `Generation` last.
+    Closing the iterator (the client went away) sets `cancel`, a `threading.Event` the generation checks at
+    every token, so an abandoned stream stops using the model instead of running to max_tokens."""
     import queue
 
     q: queue.Queue[Any] = queue.Queue()
     done = object()
+    cancel = threading.Event()
 
     def work() -> None:
         try:
-            q.put(("result", fn(lambda piece: q.put(("piece", piece)))))
+            q.put(("result", fn(lambda piece: q.put(("piece", piece)), cancel)))
         except BaseException as e:  # reported to the stream, which ends with an error event
             q.put(("error", e))
         q.put(done)
 
     threading.Thread(target=work, daemon=True).start()
-    while (item := q.get()) is not done:
-        yield item
+    try:
+        while (item := q.get()) is not done:
+            yield item
+    finally:
+        cancel.set()

@@ -51,10 +51,6 @@ class OpenAIError(Exception):
         self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
 
 
-class BodyTooLarge(Exception):
-    """A chunked body passed the size cap while it was read."""
-
-
 def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {
         "error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "param": param, "code": code}
@@ -72,12 +68,18 @@ def error_response(
     return JSONResponse(error_body(status, message, code, param), status_code=status, headers=headers)
 
 
+def _union_tag(part: object) -> bool:
+    """Pydantic names the member of a union that failed in `loc` ("int", "literal['auto']",
+    "function-after[...]"): a name of its validator, not of the request's parameter."""
+    return isinstance(part, str) and (part in ("int", "float", "str", "bool", "dict", "list", "none") or "[" in part)
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errs = exc.errors()
     if not errs:
         return "invalid request", None
     first = errs[0]
-    loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path")]
+    loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "path") and not _union_tag(x)]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
         return "We could not parse the JSON body of your request.", None
@@ -91,10 +93,6 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
     async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
         return error_response(exc.status, exc.message, code=exc.code, param=exc.param, headers=exc.headers)
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return error_response(413, "Request body too large.", code="request_too_large")
 
     @app.exception_handler(DataError)
     async def _data_error(request: Request, exc: DataError) -> JSONResponse:

@@ -27,11 +27,12 @@ from pathlib import Path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appraiser.data.io import DataError
-from appraiser.server.errors import BodyTooLarge, error_response
+from appraiser.server.errors import error_response
 
 log = logging.getLogger("appraiser.server")
 
-OPEN_PATHS = ("/health", "/dashboard/login")
+#: /dashboard/logout only deletes the browser's cookie, so it needs none (a browser holds no Bearer key).
+OPEN_PATHS = ("/health", "/dashboard/login", "/dashboard/logout")
 #: Public files of the dashboard (its scripts and styles; no data): the login page needs them.
 OPEN_PREFIXES = ("/dashboard/static/",)
 DASHBOARD = "/dashboard"
@@ -133,13 +134,19 @@ class Guard:
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
                 await self._too_large(scope, receive, send_with_id)
                 return
-            await self.app(scope, self._capped(receive), send_with_id)
+            if length is None and b"transfer-encoding" in headers:  # chunked: size unknown until it is read
+                body = await self._read_capped(receive)
+                if body is None:
+                    await self._too_large(scope, receive, send_with_id)
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_with_id)
         finally:
             log.info(
                 "%s %s %s %d %.0fms",
                 rid,
-                scope.get("method"),
-                scope.get("path"),
+                _printable(str(scope.get("method")), 16),
+                _printable(scope.get("path", ""), 300),
                 status_seen["status"],
                 (time.perf_counter() - start) * 1000,
             )
@@ -150,21 +157,38 @@ class Guard:
         )
         await resp(scope, receive, send)
 
-    def _capped(self, receive: Receive) -> Receive:
-        """A chunked body (no Content-Length) is counted as it arrives and cut at the cap."""
-        seen = 0
-        limit = self.max_body
-
-        async def wrapped() -> Message:
-            nonlocal seen
+    async def _read_capped(self, receive: Receive) -> list[Message] | None:
+        """A chunked body's messages, read whole before routing (at most the cap, so little memory); None
+        once it passes the cap. Answering 413 here, before any route parses the body, is what keeps it a 413:
+        an error raised inside FastAPI's body parsing would become its generic 400."""
+        messages, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge()
-            return message
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                return None
+            if not message.get("more_body", False):
+                return messages
 
-        return wrapped
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """`receive` that hands out the messages already read, then the connection's own (a disconnect)."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+def _printable(text: str, limit: int) -> str:
+    """A request's path as a log field: control characters escaped, so a crafted URL (`%0A`, `%00`) cannot
+    forge a log line or make the log binary; cut at `limit` characters."""
+    out = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)
+    return out if len(out) <= limit else out[:limit] + "…"
 
 
 def owner_of(keys: dict[str, str], key: str) -> str | None:

@@ -119,9 +119,10 @@ class ServerStore:
         return self.file_path(file_id).read_bytes()
 
     def delete_file(self, owner: str, file_id: str) -> dict[str, Any]:
-        self.get_file(owner, file_id)
         with self._db() as db:
-            db.execute("DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner))
+            gone = db.execute("DELETE FROM files WHERE id = ? AND owner = ?", (file_id, owner)).rowcount
+        if not gone:  # never there, another key's, or deleted a moment ago by a concurrent request
+            raise OpenAIError(404, f"No such File object: {file_id}", code="file_not_found", param="file_id")
         self.file_path(file_id).unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
 

@@ -150,7 +150,8 @@ def save_adapter(model: Any, folder: Path, info: dict[str, Any], extra: dict[str
 def checkpoint_step(path: Path) -> int | None:
     """N for a `checkpoint-N` folder, else None."""
     suffix = Path(path).name[len(CHECKPOINT_PREFIX) :]
-    return int(suffix) if Path(path).name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
+    numbered = Path(path).name.startswith(CHECKPOINT_PREFIX) and suffix.isascii() and suffix.isdigit()
+    return int(suffix) if numbered else None
 
 
 def _sha256(path: Path) -> str:
