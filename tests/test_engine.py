@@ -74,3 +74,31 @@ def test_closing_a_stream_stops_its_generation(lm):
         threading.Event().wait(0.1)
     assert finished and finished[0].finish_reason == "cancelled"
     assert finished[0].completion_tokens < 20
+
+
+def test_a_price_request_that_breaks_the_batch_fails_alone():
+    """/v1/price gathers concurrent requests into one predict call; if that call fails, each request is
+    priced alone, so only the one that breaks it gets the error."""
+    import asyncio
+
+    from appraiser.items import Item
+    from appraiser.pricers.base import Prediction, Pricer
+    from appraiser.server.batcher import PriceBatcher
+
+    class Picky(Pricer):  # a pricer that cannot price one kind of item
+        name = "picky"
+
+        def predict(self, items):
+            if any(it.text == "unpriceable" for it in items):
+                raise ValueError("cannot price that")
+            return [Prediction(price=float(len(it.text))) for it in items]
+
+    async def both():
+        batcher = PriceBatcher(Picky(), wait_s=0.5)
+        good = batcher.price([Item(id="a", text="a drill", price=1.0)])
+        bad = batcher.price([Item(id="b", text="unpriceable", price=1.0)])
+        return await asyncio.gather(good, bad, return_exceptions=True), batcher.calls
+
+    (good, bad), calls = asyncio.run(both())
+    assert calls == 1  # one gathered call, which failed; then each request alone
+    assert [p.price for p in good] == [7.0] and isinstance(bad, ValueError)

@@ -57,10 +57,21 @@ class PriceBatcher:
             self.calls += 1
             try:
                 preds = await anyio.to_thread.run_sync(self._predict, items)
-            except Exception as e:  # every waiting request gets the same error
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+            except Exception as e:
+                if len(batch) == 1:
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(e)
+                    continue
+                # one request's items must not fail the others gathered with them: price each request alone
+                for its, fut in batch:
+                    try:
+                        alone = await anyio.to_thread.run_sync(self._predict, list(its))
+                    except Exception as own:
+                        if not fut.done():
+                            fut.set_exception(own)
+                    else:
+                        if not fut.done():
+                            fut.set_result(alone)
                 continue
             i = 0
             for its, fut in batch:
