@@ -91,6 +91,8 @@ def test_stats_command(curated):
     result = runner.invoke(app, ["data", "stats", str(out)])
     assert result.exit_code == 0, result.output
     assert "train" in result.stdout and "101" in result.stdout and "validation" in result.stdout
+    one = runner.invoke(app, ["data", "stats", str(out / "train.jsonl")], env={"COLUMNS": "200"})
+    assert one.exit_code == 0 and "│ train.jsonl │" in one.stdout and "│ test " not in one.stdout  # not a test split
     missing = runner.invoke(app, ["data", "stats", str(out / "nope")])
     assert missing.exit_code == 2 and "no such file or folder" in missing.stderr
 

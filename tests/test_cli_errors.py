@@ -294,3 +294,26 @@ def test_a_command_module_that_fails_to_import_is_an_error_not_a_missing_command
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "appraiser.cli.runs" in r.stderr
+
+
+def test_help_texts_keep_their_square_brackets():
+    """Typer renders help through Rich, which takes `[owner]` for a style tag and drops it: every bracket in
+    a command's or option's help is escaped (`\\[`), and shows up in --help as written."""
+    import re
+
+    import typer
+
+    from appraiser.cli import app
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            yield from walk(sub, [*path, name])
+
+    unescaped = []
+    for path, command in walk(typer.main.get_command(app), []):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        unescaped += [(path, m.group(0)) for t in texts for m in re.finditer(r"(?<!\\)\[[^\]]*\]", t)]
+    assert not unescaped
+    shown = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    assert "one per line [owner]" in shown

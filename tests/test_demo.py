@@ -155,3 +155,18 @@ def test_the_report_draws_in_a_browser_offline(data_dir, tmp_path):
         assert page.locator(".main-svg").count() >= 4  # leaderboard, scatter, running error, loss
         page.screenshot(path=str(artifacts / "demo-report.png"), full_page=True)
         browser.close()
+
+
+def test_the_verdict_line_says_beats_trails_or_ties():
+    from appraiser.demo_report import model_vs_traditional
+    from appraiser.evaluation.evaluator import EvalResult
+
+    def row(name: str, mae: float) -> EvalResult:
+        return EvalResult(name, {}, "fp", [], {"mae": mae}, 0.0)
+
+    def line(model_mae: float) -> str:
+        return model_vs_traditional([row("tfidf-ridge", 105.26), row("blend[lora+tfidf]", model_mae)])
+
+    assert "beats the best traditional baseline tfidf-ridge ($105.26) by $1.26" in line(104.0)
+    assert "trails the best traditional baseline tfidf-ridge ($105.26) by $3.43" in line(108.69)
+    assert "ties with the best traditional baseline tfidf-ridge ($105.26) on" in line(105.261)

@@ -75,6 +75,14 @@ def test_stream_carries_the_same_text_as_the_plain_call(client):
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finish == [plain.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    # with logprobs, each chunk carries its own tokens' logprobs (not all of them in the last chunk)
+    ask = {"model": MODEL, "messages": msgs, "max_tokens": 12, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    plain = client.chat.completions.create(**ask)
+    chunks = [c for c in client.chat.completions.create(**ask, stream=True) if c.choices]
+    streamed = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [t.token for t in plain.choices[0].logprobs.content]
+    with_text = [c for c in chunks if c.choices[0].delta.content]
+    assert len(with_text) > 3 and all(c.choices[0].logprobs.content for c in with_text[1:])
 
 
 def test_concurrent_requests_share_forward_passes_and_answer_as_alone(client, server):

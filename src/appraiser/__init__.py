@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,11 @@ from appraiser.items import Item
 if TYPE_CHECKING:
     from appraiser.evaluation.evaluator import EvalResult
     from appraiser.pricers.base import Pricer
+
+# bitsandbytes, imported on a CPU with AVX512-BF16, warns on every import that it cannot fetch an optional kernel
+# from the Hugging Face hub ("Failed to load CPU gemm_4bit_forward …"); its 4-bit path works without it, and the
+# hub is not the user's to reach. Only that module's warnings are muted; raise its level again to see them.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 __all__ = ["Item", "__version__", "evaluate"]

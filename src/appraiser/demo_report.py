@@ -118,10 +118,16 @@ def model_vs_traditional(results: Sequence[EvalResult]) -> str:
     t = min(trad, key=lambda r: r.metrics["mae"])
     m = min(model, key=lambda r: r.metrics["mae"])
     diff = m.metrics["mae"] - t.metrics["mae"]
-    word = "beats" if diff < 0 else "does not beat"
+    gap = abs(diff)
+    if f"{gap:,.2f}" == "0.00":  # e.g. a blend that gave the baseline all the weight
+        verdict = "ties with"
+    else:
+        verdict = "beats" if diff < 0 else "trails"
     return (
-        f"Best model-based pricer {m.pricer} (MAE ${m.metrics['mae']:,.2f}) {word} the best traditional baseline "
-        f"{t.pricer} (${t.metrics['mae']:,.2f}) by ${abs(diff):,.2f} on these {len(m.results)} items."
+        f"Best model-based pricer {m.pricer} (MAE ${m.metrics['mae']:,.2f}) {verdict} the best traditional baseline "
+        f"{t.pricer} (${t.metrics['mae']:,.2f})"
+        + ("" if verdict == "ties with" else f" by ${gap:,.2f}")
+        + f" on these {len(m.results)} items."
     )
 
 

@@ -47,7 +47,10 @@ def baseline_command(
     list_: Annotated[bool, typer.Option("--list", help="Name the baselines and exit.")] = False,
     train: Annotated[
         list[Path] | None,
-        typer.Option(help="Training file or folder (its train files); repeat for several (default: data dir)."),
+        typer.Option(
+            help="Training file or folder (a folder: every train.* in and below it, so extra/train.jsonl too); "
+            "repeat for several (default: the data folder's train.jsonl alone)."
+        ),
     ] = None,
     test: Annotated[
         Path | None, typer.Option(help="Test split file or folder (default: <data dir>/validation.jsonl).")

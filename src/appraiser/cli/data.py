@@ -207,6 +207,8 @@ def stats(
     with user_errors():
         report = LoadReport()
         splits = load_splits(source, report)
+    if Path(source).is_file():  # one file is read as a test split; show it under its own name
+        splits = {Path(source).name: items for items in splits.values()}
     for err in report.errors[:SHOWN_ERRORS]:
         err_console.print(escape(str(err)), soft_wrap=True, highlight=False)
     table = Table(title=escape(source))
@@ -244,7 +246,7 @@ def summarize(
     concurrency: Annotated[int, typer.Option(help="Calls in flight at once (plain mode).", min=1)] = 8,
     max_tokens: Annotated[int, typer.Option(help="Output tokens per summary.", min=16)] = 200,
     poll: Annotated[float, typer.Option(help="Seconds between batch status polls.", min=0.1)] = 10.0,
-    prices: Annotated[Path | None, typer.Option(help="A JSON price table {model: [input, output]} $/1M.")] = None,
+    prices: Annotated[Path | None, typer.Option(help="A JSON price table {model: \\[input, output]} $/1M.")] = None,
 ) -> None:
     """Rewrite items into the five-field summary (Title, Category, Brand, Description, Details) with an LLM."""
     from appraiser.api import ApiClient, load_prices, resolve_endpoint

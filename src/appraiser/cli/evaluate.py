@@ -43,7 +43,7 @@ IntervalMethodOpt = Annotated[
     str,
     typer.Option(
         "--interval-method",
-        help="split: [guess e^-q, guess e^q]; cqr: the llm beam's own central interval, conformalised "
+        help="split: \\[guess e^-q, guess e^q]; cqr: the llm beam's own central interval, conformalised "
         "(calibrated on pool items its fine-tune did not train on).",
     ),
 ]
@@ -106,7 +106,10 @@ def eval_command(
     offset: Annotated[int, typer.Option(help="Skip this many items at the start of the test file.")] = 0,
     train: Annotated[
         list[Path] | None,
-        typer.Option(help="Training file or folder (its train files); repeat for several (default: data dir)."),
+        typer.Option(
+            help="Training file or folder (a folder: every train.* in and below it, so extra/train.jsonl too); "
+            "repeat for several (default: the data folder's train.jsonl alone)."
+        ),
     ] = None,
     validation: Annotated[
         Path | None, typer.Option(help="Validation split handed to fit (e.g. for distribution-matching weights).")

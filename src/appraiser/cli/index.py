@@ -25,7 +25,10 @@ def default_index_path() -> Path:
 def build_command(
     train: Annotated[
         list[Path] | None,
-        typer.Option(help="Training file or folder (its train files); repeat for several (default: data dir)."),
+        typer.Option(
+            help="Training file or folder (a folder: every train.* in and below it, so extra/train.jsonl too); "
+            "repeat for several (default: the data folder's train.jsonl alone)."
+        ),
     ] = None,
     held_out: Annotated[
         list[Path] | None,

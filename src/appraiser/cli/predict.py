@@ -28,7 +28,8 @@ def predict(
         typer.Option(
             "--method",
             help="auto (the regression head if the run has one, else expected), expected (price distribution), "
-            "greedy (the text the model writes) or head.",
+            "greedy (the text the model writes), beam or topk (force expected's digit beam, or the course's "
+            "top-K over multi-digit number tokens) or head.",
         ),
     ] = "auto",
     max_text_tokens: Annotated[
@@ -46,7 +47,7 @@ def predict(
     if not text.strip():
         raise fail("empty description")
     if method not in (*METHODS, "auto"):
-        raise fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise fail(f"unknown method {method!r}; choose from auto, {', '.join(METHODS)}")
     if beam_width < 1:
         raise fail("--beam-width must be at least 1")
     try:

@@ -36,7 +36,7 @@ def serve_command(
         list[str] | None,
         typer.Option("--api-key", help="A key clients must send (repeatable; default $APPRAISER_API_KEY)."),
     ] = None,
-    keys_file: Annotated[Path | None, typer.Option(help="File of SHA-256 key digests, one per line [owner].")] = None,
+    keys_file: Annotated[Path | None, typer.Option(help="File of SHA-256 key digests, one per line \\[owner].")] = None,
     hash_key: Annotated[
         str | None, typer.Option("--hash-key", help="Print the keys-file line for KEY and exit.")
     ] = None,

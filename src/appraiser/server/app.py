@@ -311,11 +311,15 @@ def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, slot: _Slot) ->
     pieces = stream_pieces(answer)
     try:
         yield {"data": chunk({"role": "assistant", "content": ""})}
+        sent = 0  # logprob entries already streamed with their pieces
         for kind, value in pieces:
             if kind == "piece":
-                yield {"data": chunk({"content": value})}
+                text, logprobs = value
+                lp = {"content": logprobs, "refusal": None} if logprobs is not None else None
+                sent += len(logprobs or [])
+                yield {"data": chunk({"content": text}, logprobs=lp)}
             elif kind == "result":
-                lp = {"content": value.logprobs, "refusal": None} if value.logprobs is not None else None
+                lp = {"content": value.logprobs[sent:], "refusal": None} if value.logprobs is not None else None
                 yield {"data": chunk({}, value.finish_reason, lp)}
                 if include_usage:
                     yield {"data": chunk({}, usage=usage_of(value), choices=False)}

@@ -205,6 +205,7 @@ class GenRequest:
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     text: str = ""
     emitted: int = 0
+    logprobs_sent: int = 0
     finish: str | None = None
 
 
@@ -218,9 +219,9 @@ def generate_batch(lm: Loaded, reqs: list[GenRequest]) -> list[Generation]:
 
     Each request keeps its own sampling (`temperature`, `top_p`, a seeded generator), `stop` strings (they end
     the answer and are not part of it, as at OpenAI), `max_tokens`, `top_logprobs` (0–20: each token's
-    logprob and its alternatives) and `on_token(text_piece)` for streaming. A finished request's row is fed
-    padding until the longest one ends; its answer is already complete. In fp32 a request's greedy answer
-    is the same alone or in a batch.
+    logprob and its alternatives) and `on_token(text_piece, logprobs_since_the_last_piece)` for streaming. A
+    finished request's row is fed padding until the longest one ends; its answer is already complete. In fp32
+    a request's greedy answer is the same alone or in a batch.
     """
     import torch
 
@@ -273,7 +274,7 @@ def generate_batch(lm: Loaded, reqs: list[GenRequest]) -> list[Generation]:
         if r.finish is None:
             r.finish = "length"
         if r.on_token is not None and len(r.text) > r.emitted:
-            r.on_token(r.text[r.emitted :])
+            _emit(r, r.text[r.emitted :])
         results.append(
             Generation(r.text, r.finish, len(r.ids), len(r.out_ids), r.logprobs if r.top_logprobs is not None else None)
         )
@@ -311,10 +312,19 @@ def _advance(tok: Any, r: GenRequest, token: int, logits: Any, eos: set[int]) ->
     r.text = text
     safe = len(text) - max((len(x) for x in r.stop or []), default=0)
     if r.on_token is not None and safe > r.emitted and not text.endswith("\ufffd"):
-        r.on_token(text[r.emitted : safe])
+        _emit(r, text[r.emitted : safe])
         r.emitted = safe
     if len(r.out_ids) >= r.max_tokens:
         r.finish = "length"
+
+
+def _emit(r: GenRequest, piece: str) -> None:
+    """Stream a piece of text with the logprobs of the tokens written since the last piece (None when the
+    request asked for none), as OpenAI's chunks carry them: a client sums the chunks to get the whole answer."""
+    logprobs = None
+    if r.top_logprobs is not None:
+        logprobs, r.logprobs_sent = r.logprobs[r.logprobs_sent :], len(r.logprobs)
+    r.on_token(piece, logprobs)
 
 
 class ChatBatcher:
@@ -394,7 +404,8 @@ def _finite(x: float) -> float:
 
 
 def stream_pieces(fn: Any) -> Iterator[str]:
-    """Run `fn(on_token, cancel)` in a thread and yield the pieces it reports, then its `Generation` last.
+    """Run `fn(on_token, cancel)` in a thread and yield what it reports: ("piece", (text, logprobs)) as
+    tokens arrive, then ("result", its `Generation`) or ("error", the exception).
     Closing the iterator (the client went away) sets `cancel`, a `threading.Event` the generation checks at
     every token, so an abandoned stream stops using the model instead of running to max_tokens."""
     import queue
@@ -405,7 +416,7 @@ def stream_pieces(fn: Any) -> Iterator[str]:
 
     def work() -> None:
         try:
-            q.put(("result", fn(lambda piece: q.put(("piece", piece)), cancel)))
+            q.put(("result", fn(lambda piece, logprobs=None: q.put(("piece", (piece, logprobs))), cancel)))
         except BaseException as e:  # reported to the stream, which ends with an error event
             q.put(("error", e))
         q.put(done)
