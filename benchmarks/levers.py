@@ -4,7 +4,7 @@
     python benchmarks/levers.py kernel                                      # llm-kernel variants
     python benchmarks/levers.py layers                                      # Gemma layer by layer (~5 min of reads)
     python benchmarks/levers.py combiners                                   # combiners on one ensemble's OOF
-    python benchmarks/levers.py members                                     # more members and feature views
+    python benchmarks/levers.py members [--only TEXT]                       # more members and feature views
     python benchmarks/levers.py intervals                                   # plain vs difficulty-scaled conformal
     python benchmarks/levers.py raw-intervals                               # the same for eval's split conformal
 
@@ -186,7 +186,7 @@ def combiners(pool, test, y, members: str, folds: int) -> None:
         print(f"XGBoost stacking, depth {depth}, + category and length: MAE ${got:.2f}")
 
 
-def more_members(pool, test, y, members: str, folds: int) -> None:
+def more_members(pool, test, y, members: str, folds: int, only: str | None = None) -> None:
     """Candidate members and feature views on the recipe's out-of-fold rows: each fitted fold by fold on the
     curated rows (the ensemble's own folds), alone and stacked with the recipe's members (the combiner itself
     cross-fitted over the same folds, so "stacked OOF" is honest), then on validation. Features come from the
@@ -203,10 +203,10 @@ def more_members(pool, test, y, members: str, folds: int) -> None:
     ens, x, y_log, keep = fitted_ensemble(pool, test, members, folds)
     items = [it for it, k in zip(pool, keep, strict=True) if k]
     xt, prices = ens.member_log_prices(test), np.exp(y_log)
-    fold = np.empty(len(pool), dtype=int)
+    pool_fold = np.empty(len(pool), dtype=int)  # the ensemble's folds over the whole pool
     for i, (_, te) in enumerate(KFold(folds, shuffle=True, random_state=0).split(np.arange(len(pool)))):
-        fold[te] = i
-    fold = fold[keep]
+        pool_fold[te] = i
+    fold = pool_fold[keep]
 
     def oof(fit_predict, f, ft):
         out = np.empty(len(f))
@@ -227,13 +227,20 @@ def more_members(pool, test, y, members: str, folds: int) -> None:
 
     base_oof, base_val, _ = stacked([], [])
     print(f"recipe ensemble: stacked OOF ${base_oof:.2f}, validation ${base_val:.2f}", flush=True)
-    gemma = registry.create("llm-kernel", max_text_tokens=256)
-    g, gt = gemma.features(items), gemma.features(test)
-    both = registry.create("llm-kernel", max_text_tokens=256, pooling="both", progress=True)
-    b, bt = both.features(items), both.features(test)
     cache = EmbeddingCache()
-    m, mt = cache.embed([it.text for it in items]).astype(float), cache.embed([it.text for it in test]).astype(float)
-    s = np.sqrt(g.shape[1] / m.shape[1])  # MiniLM's 384 unit-length dims weighed like Gemma's 640
+
+    def gemma(pooling: str = "mean"):
+        extra = {"pooling": pooling, "progress": True} if pooling != "mean" else {}
+        model = registry.create("llm-kernel", max_text_tokens=256, **extra)
+        return model.features(items), model.features(test)
+
+    def minilm():
+        return cache.embed([it.text for it in items]).astype(float), cache.embed([it.text for it in test]).astype(float)
+
+    def gemma_minilm(scale: bool):
+        (g, gt), (m, mt) = gemma(), minilm()
+        s = np.sqrt(g.shape[1] / m.shape[1]) if scale else 1.0  # MiniLM's 384 unit-length dims weighed like Gemma's 640
+        return np.hstack([g, m * s]), np.hstack([gt, mt * s])
 
     def kr(power=0.0):
         return lambda f, yy, ft: kernel_ridge(f, yy, ft, power)[1]
@@ -249,17 +256,39 @@ def more_members(pool, test, y, members: str, folds: int) -> None:
     def ridge():
         return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(1, 5, 9)))
 
-    candidates = [
-        ("kernel ridge on MiniLM embeddings", kr(), m, mt),
-        ("kernel ridge on Gemma + MiniLM", kr(), np.hstack([g, m * s]), np.hstack([gt, mt * s])),
-        ("kernel ridge on Gemma last-token + mean features", kr(), b, bt),
-        ("kernel ridge on Gemma features, target price^0.3", kr(0.3), g, gt),
-        ("kernel ridge on Gemma features, target price^0.5", kr(0.5), g, gt),
-        ("XGBoost on Gemma + MiniLM features", sk(boosted), np.hstack([g, m]), np.hstack([gt, mt])),
-        ("linear ridge on Gemma features", sk(ridge), g, gt),
+    def pool_member(name: str, **options):
+        """A registry pricer fitted like the recipe's members: on the whole pool minus each fold (its own
+        weighting), pricing the fold's curated rows; for validation, on the whole pool."""
+        from appraiser.evaluation.evaluator import fit_pricer
+
+        def run():
+            out = np.full(len(pool), np.nan)
+            for k in range(folds):
+                held = np.where((pool_fold == k) & keep)[0]
+                p = registry.create(name, **options)
+                fit_pricer(p, [pool[i] for i in np.where(pool_fold != k)[0]])
+                out[held] = np.log([q.price for q in p.predict([pool[i] for i in held])])
+            p = registry.create(name, **options)
+            fit_pricer(p, pool)
+            return out[keep], np.log([q.price for q in p.predict(test)])
+
+        return run
+
+    recipe_weighting = dict(pair.split("=") for pair in W.split(":"))
+    candidates = [  # (name, fit_predict on features, features) or (name, None, a run giving OOF and validation)
+        ("kernel ridge on MiniLM embeddings", kr(), minilm),
+        ("kernel ridge on Gemma + MiniLM", kr(), lambda: gemma_minilm(True)),
+        ("kernel ridge on Gemma last-token + mean features", kr(), lambda: gemma("both")),
+        ("kernel ridge on Gemma features, target price^0.3", kr(0.3), gemma),
+        ("kernel ridge on Gemma features, target price^0.5", kr(0.5), gemma),
+        ("XGBoost on Gemma + MiniLM features", sk(boosted), lambda: gemma_minilm(False)),
+        ("linear ridge on Gemma features", sk(ridge), gemma),
+        ("TF-IDF ridge with character 3-5-grams too", None, pool_member("tfidf-ridge", chars=True, **recipe_weighting)),
     ]
-    for name, fit_predict, f, ft in candidates:
-        o, t = oof(fit_predict, f, ft)
+    for name, fit_predict, make in candidates:
+        if only and only.lower() not in name.lower():
+            continue
+        o, t = make() if fit_predict is None else oof(fit_predict, *make())
         got_oof, got_val, c = stacked([o], [t])
         print(
             f"{name}: alone OOF ${mae(np.exp(o), prices):.2f}, validation ${mae(np.exp(t), y):.2f}; added to the "
@@ -326,6 +355,34 @@ def intervals(pool, test, y, members: str, folds: int, whole) -> None:
         f"first 400 {ra[:400].mean():.3f} ({sigma_a[:400].mean():.3f}), its other {len(whole) - 400} "
         f"{ra[400:].mean():.3f} ({sigma_a[400:].mean():.3f})"
     )
+    # Could they be easier because the pool holds closer neighbours of them? Their nearest pool item (MiniLM
+    # cosine, the item itself and copies of it excluded) says no.
+    from appraiser.retrieval.index import dedupe_key, embed_items
+
+    vectors, keys = embed_items(pool), np.array([dedupe_key(it) for it in pool])
+
+    def nearest(queries, own=None):
+        sims = embed_items(queries) @ vectors.T
+        for i, it in enumerate(queries):
+            sims[i, keys == dedupe_key(it)] = -1
+            if own is not None:
+                sims[i, own[i]] = -1
+        return sims.max(axis=1)
+
+    near, near_a = nearest(items, np.where(keep)[0]), nearest(whole)
+    print(
+        f"nearest pool item's cosine similarity: out of fold {near.mean():.3f}, validation's first 400 "
+        f"{near_a[:400].mean():.3f}, its other {len(whole) - 400} {near_a[400:].mean():.3f}; mean |log error| by "
+        "quarter of that similarity (out of fold → first 400): "
+        + ", ".join(f"{r[q].mean():.3f} → {ra[:400][qa].mean():.3f}" for q, qa in _quarters(near, near_a[:400]))
+    )
+
+
+def _quarters(ref: np.ndarray, other: np.ndarray):
+    """(mask of ref, mask of other) for each quarter of `ref`'s values, lowest first."""
+    edges = np.quantile(ref, [0.25, 0.5, 0.75])
+    a, b = np.digitize(ref, edges), np.digitize(other, edges)
+    return [(a == i, b == i) for i in range(4)]
 
 
 def raw_intervals(data: Path) -> None:
@@ -359,6 +416,7 @@ def main() -> None:
     ap.add_argument("--pricers", default="xgboost,tfidf-ridge")
     ap.add_argument("--members", default=RECIPE_MEMBERS)
     ap.add_argument("--folds", type=int, default=10)
+    ap.add_argument("--only", help="members: only the candidates whose name contains this text")
     args = ap.parse_args()
     os.environ["APPRAISER_HOME"] = str(args.home.resolve())
 
@@ -378,7 +436,7 @@ def main() -> None:
     elif args.lever == "layers":
         layers(pool, test, y)
     elif args.lever == "members":
-        more_members(pool, test, y, args.members, args.folds)
+        more_members(pool, test, y, args.members, args.folds, args.only)
     elif args.lever == "combiners":
         combiners(pool, test, y, args.members, args.folds)
     else:

@@ -194,8 +194,9 @@ def test_bad_requests_are_400s_never_500s(server):
         "a list": json.dumps([1, 2]),
         "seed past 64 bits": json.dumps(
             {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "seed": 2**64}
-        ),  # noqa: E501
+        ),
         "a lone surrogate": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "\ud800"}]}),
+        "surrogate model": json.dumps({"model": "\ud800", "messages": [{"role": "user", "content": "x"}]}),
         "a prompt over --max-prompt-tokens": json.dumps(
             {"model": MODEL, "messages": [{"role": "user", "content": "price " * 2500}]}
         ),
@@ -212,6 +213,9 @@ def test_bad_requests_are_400s_never_500s(server):
     assert httpx2.post(f"{base}/chat/completions", content=iter([small[:9], small[9:]]), headers=hdr).status_code == 200
     r = httpx2.get(f"{base}/no/such/route", headers=hdr)
     assert r.status_code == 404 and _shape(r.json())
+    price = json.dumps({"model": "\ud800", "items": [{"text": "a drill"}]})
+    r = httpx2.post(f"{base}/price", content=price, headers=hdr)
+    assert r.status_code == 400 and "model is not valid Unicode" in _shape(r.json())["message"]
 
 
 def test_a_burst_past_max_waiting_gets_429s_and_the_count_comes_back(server):
@@ -232,6 +236,45 @@ def test_a_burst_past_max_waiting_gets_429s_and_the_count_comes_back(server):
     busy = [r for r in answers if r.status_code == 429]
     assert busy and all(r.headers["retry-after"] == "1" and _shape(r.json())["code"] for r in busy)
     assert post(0).status_code == 200
+
+
+def test_failed_streams_give_their_place_back(server):
+    """Streaming requests that fail before their stream begins (an unknown model, a prompt too long) give
+    back their place in the count: more of them than the limit leaves the server answering, not busy."""
+    hdr = {"Authorization": f"Bearer {KEY}"}
+    asks = [
+        {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        {"model": MODEL, "messages": [{"role": "user", "content": "price " * 2500}], "stream": True},
+    ]
+    for i in range(70):  # the limit is 64
+        r = httpx2.post(f"{server[0]}/chat/completions", json=asks[i % 2], headers=hdr, timeout=60)
+        assert r.status_code in (400, 404), r.text
+    ok = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    assert httpx2.post(f"{server[0]}/chat/completions", json=ok, headers=hdr, timeout=120).status_code == 200
+
+
+def test_a_stream_whose_client_leaves_stops_generating(server, client):
+    """The client reads the first piece of a long answer and closes the connection: the server ends that
+    generation at its next token (GET /health counts it as cancelled) instead of writing on to max_tokens."""
+    health = server[0].removesuffix("/v1") + "/health"
+
+    def cancelled() -> int:
+        stats = httpx2.get(health, headers={"Authorization": f"Bearer {KEY}"}, timeout=60).json()["models"]
+        return stats.get(MODEL, {}).get("chat_cancelled", 0)
+
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=1)  # loaded
+    before = cancelled()
+    count = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}]
+    stream = client.chat.completions.create(model=MODEL, messages=count, max_tokens=64, temperature=0, stream=True)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break
+    stream.close()
+    for _ in range(600):  # no time limit asserted: wait until the server has ended it one way or the other
+        if cancelled() > before:
+            break
+        time.sleep(0.1)
+    assert cancelled() == before + 1
 
 
 def test_logs_carry_no_key_and_no_prompt(server, client):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,7 +40,7 @@ from appraiser.server.chat import (
     usage_of,
 )
 from appraiser.server.engine import ModelPool, stream_pieces
-from appraiser.server.errors import OpenAIError
+from appraiser.server.errors import OpenAIError, TextBody
 from appraiser.server.security import Guard
 from appraiser.server.store import FILE_PURPOSES, ServerStore
 
@@ -79,14 +80,14 @@ class PriceItem(BaseModel):
     id: str | None = None
 
 
-class BatchRequest(BaseModel):
+class BatchRequest(TextBody):
     input_file_id: str
     endpoint: str
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
 
 
-class PriceRequest(BaseModel):
+class PriceRequest(TextBody):
     model: str = "smollm2-135m"
     items: Annotated[list[PriceItem], Field(min_length=1)]
 
@@ -112,7 +113,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     errors.install(app)
     pool = ModelPool(settings.max_loaded, settings.device)
     batchers: dict[str, PriceBatcher] = {}
-    waiting = {"n": 0}
+    waiting = Waiting(settings.max_waiting)
     runner = BatchRunner(store, pool, settings)
     app.state.settings, app.state.pool, app.state.batchers, app.state.store = settings, pool, batchers, store
     app.state.lifespan_hooks = []
@@ -134,24 +135,31 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Any:
         check_chat(req, settings)
-        if waiting["n"] >= settings.max_waiting:
+        slot = waiting.take()  # before the first await, so a burst cannot all pass the check at once
+        if slot is None:
             raise OpenAIError(
                 429, "The server is busy; retry shortly.", code="rate_limit_exceeded", headers={"Retry-After": "1"}
             )
-        waiting["n"] += 1  # counted before the first await, so a burst cannot all pass the check at once
-        slot = _Slot(waiting)
+        handed_over = False
         try:
             lm = await anyio.to_thread.run_sync(pool.get, req.model)
             await anyio.to_thread.run_sync(check_context, lm, req, settings)
-            if req.stream:
-                include_usage = bool(req.stream_options and req.stream_options.include_usage)
-                stream = _chat_stream(lm, req, include_usage, slot)
-                return EventSourceResponse(stream, ping=15, background=BackgroundTask(slot.release))
-            return await anyio.to_thread.run_sync(complete_chat, lm, req)
-        finally:
             if not req.stream:
+                return await anyio.to_thread.run_sync(complete_chat, lm, req)
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            cancel = threading.Event()
+
+            def finished() -> None:  # after the response, sent in full or cut off by the client
+                cancel.set()  # generation stops at its next token instead of running on to max_tokens
                 slot.release()
-        # a stream's slot is released when its generator ends or, if it never starts, after the response
+
+            stream = _chat_stream(lm, req, include_usage, cancel)
+            response = EventSourceResponse(stream, ping=15, background=BackgroundTask(finished))
+            handed_over = True
+            return response
+        finally:
+            if not handed_over:  # an answer, an error, or a client gone before its stream began
+                slot.release()
 
     # ------------------------------------------------------------ files and batches
 
@@ -273,19 +281,40 @@ def _model_obj(card: Any) -> dict[str, Any]:
     return {"id": card.id, "object": "model", "created": card.created, "owned_by": card.owned_by}
 
 
-class _Slot:
-    """One request's place in the count of generation requests waiting or running; released once."""
+class Waiting:
+    """Generation requests waiting or running, at most `limit`: a place is taken before a request's first
+    await and given back exactly once (from the event loop or a worker thread, hence the lock)."""
 
-    def __init__(self, waiting: dict[str, int]):
-        self.waiting, self.held = waiting, True
+    def __init__(self, limit: int):
+        self.limit, self.n, self._lock = limit, 0, threading.Lock()
+
+    def take(self) -> _Slot | None:
+        with self._lock:
+            if self.n >= self.limit:
+                return None
+            self.n += 1
+        return _Slot(self)
+
+    def _give_back(self) -> None:
+        with self._lock:
+            self.n -= 1
+
+
+class _Slot:
+    """One request's place in `Waiting`; `release` is safe to call more than once."""
+
+    def __init__(self, waiting: Waiting):
+        self._waiting: Waiting | None = waiting
+        self._lock = threading.Lock()
 
     def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.waiting["n"] -= 1
+        with self._lock:
+            waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting._give_back()
 
 
-def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, slot: _Slot) -> Any:
+def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, cancel: threading.Event) -> Any:
     """SSE events: a role chunk, content chunks as tokens arrive, a finish chunk, usage, then [DONE]."""
     cid, created, kwargs = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), generation_args(req)
     messages = chat_messages(req)
@@ -308,7 +337,7 @@ def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, slot: _Slot) ->
     def answer(on_token: Any, cancel: Any) -> Any:
         return lm.batcher.generate(messages, on_token=on_token, cancel=cancel, **kwargs)
 
-    pieces = stream_pieces(answer)
+    pieces = stream_pieces(answer, cancel)
     try:
         yield {"data": chunk({"role": "assistant", "content": ""})}
         sent = 0  # logprob entries already streamed with their pieces
@@ -328,9 +357,8 @@ def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, slot: _Slot) ->
                 yield {"data": json.dumps(err)}
                 return
         yield {"data": "[DONE]"}
-    finally:  # also when the client went away: closing `pieces` stops its generation at the next token
+    finally:
         pieces.close()
-        slot.release()
 
 
 def _pricer_for(pool: ModelPool, model: str) -> tuple[Any, Any]:

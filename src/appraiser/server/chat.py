@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from appraiser.server.engine import Generation, Loaded
-from appraiser.server.errors import OpenAIError
+from appraiser.server.errors import OpenAIError, TextBody
 
 #: max_tokens when a request names none (the price is a few tokens; chat answers want more).
 DEFAULT_MAX_TOKENS = 16
@@ -21,27 +21,10 @@ DEFAULT_MAX_TOKENS = 16
 SEED_RANGE = (-(2**63), 2**63 - 1)
 
 
-def _text_only(value: Any) -> Any:
-    """Refuse strings that are not text: a lone UTF-16 surrogate (JSON allows "\\ud800") cannot be encoded,
-    and would fail the tokenizer inside a batch shared with other requests."""
-    strings = [value] if isinstance(value, str) else []
-    if isinstance(value, list):
-        strings = [x for x in value if isinstance(x, str)]
-        strings += [v for part in value if isinstance(part, dict) for v in part.values() if isinstance(v, str)]
-    for x in strings:
-        try:
-            x.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("not valid Unicode text (a lone surrogate)") from None
-    return value
-
-
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
-
-    _content_is_text = field_validator("content")(_text_only)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -53,7 +36,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(TextBody):
     model_config = ConfigDict(extra="allow")  # the SDK sends fields we ignore (user, metadata, store …)
     model: str
     messages: Annotated[list[Message], Field(min_length=1)]
@@ -74,7 +57,7 @@ class ChatRequest(BaseModel):
     def _stops(cls, v: str | list[str] | None) -> list[str] | None:
         if v is None:
             return None
-        v = _text_only([v] if isinstance(v, str) else v)
+        v = [v] if isinstance(v, str) else v
         if len(v) > 4:
             raise ValueError("at most 4 stop sequences")
         return v

@@ -110,7 +110,11 @@ class ModelPool:
         """Loaded models and how their chat requests were batched."""
         with self._lock:
             stats = {
-                k: {"chat_requests": v.batcher.requests, "chat_batches": v.batcher.batches}
+                k: {
+                    "chat_requests": v.batcher.requests,
+                    "chat_batches": v.batcher.batches,
+                    "chat_cancelled": v.batcher.cancelled,
+                }
                 for k, v in self._loaded.items()
             }
         return {k: v for k, v in stats.items() if self._visible(k)}  # another key's ft: model stays unseen
@@ -336,7 +340,8 @@ class ChatBatcher:
 
         self.lm, self.max_batch, self.wait_s = lm, max_batch, wait_s
         self._queue: queue.Queue[tuple[GenRequest, Any]] = queue.Queue()
-        self.batches = self.requests = 0  # forward loops run, requests answered (GET /health shows them)
+        # forward loops run, requests answered, and answers cut short because their stream's client went away
+        self.batches = self.requests = self.cancelled = 0  # (GET /health shows them)
         threading.Thread(target=self._work, name=f"chat-{lm.card.id}", daemon=True).start()
 
     def generate(self, messages: list[dict[str, str]], **params: Any) -> Generation:
@@ -375,6 +380,7 @@ class ChatBatcher:
                     except Exception as alone:
                         fut.set_exception(alone)
                 continue
+            self.cancelled += sum(res.finish_reason == "cancelled" for res in results)
             for (_, fut), res in zip(batch, results, strict=True):
                 fut.set_result(res)
 
@@ -403,16 +409,18 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) else -9999.0
 
 
-def stream_pieces(fn: Any) -> Iterator[str]:
+def stream_pieces(fn: Any, cancel: threading.Event | None = None) -> Iterator[str]:
     """Run `fn(on_token, cancel)` in a thread and yield what it reports: ("piece", (text, logprobs)) as
     tokens arrive, then ("result", its `Generation`) or ("error", the exception).
-    Closing the iterator (the client went away) sets `cancel`, a `threading.Event` the generation checks at
-    every token, so an abandoned stream stops using the model instead of running to max_tokens."""
+    `cancel` (a `threading.Event` the generation checks at every token; the caller may hold it too) is set when
+    the iterator is closed, so an abandoned stream stops using the model instead of running to max_tokens. A
+    server sets it itself once the response ends: an iterator left behind by a disconnected client is only
+    closed when the garbage collector gets to it."""
     import queue
 
     q: queue.Queue[Any] = queue.Queue()
     done = object()
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
 
     def work() -> None:
         try:

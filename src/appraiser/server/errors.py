@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from appraiser.data.io import DataError
@@ -35,6 +36,37 @@ _TYPES = {
 }
 
 
+def lone_surrogate(value: Any, path: str = "") -> str | None:
+    """Where in a decoded JSON value a string holds a lone UTF-16 surrogate (JSON allows "\\ud800"), or None.
+    Such a string cannot be encoded: in a prompt it breaks the tokenizer, in an error message or a stored
+    field it breaks the response."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "the body"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, inner in items:
+        shown = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+        where = f"{path}.{shown}" if path else shown
+        if (found := lone_surrogate(key, where)) is not None or (found := lone_surrogate(inner, where)):
+            return found
+    return None
+
+
+class TextBody(BaseModel):
+    """A request body whose every string is valid Unicode: one with a lone surrogate is a 400 naming the
+    field, before anything reads, stores or echoes it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        if (where := lone_surrogate(data)) is not None:
+            raise ValueError(f"{where} is not valid Unicode text (it holds a lone surrogate)")
+        return data
+
+
 class OpenAIError(Exception):
     """Raise anywhere in a route to answer with this status and an OpenAI-shaped body."""
 
@@ -52,9 +84,16 @@ class OpenAIError(Exception):
 
 
 def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    message, param = _printable(message), None if param is None else _printable(param)
     return {
         "error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "param": param, "code": code}
     }
+
+
+def _printable(text: str) -> str:
+    """An error message that always encodes: one that echoes an id or a model name holding a lone surrogate
+    shows it escaped instead of failing the response."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_response(

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from appraiser.runs.store import RunStore
 from appraiser.server.engine import ModelCard
-from appraiser.server.errors import OpenAIError
+from appraiser.server.errors import OpenAIError, TextBody
 from appraiser.server.store import ServerStore, new_id
 
 BASE_LEARNING_RATE = 2e-4  # TrainConfig's default: what learning_rate_multiplier 1 means here
@@ -63,7 +63,7 @@ class Method(BaseModel):
     reinforcement: dict[str, Any] | None = None
 
 
-class JobRequest(BaseModel):
+class JobRequest(TextBody):
     model_config = ConfigDict(extra="forbid")
 
     model: str
