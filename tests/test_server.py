@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -196,6 +197,7 @@ def test_bad_requests_are_400s_never_500s(server):
             {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "seed": 2**64}
         ),
         "a lone surrogate": json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "\ud800"}]}),
+        "nested past Python's stack": '{"model": "x", "messages": [], "x": ' + "[" * 3000 + "]" * 3000 + "}",
         "surrogate model": json.dumps({"model": "\ud800", "messages": [{"role": "user", "content": "x"}]}),
         "a prompt over --max-prompt-tokens": json.dumps(
             {"model": MODEL, "messages": [{"role": "user", "content": "price " * 2500}]}
@@ -297,7 +299,8 @@ def test_the_context_is_checked_against_the_model(server):
     from appraiser.server.errors import OpenAIError
 
     tokenizer = SimpleNamespace(chat_template=None, encode=lambda text: text.split())
-    lm = SimpleNamespace(tokenizer=tokenizer, model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=50)))
+    config = SimpleNamespace(max_position_embeddings=50)
+    lm = SimpleNamespace(tokenizer=tokenizer, model=SimpleNamespace(config=config), lock=threading.Lock())
     req = ChatRequest(model=MODEL, messages=[{"role": "user", "content": "w " * 40}], max_tokens=10)
     check_context(lm, req, SimpleNamespace(max_prompt_tokens=None))  # 40 + 10 fits in 50
     with pytest.raises(OpenAIError) as e:

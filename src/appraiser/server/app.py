@@ -149,12 +149,17 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             cancel = threading.Event()
 
-            def finished() -> None:  # after the response, sent in full or cut off by the client
-                cancel.set()  # generation stops at its next token instead of running on to max_tokens
+            def finished() -> None:  # the response is over: sent in full, or cut off by its client
+                cancel.set()  # a generation still running stops at its next token, not at max_tokens
                 slot.release()
 
-            stream = _chat_stream(lm, req, include_usage, cancel)
-            response = EventSourceResponse(stream, ping=15, background=BackgroundTask(finished))
+            async def client_left(_: Any) -> None:  # at once, not after the next piece of text
+                cancel.set()
+
+            stream = _chat_stream(lm, req, include_usage, cancel, finished)
+            response = EventSourceResponse(
+                stream, ping=15, background=BackgroundTask(finished), client_close_handler_callable=client_left
+            )
             handed_over = True
             return response
         finally:
@@ -314,7 +319,7 @@ class _Slot:
             waiting._give_back()
 
 
-def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, cancel: threading.Event) -> Any:
+def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, cancel: threading.Event, finished: Any) -> Any:
     """SSE events: a role chunk, content chunks as tokens arrive, a finish chunk, usage, then [DONE]."""
     cid, created, kwargs = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), generation_args(req)
     messages = chat_messages(req)
@@ -357,8 +362,9 @@ def _chat_stream(lm: Any, req: ChatRequest, include_usage: bool, cancel: threadi
                 yield {"data": json.dumps(err)}
                 return
         yield {"data": "[DONE]"}
-    finally:
+    finally:  # `finished` also runs after the response; here it covers a response that raised instead
         pieces.close()
+        finished()
 
 
 def _pricer_for(pool: ModelPool, model: str) -> tuple[Any, Any]:

@@ -64,6 +64,8 @@ class PriceBatcher:
                     continue
                 # one request's items must not fail the others gathered with them: price each request alone
                 for its, fut in batch:
+                    if fut.done():  # its caller is gone
+                        continue
                     try:
                         alone = await anyio.to_thread.run_sync(self._predict, list(its))
                     except Exception as own:

@@ -83,7 +83,14 @@ def check_context(lm: Loaded, req: ChatRequest, settings: Any) -> None:
     one huge prompt would stall every other client of that model. Tokenises the prompt (blocking)."""
     from appraiser.server.engine import chat_prompt_ids
 
-    n = len(chat_prompt_ids(lm.tokenizer, chat_messages(req)))
+    try:
+        with lm.lock:  # the pricer switches the shared tokenizer's padding under this lock
+            n = len(chat_prompt_ids(lm.tokenizer, chat_messages(req)))
+    except Exception as e:  # e.g. a template that requires alternating roles: the messages' fault
+        from jinja2 import TemplateError
+
+        why = str(e) if isinstance(e, TemplateError) else type(e).__name__
+        raise OpenAIError(400, f"The model's chat template refused these messages: {why}", param="messages") from e
     max_tokens = req.max_completion_tokens or req.max_tokens or DEFAULT_MAX_TOKENS
     context = int(getattr(lm.model.config, "max_position_embeddings", 0) or 0)
     if context and n + max_tokens > context:

@@ -232,9 +232,10 @@ def generate_batch(lm: Loaded, reqs: list[GenRequest]) -> list[Generation]:
     tok, model = lm.tokenizer, lm.model
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
-    for r in reqs:
-        r.ids = chat_prompt_ids(tok, r.messages)
-        r.stop = [x for x in (r.stop or []) if x]
+    with lm.lock:  # the pricer switches the shared tokenizer's padding under this lock
+        for r in reqs:
+            r.ids = chat_prompt_ids(tok, r.messages)
+            r.stop = [x for x in (r.stop or []) if x]
     width = max(len(r.ids) for r in reqs)
     dev = model.device
     input_ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r in reqs], device=dev)
@@ -373,6 +374,9 @@ class ChatBatcher:
                 # one bad request must not fail the others it was batched with: answer each alone
                 for r, fut in batch:
                     if r.emitted:  # its client already has part of an answer: do not send it twice
+                        fut.set_exception(e)
+                        continue
+                    if r.cancel is not None and r.cancel.is_set():  # nobody is waiting for it any more
                         fut.set_exception(e)
                         continue
                     try:

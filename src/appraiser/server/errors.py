@@ -36,22 +36,24 @@ _TYPES = {
 }
 
 
-def lone_surrogate(value: Any, path: str = "") -> str | None:
+def lone_surrogate(value: Any) -> str | None:
     """Where in a decoded JSON value a string holds a lone UTF-16 surrogate (JSON allows "\\ud800"), or None.
     Such a string cannot be encoded: in a prompt it breaks the tokenizer, in an error message or a stored
-    field it breaks the response."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path or "the body"
-        return None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, inner in items:
-        shown = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
-        where = f"{path}.{shown}" if path else shown
-        if (found := lone_surrogate(key, where)) is not None or (found := lone_surrogate(inner, where)):
-            return found
+    field it breaks the response. A loop, not recursion: a body may nest deeper than Python's stack."""
+    todo: list[tuple[str, Any]] = [("", value)]
+    while todo:
+        path, v = todo.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return (path[:200] + "…" if len(path) > 200 else path) or "the body"
+            continue
+        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+        for key, inner in items:
+            shown = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+            where = f"{path}.{shown}" if path else shown
+            todo += [(where, key), (where, inner)]
     return None
 
 
