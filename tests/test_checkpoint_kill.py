@@ -299,3 +299,24 @@ def test_pricer_save_is_atomic(data_dir: Path, tmp_path: Path):
     truncate(path)
     with pytest.raises(DataError, match=r"median\.pkl: damaged or not a saved pricer"):
         Pricer.load(path)
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_without_training_past_the_end(reference):
+    """Killed while writing final/ after the checkpoint of its last step (here a run of 4 steps, which ends
+    mid-epoch): the resume trains no step past max_steps, where the stock loop would train one more on every
+    resume, and writes final/."""
+    import torch
+
+    from appraiser.training import resume
+
+    store, run_id, folder = killed_copy(reference)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_steps": 4}))
+    threads = torch.get_num_threads()
+    try:
+        again = resume(run_id, store=store)
+    finally:
+        torch.set_num_threads(threads)
+    assert again.steps == 4 and store.get(run_id).step == 4
+    assert not [e for e in store.events(run_id) if e.message.startswith("Step 5/")]
+    assert [s for s, _ in checkpoints(folder)] == [2, 4] and (folder / "final" / "adapter_config.json").exists()

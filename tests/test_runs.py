@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -112,6 +113,26 @@ def test_a_run_whose_process_died_reads_as_killed():
     store.update(run_id, pid=int(dead.stdout))
     run = store.get(run_id)
     assert run.status == "running" and run.alive() is False and run.display_status == "killed"
+
+
+def test_a_run_killed_before_it_started_reads_as_killed_and_watch_ends():
+    """`appraiser train` records its pid when it creates the run, so a kill during the model load (the run
+    still queued) is told apart, and `runs watch` / `events -f` end instead of waiting for ever."""
+    store = RunStore()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run = store.create(kind="local", name="loadkill", model="smollm2-135m", pid=int(dead.stdout))
+    assert run.status == "queued" and run.display_status == "killed"
+    assert store.create(kind="local", name="mine", pid=os.getpid()).display_status == "queued"
+    for args in (["runs", "watch", "loadkill", "--interval", "0.1"], ["runs", "events", "loadkill", "-f"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+
+
+def test_a_damaged_run_store_is_one_line_naming_it():
+    store = RunStore()
+    store.path.write_bytes(b"not a database" * 600)
+    result = runner.invoke(app, ["runs", "list"])
+    assert result.exit_code == 2 and str(store.path) in result.stderr and "Traceback" not in result.output
 
 
 def test_smoothing():

@@ -159,8 +159,8 @@ class Run:
 
     @property
     def display_status(self) -> str:
-        """The status, with `killed` for a running local job whose process is gone."""
-        if self.status == "running" and self.alive() is False:
+        """The status, with `killed` for a running (or not yet started) local job whose process is gone."""
+        if self.status in ("running", "queued") and self.alive() is False:
             return "killed"
         return self.status
 
@@ -192,6 +192,17 @@ def _new_id(now: float) -> str:
     return f"{datetime.fromtimestamp(now):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
+#: What SQLite says of a file that is not (or no longer) a sound database.
+_DAMAGE = ("malformed", "not a database", "no such table", "disk I/O error", "encrypted")
+
+
+def _damaged(path: Path, e: Exception) -> DataError:
+    return DataError(
+        f"{path}: the run store cannot be read ({e}); move it aside to start a new one "
+        "(the run folders beside it are kept)"
+    )
+
+
 class RunStore:
     """Runs, their events and metrics in one SQLite file (default: `<state folder>/runs.db`)."""
 
@@ -210,13 +221,22 @@ class RunStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA foreign_keys=ON")
-        db.execute("PRAGMA synchronous=NORMAL")
+        """A connection that commits (or rolls back) and closes; a damaged or foreign file is the user's to
+        fix: a DataError naming it, not a traceback (a database that is only busy still raises as it is)."""
+        try:
+            db = sqlite3.connect(self.path, timeout=30)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as e:
+            raise _damaged(self.path, e) from None
         try:
             with db:  # commits, or rolls back on error
                 yield db
+        except sqlite3.DatabaseError as e:
+            if not any(sign in str(e) for sign in _DAMAGE):
+                raise
+            raise _damaged(self.path, e) from None
         finally:
             db.close()
 
@@ -233,8 +253,10 @@ class RunStore:
         external_id: str | None = None,
         status: str = "queued",
         folder: str | Path | None = None,
+        pid: int | None = None,
     ) -> Run:
-        """A new run; local runs get a folder `runs/<id>/` beside the database."""
+        """A new run; local runs get a folder `runs/<id>/` beside the database. `pid`: the process that will
+        train it, when that is the one creating it, so a run killed before it starts reads as killed."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if status not in STATUSES:
@@ -248,7 +270,7 @@ class RunStore:
         with self._connect() as db:
             db.execute(
                 "INSERT INTO runs (id, kind, name, status, model, config, folder, created, updated,"
-                " max_steps, external_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " max_steps, external_id, pid, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     kind,
@@ -261,6 +283,8 @@ class RunStore:
                     now,
                     max_steps,
                     external_id,
+                    pid,
+                    socket.gethostname() if pid is not None else None,
                 ),
             )
         return self.get(run_id)

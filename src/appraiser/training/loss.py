@@ -108,6 +108,14 @@ class PriceTrainer(Trainer):
         self.head_weight = head_weight
         self.head_lr = head_lr
 
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        """Train nothing once `max_steps` is reached. A run killed after its last checkpoint (while its final
+        adapter was written) resumes at global_step == max_steps, and the stock loop trains one step before it
+        first checks the limit: each resume would add a step past the end (and a cosine schedule's lr rises)."""
+        if 0 < self.state.max_steps <= self.state.global_step:
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def create_optimizer(self, model: Any = None) -> Any:
         """The stock AdamW, with the regression head (if any) in its own group at `head_lr`."""
         optimizer = super().create_optimizer(model)

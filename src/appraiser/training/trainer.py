@@ -31,6 +31,7 @@ A run folder holds `config.json`, `appraiser.json` (base model + prompt settings
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -410,7 +411,7 @@ def start(
     if data.index_pool is not None:  # recorded, so that reading the run refuses another pool's index
         cfg = cfg.model_copy(update={"index_pool": data.index_pool})
     config = {**cfg.model_dump(mode="json"), "data_fingerprint": data.fingerprint}
-    run = distributed.create_run(store, kind="local", name=cfg.name, model=cfg.model, config=config)
+    run = distributed.create_run(store, kind="local", name=cfg.name, model=cfg.model, config=config, pid=os.getpid())
     store = distributed.rank_store(store)  # one run, written by rank 0 only (training.distributed)
     folder = Path(run.folder)  # type: ignore[arg-type]
     cfg.save(folder / "config.json")
@@ -458,7 +459,7 @@ def resume(
         raise DataError(f"run {run.id} is not a local training run")
     if run.status == "succeeded":
         raise DataError(f"run {run.id} already finished; nothing to resume")
-    if run.status == "running" and run.alive():
+    if run.status in ("running", "queued") and run.alive():
         raise DataError(f"run {run.id} is still running (pid {run.pid})")
     folder = Path(run.folder)
     if not (folder / "config.json").exists():
