@@ -266,6 +266,11 @@ def train_command(
 
     A non-finite training loss stops the run at once (failed, exit code 2).
     """
+    if resume is not None:  # a resumed run keeps the settings it started with: say so, never ignore a flag
+        given = [k for k, v in locals().items() if v not in (None, False) and k not in ("resume", "notify")]
+        if given:
+            flags = ", ".join("--" + ("config" if k == "config_file" else k.replace("_", "-")) for k in given)
+            raise DataError(f"--resume continues run {resume} with the settings it started with; drop {flags}")
     quiet_libraries()  # before `training` imports transformers/peft/bitsandbytes, which warn as they load
     from appraiser import training
     from appraiser.training import distributed
