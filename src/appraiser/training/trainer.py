@@ -240,7 +240,7 @@ def _training_args(cfg: TrainConfig, folder: Path, run_id: str) -> TrainingArgum
         logging_steps=1,
         save_strategy="steps",
         save_steps=cfg.save_every,
-        save_total_limit=cfg.keep_checkpoints,
+        save_total_limit=None,  # CheckpointMarker rotates, after the new checkpoint is marked complete
         report_to=cfg.report_to or "none",
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -305,7 +305,8 @@ def _run(
             args=_training_args(cfg, folder, run.id),
             train_dataset=ExampleDataset(data.examples),
             data_collator=Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-            callbacks=[CheckpointMarker(), store_cb, probe_cb, *callbacks],  # the marker first: see CheckpointMarker
+            # the marker first (see CheckpointMarker); it also rotates the checkpoints
+            callbacks=[CheckpointMarker(cfg.keep_checkpoints), store_cb, probe_cb, *callbacks],
             group_by_length=cfg.length_grouping,
             lm_weight=cfg.lm_weight,
             head_weight=cfg.head_weight,
