@@ -255,6 +255,12 @@ def test_start_follows_the_job_live_into_the_store_trackio_and_leaderboard(
     # trackio got the live values; the store has the result CSV's (5 decimals) over them
     assert _trackio_losses(trackio_dir, run.id) == pytest.approx(dict(zip(steps, losses, strict=True)), abs=1e-4)
     assert run.best_metric in ("full_valid_loss", "valid_loss") and run.best_value > 0
+    # every step's validation figures reached the store, though they arrive after its training loss
+    import openai
+
+    job_events = openai.OpenAI(base_url=base, api_key=KEY).fine_tuning.jobs.list_events(run.external_id, limit=100)
+    validated = sorted(e.data["step"] for e in job_events.data if e.type == "metrics" and "full_valid_loss" in e.data)
+    assert validated and store.series(run.id, "full_valid_loss")[0] == validated
     evaluated = [m for m in messages if m.startswith("Evaluated ")]
     assert len(evaluated) == STEPS + 1  # each checkpoint's model and the final one
     from appraiser.evaluation.store import LeaderboardStore

@@ -253,7 +253,15 @@ def job_events(runs: RunStore, job: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     total = runs.get(run_id).max_steps
-    for step, row in step_metrics(runs, run_id).items():
+    by_step = step_metrics(runs, run_id)
+    # A published event never changes (a follower copies each id once, as it may from OpenAI). The newest
+    # step's validation loss and probe arrive after its training loss, so while the job still trains, that
+    # step's event waits until the next step has begun: then its row is complete.
+    settled = job.get("status") in (*FINISHED, "paused")
+    newest = max(by_step, default=None)
+    for step, row in by_step.items():
+        if step == newest and not settled:
+            continue
         data = metrics_data(step, total, row)
         events.append(
             (
