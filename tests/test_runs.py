@@ -45,7 +45,9 @@ def test_runs_are_found_by_id_prefix_name_and_last():
         assert store.get(b.id[:-1]).id == b.id  # a unique prefix is enough
     with pytest.raises(RunNotFound, match="ambiguous"):
         store.get(a.id[:4])  # the year: both runs start with it
-    assert [r.id for r in store.list()] == [b.id, a.id]
+    year = store.create(name=a.id[:4])  # a name that is also an id prefix is found by its name
+    assert store.get(a.id[:4]).id == year.id
+    assert [r.id for r in store.list()] == [year.id, b.id, a.id]
     assert [r.id for r in store.list(kind="hosted")] == [b.id]
     with pytest.raises(RunNotFound, match="no run 'gamma'"):
         store.get("gamma")

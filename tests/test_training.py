@@ -318,6 +318,9 @@ def test_cli_train_rejects_bad_input_with_one_line(tiny_files, tmp_path):
     assert "no such file" in missing.output
     unknown = runner.invoke(app, ["train", "--resume", "no-such-run"])
     assert unknown.exit_code == 2 and "no run 'no-such-run'" in unknown.output
+    for name in ("last", "a/b", "two\nlines"):  # names typed back later (--resume NAME, --model NAME/final)
+        named = runner.invoke(app, ["train", "--train", str(train), "--name", name, "--dry-run"])
+        assert named.exit_code == 2 and "cannot be used" in named.output, named.output
     ignored = runner.invoke(app, ["train", "--resume", "any", "--model", "gemma3-270m", "--max-steps", "20"])
     assert ignored.exit_code == 2 and "drop --model, --max-steps" in ignored.output  # never silently ignored
 

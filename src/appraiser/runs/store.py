@@ -297,7 +297,7 @@ class RunStore:
         return Run(**d)
 
     def get(self, ref: str) -> Run:
-        """A run by id, unique id prefix, name (the newest with that name), or `last`."""
+        """A run by id, name (the newest with that name), unique id prefix, or `last`."""
         with self._connect() as db:
             if ref in ("last", "latest"):
                 row = db.execute("SELECT * FROM runs ORDER BY created DESC, rowid DESC LIMIT 1").fetchone()
@@ -307,17 +307,17 @@ class RunStore:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (ref,)).fetchone()
             if row is not None:
                 return self._run(row)
+            row = db.execute(  # a whole name before an id prefix: a run named "2026" is found by its name
+                "SELECT * FROM runs WHERE name = ? ORDER BY created DESC, rowid DESC LIMIT 1", (ref,)
+            ).fetchone()
+            if row is not None:
+                return self._run(row)
             rows = db.execute("SELECT * FROM runs WHERE id LIKE ? ESCAPE '\\'", (_like_prefix(ref),)).fetchall()
             if len(rows) == 1:
                 return self._run(rows[0])
             if len(rows) > 1:
                 ids = ", ".join(r["id"] for r in rows[:5])
                 raise RunNotFound(f"run {ref!r} is ambiguous: it starts {len(rows)} run ids ({ids}, ...)")
-            row = db.execute(
-                "SELECT * FROM runs WHERE name = ? ORDER BY created DESC, rowid DESC LIMIT 1", (ref,)
-            ).fetchone()
-            if row is not None:
-                return self._run(row)
         raise RunNotFound(f"no run {ref!r} in {self.path} (see `appraiser runs list`)")
 
     def list(self, *, kind: str | None = None, status: str | None = None, limit: int | None = None) -> list[Run]:

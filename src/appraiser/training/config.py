@@ -135,6 +135,11 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.name is not None:  # a name is typed back later: `--resume NAME`, `--model NAME/final`
+            if self.name in ("last", "latest") or "/" in self.name or not self.name.isprintable() or not self.name:
+                raise ValueError(
+                    f"name {self.name!r} cannot be used: not 'last' or 'latest', no '/', no control characters"
+                )
         if not self.target_modules:
             raise ValueError("target_modules must name at least one module")
         if self.lm_weight == 0 and self.head_weight == 0:

@@ -31,6 +31,7 @@ A run folder holds `config.json`, `appraiser.json` (base model + prompt settings
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -325,7 +326,11 @@ def _run(
         final = save_adapter(model, folder / "final", {**info, "step": step}, extra={"step": step})
         stopped = bool(trainer.control.should_training_stop and step < trainer.state.max_steps)
         best = folder / "best" if (folder / "best").exists() else None
-        msg = f"Training finished at step {step}: mean training loss {output.training_loss:.4f}"
+        train_loss = float(output.training_loss)
+        if resume_from is not None:  # the Trainer averages this process's steps only: the whole run's instead
+            logged = [v for v in store.series(run.id, "loss")[1] if v is not None and math.isfinite(v)]
+            train_loss = sum(logged) / len(logged) if logged else train_loss
+        msg = f"Training finished at step {step}: mean training loss {train_loss:.4f}"
         if probe_cb.best is not None:
             msg += f"; best probe MAE ${probe_cb.best:,.2f} at step {probe_cb.best_step}"
         store.set_status(run.id, "succeeded", message=msg)
@@ -333,7 +338,7 @@ def _run(
             run_id=run.id,
             folder=folder,
             steps=step,
-            train_loss=float(output.training_loss),
+            train_loss=train_loss,
             final=final,
             best=best,
             best_probe_mae=probe_cb.best,
