@@ -74,15 +74,25 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("APPRAISER_HOME", str(tmp_path / "appraiser-home"))
 
 
-@pytest.fixture()
-def one_thread():
-    """One torch thread: on a shared 2-core machine two threads wait on each other (10x slower)."""
+def _one_torch_thread():
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads wait on each other (10x slower)."""
+    yield from _one_torch_thread()
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """`one_thread` for a module's shared model."""
+    yield from _one_torch_thread()
 
 
 # ---------------------------------------------------------------- one `appraiser serve` per test session

@@ -14,21 +14,11 @@ ASK = [{"role": "user", "content": "Name three colours."}]
 
 
 @pytest.fixture(scope="module")
-def lm(one_thread):
+def lm(one_thread_module):
     model, tok = load_model("smollm2-135m", device="cpu")
     loaded = Loaded(ModelCard("smollm2-135m", 0, "appraiser", "smollm2-135m"), model, tok)
     loaded.batcher = ChatBatcher(loaded, wait_s=1.0)  # a whole second to gather: the two requests share a batch
     return loaded
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_a_request_that_breaks_the_batch_fails_alone(lm):

@@ -79,16 +79,6 @@ def run(setup, one_thread_module):
     return RunStore().get(result.run_id)
 
 
-@pytest.fixture(scope="module")
-def one_thread_module():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_training_examples_show_the_neighbours_prices_never_the_items_own(setup, prepared):
     tok, index = setup["tok"], setup["index"]
     original = setup["pool"][1]
