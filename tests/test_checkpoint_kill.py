@@ -324,16 +324,15 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_without_training_past_th
 
 def test_checkpoints_are_rotated_only_after_the_new_one_is_marked(tmp_path: Path):
     """keep=1: the Trainer's own rotation deleted the old checkpoint before the new one was marked, so a kill
-    in between left none. CheckpointMarker rotates after marking: the newest complete ones stay, a folder
+    in between left none. CheckpointMarker rotates (this) after marking: the newest complete ones stay, a folder
     still being written (newer) is never touched, and older unmarked leftovers go."""
-    from appraiser.training.callbacks import CheckpointMarker
-    from appraiser.training.checkpoints import mark_checkpoint
+    from appraiser.training.checkpoints import mark_checkpoint, rotate_checkpoints
 
     for step in (1, 2, 3, 4):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"x" * step)
     for step in (2, 3):
         mark_checkpoint(tmp_path / f"checkpoint-{step}", step)
-    CheckpointMarker(keep=1)._rotate(tmp_path)  # 1: unmarked and older; 4: being written
+    rotate_checkpoints(tmp_path, keep=1)  # 1: unmarked and older; 4: being written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "checkpoint-4"]
     assert [s for s, _ in checkpoints(tmp_path)] == [3]

@@ -102,7 +102,7 @@ def check_context(lm: Loaded, req: ChatRequest, settings: Any) -> None:
             code="context_length_exceeded",
             param="messages",
         )
-    cap = getattr(settings, "max_prompt_tokens", None)
+    cap = settings.max_prompt_tokens
     if cap and n > cap:
         raise OpenAIError(
             400,

@@ -232,6 +232,8 @@ def generate_batch(lm: Loaded, reqs: list[GenRequest]) -> list[Generation]:
     tok, model = lm.tokenizer, lm.model
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    for r in reqs:  # decoding starts afresh (a request retried alone after a failed batch carries its state)
+        r.out_ids, r.logprobs, r.text, r.emitted, r.logprobs_sent, r.finish = [], [], "", 0, 0, None
     with lm.lock:  # the pricer switches the shared tokenizer's padding under this lock
         for r in reqs:
             r.ids = chat_prompt_ids(tok, r.messages)
@@ -380,20 +382,13 @@ class ChatBatcher:
                         fut.set_exception(e)
                         continue
                     try:
-                        fut.set_result(generate_batch(self.lm, [_fresh(r)])[0])
+                        fut.set_result(generate_batch(self.lm, [r])[0])
                     except Exception as alone:
                         fut.set_exception(alone)
                 continue
             self.cancelled += sum(res.finish_reason == "cancelled" for res in results)
             for (_, fut), res in zip(batch, results, strict=True):
                 fut.set_result(res)
-
-
-def _fresh(r: GenRequest) -> GenRequest:
-    """The request as it came in (a failed batch may have left decoding state on it)."""
-    return GenRequest(
-        r.messages, r.max_tokens, r.temperature, r.top_p, r.seed, r.stop, r.top_logprobs, r.on_token, r.cancel
-    )
 
 
 def _logprob_entry(tok: Any, token_id: int, logp: Any, k: int) -> dict[str, Any]:

@@ -36,6 +36,12 @@ _TYPES = {
 }
 
 
+def _printable(text: str) -> str:
+    """Text that always encodes: a lone surrogate in an echoed id, model name or key shows escaped instead of
+    failing the response."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def lone_surrogate(value: Any) -> str | None:
     """Where in a decoded JSON value a string holds a lone UTF-16 surrogate (JSON allows "\\ud800"), or None.
     Such a string cannot be encoded: in a prompt it breaks the tokenizer, in an error message or a stored
@@ -51,7 +57,7 @@ def lone_surrogate(value: Any) -> str | None:
             continue
         items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
         for key, inner in items:
-            shown = str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+            shown = _printable(str(key))
             where = f"{path}.{shown}" if path else shown
             todo += [(where, key), (where, inner)]
     return None
@@ -90,12 +96,6 @@ def error_body(status: int, message: str, code: str | None = None, param: str | 
     return {
         "error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "param": param, "code": code}
     }
-
-
-def _printable(text: str) -> str:
-    """An error message that always encodes: one that echoes an id or a model name holding a lone surrogate
-    shows it escaped instead of failing the response."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_response(

@@ -145,8 +145,8 @@ class Guard:
             log.info(
                 "%s %s %s %d %.0fms",
                 rid,
-                _printable(str(scope.get("method")), 16),
-                _printable(scope.get("path", ""), 300),
+                _log_field(str(scope.get("method")), 16),
+                _log_field(scope.get("path", ""), 300),
                 status_seen["status"],
                 (time.perf_counter() - start) * 1000,
             )
@@ -184,7 +184,7 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replayed
 
 
-def _printable(text: str, limit: int) -> str:
+def _log_field(text: str, limit: int) -> str:
     """A request's path as a log field: control characters escaped, so a crafted URL (`%0A`, `%00`) cannot
     forge a log line or make the log binary; cut at `limit` characters."""
     out = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -28,7 +28,7 @@ from appraiser.data.prompts import make_prompt
 from appraiser.items import Item
 from appraiser.runs.store import Run, RunStore
 from appraiser.training import distributed
-from appraiser.training.checkpoints import CHECKPOINT_PREFIX, checkpoint_step, mark_checkpoint, save_adapter
+from appraiser.training.checkpoints import CHECKPOINT_PREFIX, mark_checkpoint, rotate_checkpoints, save_adapter
 from appraiser.training.config import TrainConfig
 from appraiser.training.dataset import IGNORE_INDEX, Collator, Example
 from appraiser.training.loss import completion_loss
@@ -247,23 +247,5 @@ class CheckpointMarker(TrainerCallback):
         path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
         if path.is_dir() and args.should_save:
             mark_checkpoint(path, state.global_step)
-            if self.keep:
-                self._rotate(Path(args.output_dir))
-
-    def _rotate(self, folder: Path) -> None:
-        """Keep the newest `keep` complete checkpoints, deleting older ones only now that the new one is
-        marked. (The Trainer's own `save_total_limit` deletes before `on_save`, so with keep=1 a kill between
-        its delete and this marker left no complete checkpoint at all.)"""
-        import shutil
-
-        from appraiser.training.checkpoints import checkpoints
-
-        complete = checkpoints(folder)
-        if not complete:
-            return
-        kept = {p for _, p in complete[-self.keep :]}
-        newest = complete[-1][0]
-        for p in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*")):
-            step = checkpoint_step(p)
-            if p.is_dir() and p not in kept and step is not None and step < newest:
-                shutil.rmtree(p, ignore_errors=True)
+            if self.keep:  # only now that the new one is complete (see rotate_checkpoints)
+                rotate_checkpoints(Path(args.output_dir), self.keep)

@@ -199,6 +199,20 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return [(s, p) for s, p in _checkpoint_folders(folder) if (p / name).exists()]
 
 
+def rotate_checkpoints(folder: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; delete older folders, complete or not. Called once the
+    newest is marked: the Trainer's own `save_total_limit` deletes before the new checkpoint is complete, so
+    with keep=1 a kill in between left none. A folder newer than the newest complete one (being written) stays."""
+    complete = checkpoints(folder)
+    if not complete:
+        return
+    kept = {p for _, p in complete[-keep:]}
+    newest = complete[-1][0]
+    for step, p in _checkpoint_folders(folder):
+        if step < newest and p not in kept:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def validate_checkpoint(path: Path) -> str | None:
     """None when `path` is a checkpoint a resume can load, else why not (one line)."""
     path = Path(path)
