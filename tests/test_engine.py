@@ -92,3 +92,22 @@ def test_a_price_request_that_breaks_the_batch_fails_alone():
     (good, bad), calls = asyncio.run(both())
     assert calls == 1  # one gathered call, which failed; then each request alone
     assert [p.price for p in good] == [7.0] and isinstance(bad, ValueError)
+
+
+def test_the_context_is_checked_against_the_model(lm):
+    """Past the model's own context (SmolLM2: 8,192 tokens, prompt + max_tokens), whatever the server's cap:
+    OpenAI's 400 `context_length_exceeded`, before any generation."""
+    from types import SimpleNamespace
+
+    from appraiser.server.chat import ChatRequest, check_context
+    from appraiser.server.errors import OpenAIError
+
+    no_cap = SimpleNamespace(max_prompt_tokens=None)
+    check_context(lm, ChatRequest(model="smollm2-135m", messages=ASK, max_tokens=10), no_cap)
+    long = ChatRequest(model="smollm2-135m", messages=[{"role": "user", "content": "price " * 8300}], max_tokens=10)
+    with pytest.raises(OpenAIError) as e:
+        check_context(lm, long, no_cap)
+    assert e.value.status == 400 and e.value.code == "context_length_exceeded" and "8192 tokens" in e.value.message
+    with pytest.raises(OpenAIError) as e:
+        check_context(lm, ChatRequest(model="smollm2-135m", messages=ASK), SimpleNamespace(max_prompt_tokens=5))
+    assert "at most 5" in e.value.message

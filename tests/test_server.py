@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -289,23 +288,6 @@ def test_logs_carry_no_key_and_no_prompt(server, client):
     assert KEY not in log and OTHER_KEY not in log and secret_prompt not in log
     assert "\x00" not in log and not any(line.startswith("INFO req_0000000000000000") for line in log.splitlines())
     assert "/x\\nINFO req_0000000000000000" in log  # the path is logged, escaped
-
-
-def test_the_context_is_checked_against_the_model(server):
-    """Past the model's own context (prompt + max_tokens), whatever the server's cap: OpenAI's 400."""
-    from types import SimpleNamespace
-
-    from appraiser.server.chat import ChatRequest, check_context
-    from appraiser.server.errors import OpenAIError
-
-    tokenizer = SimpleNamespace(chat_template=None, encode=lambda text: text.split())
-    config = SimpleNamespace(max_position_embeddings=50)
-    lm = SimpleNamespace(tokenizer=tokenizer, model=SimpleNamespace(config=config), lock=threading.Lock())
-    req = ChatRequest(model=MODEL, messages=[{"role": "user", "content": "w " * 40}], max_tokens=10)
-    check_context(lm, req, SimpleNamespace(max_prompt_tokens=None))  # 40 + 10 fits in 50
-    with pytest.raises(OpenAIError) as e:
-        check_context(lm, req.model_copy(update={"max_tokens": 11}), SimpleNamespace(max_prompt_tokens=None))
-    assert e.value.status == 400 and e.value.code == "context_length_exceeded" and "50 tokens" in e.value.message
 
 
 def test_price_route_prices_items(server):
