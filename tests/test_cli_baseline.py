@@ -82,3 +82,15 @@ def test_bad_input_is_one_clear_line(args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_a_switch_written_false_is_off():
+    """`-o chars=False` stayed the text "False", which is true, so the option turned the feature on."""
+    from appraiser.data.io import DataError
+    from appraiser.pricers import registry
+
+    for off in ("False", "false", "no", "off", "0", False):
+        assert registry.create("tfidf-ridge", chars=off).params["chars"] is False, off
+    assert registry.create("tfidf-ridge", chars="yes").params["chars"] is True
+    with pytest.raises(DataError, match="chars"):
+        registry.create("tfidf-ridge", chars="maybe")

@@ -231,6 +231,8 @@ def test_human_export_then_import(files, tmp_path):
         w.writeheader()
         w.writerows(rows)
 
+    again = run("human", "export", "--test", files["test"], "--n", "10", "--out", out)  # a slip of the shell
+    assert again.exit_code == 2 and "exists" in again.output and "about 20 dollars" in out.read_text()
     r = run("human", "import", out, "--test", files["test"], "--minutes", "12")
     assert r.exit_code == 0, r.output
     store = LeaderboardStore()

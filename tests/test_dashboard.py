@@ -188,7 +188,7 @@ def test_the_stream_continues_the_trend_line_the_page_loaded(dashboard, dash_hom
 
 
 def test_pages_and_assets_ship_with_the_package_and_use_no_cdn(dashboard):
-    for path in ("/dashboard", "/dashboard/leaderboard", "/dashboard/evals/1"):
+    for path in ("/dashboard", "/dashboard/leaderboard"):  # an evaluation page: once it exists (below)
         r = httpx2.get(dashboard + path)
         assert r.status_code == 200 and "text/html" in r.headers["content-type"]
         assert (
@@ -427,3 +427,113 @@ def test_checkpoints_are_listed_as_training_lists_them(tmp_path):
             {"step": 8, "name": "checkpoint-8"},
         ]
     )
+
+
+# ---------------------------------------------------------------- odd data, odd URLs (from a probe)
+
+
+def _board(tmp_path):
+    """A leaderboard with a good pricer, one that failed on every item (MAE NaN) and a worse one, newest
+    last, and an evaluation with two guesses of 1e308 (its running error overflows to inf)."""
+    from appraiser.evaluation.evaluator import record_result, score
+    from appraiser.evaluation.store import LeaderboardStore
+    from appraiser.items import Item
+
+    items = [Item(id=f"j{k}", title=f"t{k}", text=f"x{k}", price=10.0) for k in range(5)]
+    results = [
+        score(items, [11.0] * 5, name="good"),
+        score(items, [None] * 5, name="all-failed"),
+        score(items, [15.0] * 5, name="bad"),
+    ]
+    huge = score(items, [1e308, 1e308, 10.0, 10.0, 10.0], name="huge")
+    with LeaderboardStore(tmp_path / "leaderboard.db") as lb:
+        ids = [record_result(r, lb) for r in results]
+    with LeaderboardStore(tmp_path / "other.db") as lb:
+        huge_id = record_result(huge, lb)
+    return results, ids, huge_id
+
+
+def test_a_pricer_that_failed_every_item_ranks_last_everywhere(tmp_path):
+    from appraiser.demo_report import model_vs_traditional
+    from appraiser.evaluation.charts import leaderboard_figure
+    from appraiser.server import dashboard_data
+
+    results, _, _ = _board(tmp_path)
+    assert math.isnan(results[1].metrics["mae"])
+    rows = dashboard_data.leaderboard(tmp_path / "leaderboard.db")["rows"]
+    assert [r["label"] for r in rows] == ["good", "bad", "all-failed"] and rows[-1]["mae"] is None
+    assert list(leaderboard_figure(results).data[0].y) == ["good", "bad", "all-failed"]
+    for r in results:  # the demo's verdict names a scored model-based pricer, never the one with no MAE
+        r.pricer = {"good": "tfidf-ridge", "all-failed": "lora-x", "bad": "lora-y"}[r.pricer]
+    line = model_vs_traditional(results)
+    assert "lora-y" in line and "lora-x" not in line and "nan" not in line
+
+
+def test_eval_ids_that_do_not_exist_are_404_and_infinite_errors_are_gaps(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from appraiser.server.dashboard import create_dashboard_app
+    from appraiser.server.dashboard_data import Paths
+
+    _, ids, huge_id = _board(tmp_path)
+    with TestClient(create_dashboard_app(Paths(tmp_path / "runs.db", tmp_path / "leaderboard.db"))) as client:
+        assert client.get(f"/dashboard/evals/{ids[0]}").status_code == 200
+        assert client.get(f"/dashboard/evals/{ids[0]}").headers["cache-control"] == "no-store"
+        for bad in ("999", "abc", "99999999999999999999", "-1", "١"):
+            assert client.get(f"/dashboard/evals/{bad}").status_code == 404, bad
+            assert client.get(f"/dashboard/api/evals/{bad}").status_code == 404, bad
+        assert client.get(f"/dashboard/api/compare?a={ids[0]}&b=99999999999999999999").status_code == 404
+        assert client.get(f"/dashboard/api/compare?a={ids[0]}&b={ids[2]}").status_code == 200
+    with TestClient(create_dashboard_app(Paths(tmp_path / "runs.db", tmp_path / "other.db"))) as client:
+        got = client.get(f"/dashboard/api/evals/{huge_id}")
+        assert got.status_code == 200, got.text
+        running = got.json()["running"]
+        assert running["mae"][0] == 1e308 and running["mae"][1] is None  # inf: a gap, not a 500
+
+
+def test_another_keys_newer_runs_do_not_push_a_keys_own_off_its_list(tmp_path):
+    from appraiser.server.dashboard_data import runs_list
+
+    store = RunStore(tmp_path / "runs.db")
+    mine = store.create(name="mine", config={"owner": "key2"})
+    for i in range(5):
+        store.create(name=f"theirs-{i}", config={"owner": "key1"})
+    assert [r["name"] for r in runs_list(store, "key2", True, limit=3)] == [mine.name]
+    assert len(runs_list(store, "key1", True, limit=3)) == 3
+
+
+def test_a_run_deleted_while_its_page_watches_ends_the_stream(tmp_path):
+    import asyncio
+
+    from appraiser.server.dashboard_live import LiveRun, stream
+
+    store = RunStore(tmp_path / "runs.db")
+    run = store.create(name="doomed", status="running")
+    store.log_metrics(run.id, 1, {"loss": 2.0})
+    live = LiveRun(store, run.id, (0, 0))
+
+    async def follow():
+        seen = []
+
+        async def connected():
+            return False
+
+        async for message in stream(live, connected):
+            seen.append(message)
+            if message["event"] == "hello":
+                store.delete(run.id)
+        return seen
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # its own event loop: Playwright's may be running in this thread
+        seen = pool.submit(asyncio.run, asyncio.wait_for(follow(), 30)).result()
+    assert seen[-1]["event"] == "end" and json.loads(seen[-1]["data"]) == {"deleted": True}
+
+
+def test_a_real_dashboard_answers_only_to_this_machines_names(dashboard):
+    """DNS rebinding, against the CLI's own choice of names (`appraiser dashboard` binds 127.0.0.1)."""
+    port = dashboard.rsplit(":", 1)[1]
+    rebound = httpx2.get(f"{dashboard}/dashboard/api/runs", headers={"Host": f"attacker.example:{port}"})
+    assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "invalid_host"
+    assert httpx2.get(f"{dashboard}/dashboard/api/runs", headers={"Host": f"localhost:{port}"}).status_code == 200

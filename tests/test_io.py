@@ -75,6 +75,23 @@ def test_malformed_lines_are_reported_and_good_lines_kept(data_dir, tmp_path):
     assert str(report.errors[0]).startswith(f"{p}:4: ")
 
 
+def test_absurd_prices_are_refused_and_a_byte_order_mark_loses_nothing(tmp_path):
+    """A probe's findings: `"price": true` was read as $1.00, `1e308` was kept (one such row moved a mean
+    baseline by hundreds of dollars), and a UTF-8 byte-order mark made the first record malformed."""
+    p = tmp_path / "windows.jsonl"
+    rows = [
+        {"id": "a", "text": "first", "price": 3},
+        {"id": "b", "text": "a bool", "price": True},
+        {"id": "c", "text": "cents?", "price": 1e308},
+        {"id": "d", "text": "last", "price": 999_999.0},
+    ]
+    p.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in rows).encode() + b"\n")
+    report = LoadReport()
+    assert [it.id for it in read_items(p, report)] == ["a", "d"]
+    assert [e.line for e in report.errors] == [2, 3]
+    assert "true/false" in report.errors[0].reason and "beyond any product" in report.errors[1].reason
+
+
 def test_round_trips_jsonl_gz_parquet(data_dir, tmp_path):
     items = read_items(data_dir / "validation.jsonl", limit=50)
     for name in ("a.jsonl", "a.jsonl.gz", "a.parquet"):

@@ -60,3 +60,31 @@ def test_never_raises_and_never_negative(text):
 def test_round_trips_formatted_prices(d):
     v = float(d)
     assert parse_price_text(f"Price is ${v:,.2f}") == pytest.approx(round(v, 2))
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ("$1,299.99", 1299.99),
+        ("about 45 dollars", 45.0),
+        ("1e3", 1000.0),
+        (12.5, 12.5),
+        ("-5", None),  # not $5
+        ("$ -5", None),
+        ("−7", None),
+        ("1e308", None),  # not $1, and not a guess that makes the MAE astronomical
+        (1e308, None),
+        (-3, None),
+        ("0", None),
+        (float("nan"), None),
+        (True, None),
+    ],
+)
+def test_a_guess_that_is_no_price_is_a_failure_never_another_number(cell, expected):
+    """Human CSVs and imported predictions: what the probe found read "-5" as 5 and "1e308" as 1."""
+    from appraiser.evaluation.human import to_prediction
+
+    got = to_prediction(cell)
+    assert got.price == (pytest.approx(expected) if expected is not None else None)
+    if expected is None:
+        assert got.raw is not None  # the cell is kept, so the report can show what was written

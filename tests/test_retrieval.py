@@ -98,6 +98,9 @@ def test_index_refuses_another_pool(pool_and_held, emb_dir):
     idx.check_pool(pool)
     with pytest.raises(DataError, match="another training pool"):
         idx.check_pool(pool[:-1])
+    rewritten = [it.model_copy(update={"text": f"summary: {it.title}"}) for it in pool]  # same ids and prices
+    with pytest.raises(DataError, match="other texts"):
+        idx.check_pool(rewritten)
 
 
 def test_saved_and_reloaded_index_searches_the_same(pool_and_held, emb_dir, tmp_path):
@@ -211,6 +214,9 @@ def test_index_commands_build_and_query(pool_and_held, emb_dir, tmp_path, monkey
     assert asked.output.count("$") >= 3
     missing = runner.invoke(app, ["index", "query", "x", "--index", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a retrieval index" in missing.output
+    for bad in (["index", "query", "x", "-k", "0"], ["index", "query", "   "], ["index", "build", "--backend", "b"]):
+        refused = runner.invoke(app, bad)
+        assert refused.exit_code == 2 and "Traceback" not in refused.output, bad
 
 
 def test_knn_takes_the_options_every_baseline_shares():
@@ -221,3 +227,45 @@ def test_knn_takes_the_options_every_baseline_shares():
     assert knn.weighting == "price_flat" and knn.seed == 3 and knn.label == "knn[weighting=price_flat,seed=3,k=7]"
     with pytest.raises(DataError):
         registry.create("knn", weighting="nope")
+
+
+def test_a_copy_without_a_title_is_still_a_copy(pool_and_held, emb_dir):
+    """A probe's leak: a pool copy of a validation item whose source kept no title (3,567 rows of train.jsonl
+    have none) had another dedupe key than the original, so `knn -o k=1` priced the original exactly."""
+    pool, held = pool_and_held
+    assert all(it.title for it in held[:5])
+    copies = [it.model_copy(update={"id": f"untitled-{i}", "title": None}) for i, it in enumerate(held[:5])]
+    idx = _index([*pool, *copies], (), emb_dir)  # nothing held out at build: the search-time rule alone
+    for i, found in enumerate(idx.search(held[:5], k=3)):
+        assert f"untitled-{i}" not in {n.id for n in found}
+    assert _index([*pool, *copies], held, emb_dir).info["dropped_held_out"] == 5
+
+
+def test_a_damaged_index_is_one_clear_error(pool_and_held, emb_dir, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from appraiser.retrieval.index import RetrievalIndex
+
+    pool, held = pool_and_held
+    folder = _index(pool, held, emb_dir).save(tmp_path / "idx")
+
+    def cut(name):
+        return lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+
+    damages = {
+        "truncated index.json": ("index.json", cut("index.json")),
+        "index.json a list": ("index.json", lambda p: p.write_text("[1]")),
+        "index.json without settings": ("index.json", lambda p: p.write_text('{"format": 1}')),
+        "truncated items": ("items.jsonl", cut("items.jsonl")),
+        "truncated vectors": ("vectors.npy", cut("vectors.npy")),
+        "vectors of another model": ("vectors.npy", lambda p: np.save(p, np.zeros((len(pool), 16), np.float32))),
+    }
+    for what, (name, damage) in damages.items():
+        broken = tmp_path / what.replace(" ", "-")
+        shutil.copytree(folder, broken)
+        damage(broken / name)
+        with pytest.raises(DataError, match=r"rebuild it") as e:
+            RetrievalIndex.load(broken, cache_dir=emb_dir)
+        assert str(broken) in str(e.value), what

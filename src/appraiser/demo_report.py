@@ -9,6 +9,7 @@ verdict (`runs.trend`). The table and every file (charts, predictions) stay belo
 from __future__ import annotations
 
 import html
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from appraiser.evaluation.charts import (
     slug,
 )
 from appraiser.evaluation.evaluator import EvalResult
+from appraiser.evaluation.metrics import mae_rank
 from appraiser.items import fingerprint
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -110,7 +112,7 @@ def is_traditional(name: str) -> bool:
 
 def model_vs_traditional(results: Sequence[EvalResult]) -> str:
     """One line: the best model-based pricer against the best traditional baseline on the same items."""
-    scored = [r for r in results if r.metrics.get("mae") is not None]
+    scored = [r for r in results if mae_rank(r.metrics) < math.inf]  # a pricer that failed every item: no MAE
     trad = [r for r in scored if is_traditional(r.pricer)]
     model = [r for r in scored if not is_traditional(r.pricer)]
     if not trad or not model:
@@ -145,7 +147,7 @@ def write_index(
 
     store = store or RunStore()
     out = Path(out)
-    rows = sorted(results, key=lambda r: r.metrics.get("mae", float("inf")))
+    rows = sorted(results, key=lambda r: mae_rank(r.metrics))
     fp = results[0].test_fingerprint if results else fingerprint([])
     js = _plotly_js(out)
     board = " ".join(f'<a href="{html.escape(_rel(p, out))}">{html.escape(p.name)}</a>' for p in chart_paths)

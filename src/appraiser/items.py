@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MIN_PRICE = 0.5
 MAX_PRICE = 999.49
+#: No product sold on Amazon costs more. A bigger number in a price field is a unit mistake (cents) or garbage,
+#: and one such row among thousands moves a mean-based model by hundreds of dollars, so it is refused.
+MAX_SANE_PRICE = 1_000_000.0
 
 
 class Item(BaseModel):
@@ -31,11 +34,20 @@ class Item(BaseModel):
     format: str = "raw"
     price_exact: bool = True
 
+    @field_validator("price", mode="before")
+    @classmethod
+    def _not_a_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # JSON true would otherwise be read as $1.00
+            raise ValueError("price must be a number, not true/false")
+        return v
+
     @field_validator("price")
     @classmethod
     def _finite(cls, v: float) -> float:
         if v != v or v in (float("inf"), float("-inf")):
             raise ValueError("price must be a finite number")
+        if v > MAX_SANE_PRICE:
+            raise ValueError(f"price {v:,.6g} is beyond any product's (at most ${MAX_SANE_PRICE:,.0f}): in cents?")
         return float(v)
 
     def to_record(self) -> dict[str, Any]:

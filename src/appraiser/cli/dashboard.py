@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from appraiser.cli import console, friendly
-from appraiser.cli.serve import _is_loopback
+from appraiser.cli.serve import _is_loopback, allowed_hosts
 from appraiser.data.io import DataError
 
 
@@ -50,7 +50,9 @@ def dashboard_command(
         import webbrowser
 
         webbrowser.open(url)
-    server = uvicorn.Server(uvicorn.Config(create_dashboard_app(paths), log_level=log_level, access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(create_dashboard_app(paths, allowed_hosts(host)), log_level=log_level, access_log=False)
+    )
     server.run(sockets=[sock])
 
 

@@ -54,7 +54,9 @@ def curate(
     split: Annotated[str, typer.Option(help="train,validation,test as fractions or counts")] = "0.8,0.1,0.1",
     fmt: Annotated[str, typer.Option("--format", help="jsonl, jsonl.gz or parquet")] = "jsonl",
     band_width: Annotated[float, typer.Option(help="price band width in $ for flattening")] = 10.0,
-    flatten: Annotated[float, typer.Option(help="0 keeps the price distribution, 1 flattens it fully")] = 1.0,
+    flatten: Annotated[
+        float, typer.Option(help="0 keeps the price distribution, 1 flattens it fully", min=0, max=1)
+    ] = 1.0,
     category_weight: Annotated[
         list[str] | None, typer.Option(help="CATEGORY=WEIGHT sampling weight (repeatable; 0 leaves it out)")
     ] = None,
@@ -163,9 +165,7 @@ def prompts(
 
     with user_errors():
         report = LoadReport()
-        items = read_items(split_file, report, limit=limit)
-        for err in report.errors[:SHOWN_ERRORS]:
-            err_console.print(escape(str(err)), soft_wrap=True, highlight=False)
+        items = read_items(split_file, report, limit=limit)  # each bad line is logged as a warning as it is read
         if not items:
             raise DataError(f"{split_file}: no items to make prompts from")
         try:
@@ -209,9 +209,7 @@ def stats(
         splits = load_splits(source, report)
     if Path(source).is_file():  # one file is read as a test split; show it under its own name
         splits = {Path(source).name: items for items in splits.values()}
-    for err in report.errors[:SHOWN_ERRORS]:
-        err_console.print(escape(str(err)), soft_wrap=True, highlight=False)
-    table = Table(title=escape(source))
+    table = Table(title=escape(source))  # bad lines were logged as warnings as they were read
     for col in ("split", "items", "min $", "median $", "mean $", "max $", "top categories"):
         table.add_column(col, justify="left" if col in ("split", "top categories") else "right")
     for name, items in splits.items():

@@ -24,13 +24,16 @@ from appraiser.evaluation.evaluator import (
     summary_table,
     write_predictions,
 )
+from appraiser.evaluation.metrics import mae_rank
 from appraiser.evaluation.store import LeaderboardStore, Row
 from appraiser.items import fingerprint
 
 TestOpt = Annotated[
     Path | None, typer.Option("--test", help="Test split file (or a folder: its test, else validation split).")
 ]
-SizeOpt = Annotated[int, typer.Option("--size", help="Number of test items, from the start of the file (0 = all).")]
+SizeOpt = Annotated[
+    int, typer.Option("--size", help="Number of test items, from the start of the file (0 = all).", min=0)
+]
 IntervalOpt = Annotated[
     float,
     typer.Option(
@@ -122,7 +125,7 @@ def eval_command(
     save: Annotated[Path | None, typer.Option(help="Save the fitted pricer here (reload with --model).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Predict every item again.")] = False,
     no_record: Annotated[bool, typer.Option("--no-record", help="Do not add the result to the leaderboard.")] = False,
-    cost: Annotated[float, typer.Option(help="Cost of this evaluation in dollars, recorded with it.")] = 0.0,
+    cost: Annotated[float, typer.Option(help="Cost of this evaluation in dollars, recorded with it.", min=0)] = 0.0,
     interval: IntervalOpt = 0.0,
     interval_method: IntervalMethodOpt = "split",
     interval_scale: IntervalScaleOpt = "none",
@@ -236,8 +239,7 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
 
 
 def _mae_key(r: Row) -> float:
-    v = r.metrics.get("mae")
-    return math.inf if v is None or math.isnan(v) else v
+    return mae_rank(r.metrics)
 
 
 @friendly
@@ -350,8 +352,8 @@ def import_predictions_command(
     name: Annotated[str, typer.Option(help="Leaderboard name for these predictions.")],
     test: TestOpt = None,
     size: SizeOpt = DEFAULT_TEST_SIZE,
-    cost: Annotated[float, typer.Option(help="What the predictions cost, in dollars.")] = 0.0,
-    seconds: Annotated[float, typer.Option(help="How long the predictions took, if known.")] = 0.0,
+    cost: Annotated[float, typer.Option(help="What the predictions cost, in dollars.", min=0)] = 0.0,
+    seconds: Annotated[float, typer.Option(help="How long the predictions took, if known.", min=0)] = 0.0,
     predictions: Annotated[Path | None, typer.Option(help="Also write them in Appraiser's JSONL format.")] = None,
     db: DbOpt = None,
 ) -> None:
@@ -390,11 +392,16 @@ def human_export(
     test: TestOpt = None,
     n: Annotated[int, typer.Option("--n", help="How many items (from the start of the test set).")] = 100,
     out: Annotated[Path, typer.Option(help="CSV to write (id, title, text, empty price column).")] = Path("human.csv"),
-    offset: Annotated[int, typer.Option(help="Skip this many items first.")] = 0,
+    offset: Annotated[int, typer.Option(help="Skip this many items first.", min=0)] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing CSV (its guesses are lost).")] = False,
 ) -> None:
     """Write test items to a CSV for a person to price (fill in the `price` column)."""
     from appraiser.evaluation.human import export_human
 
+    if out.exists() and not force:  # it may hold an hour of someone's guesses
+        raise DataError(f"{out} exists (perhaps with guesses in it): import it, choose another --out, or --force")
+    if n < 1:
+        raise DataError(f"--n must be at least 1, not {n}")
     if test is None:
         test = config.default_data_dir() / "validation.jsonl"
     items = load_test_items(test, n, offset)
@@ -411,7 +418,7 @@ def human_import(
     file: Annotated[Path, typer.Argument(help="The filled-in CSV.")],
     test: TestOpt = None,
     name: Annotated[str, typer.Option(help="Leaderboard name.")] = "human",
-    minutes: Annotated[float, typer.Option(help="Time the person spent, recorded with the row.")] = 0.0,
+    minutes: Annotated[float, typer.Option(help="Time the person spent, recorded with the row.", min=0)] = 0.0,
     db: DbOpt = None,
 ) -> None:
     """Score a filled-in human CSV like any pricer (blank cells are failures) and record it."""

@@ -36,11 +36,14 @@ def build_command(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Index folder (default: <home>/index).")] = None,
     backend: Annotated[str, typer.Option(help="faiss-flat (exact) | faiss-hnsw | numpy")] = "faiss-flat",
-    max_tokens: Annotated[int, typer.Option(help="Tokens of each text the embedding model reads.")] = 64,
+    max_tokens: Annotated[int, typer.Option(help="Tokens of each text the embedding model reads.", min=1)] = 64,
 ) -> None:
     """Embed the training pool (all-MiniLM-L6-v2) and index it, minus anything in a held-out split."""
-    from appraiser.data.io import describe_sources, read_items, read_pool
-    from appraiser.retrieval.index import RetrievalIndex
+    from appraiser.data.io import DataError, describe_sources, read_items, read_pool
+    from appraiser.retrieval.index import BACKENDS, RetrievalIndex
+
+    if backend not in BACKENDS:  # before minutes of embedding, not after
+        raise DataError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
 
     data = config.default_data_dir()
     sources = train or [data / "train.jsonl"]
@@ -62,19 +65,23 @@ def build_command(
 @friendly
 def query_command(
     text: Annotated[str, typer.Argument(help="A product description.")],
-    k: Annotated[int, typer.Option("-k", help="Neighbours to show.")] = 5,
+    k: Annotated[int, typer.Option("-k", help="Neighbours to show.", min=1)] = 5,
     index: Annotated[Path | None, typer.Option(help="Index folder (default: <home>/index).")] = None,
 ) -> None:
     """The k most similar indexed items and their prices."""
+    from appraiser.data.io import DataError
     from appraiser.items import Item, make_id
     from appraiser.retrieval.index import RetrievalIndex
 
+    if not text.strip():
+        raise DataError("the description is empty")
     idx = RetrievalIndex.load(index or default_index_path())
-    item = Item(id=make_id(text), text=text.strip() or text, price=1.0)  # the price is never read
-    t = Table(title=f"{k} nearest of {len(idx):,} indexed items", box=box.SIMPLE_HEAD)
+    item = Item(id=make_id(text), text=text.strip(), price=1.0)  # the price is never read
+    found = idx.search([item], k)[0]
+    t = Table(title=f"{len(found)} nearest of {len(idx):,} indexed items", box=box.SIMPLE_HEAD)
     for col in ("#", "score", "price", "title"):
         t.add_column(col, justify="right" if col != "title" else "left")
-    for rank, n in enumerate(idx.search([item], k)[0], start=1):
+    for rank, n in enumerate(found, start=1):
         t.add_row(str(rank), f"{n.score:.3f}", f"${n.price:,.2f}", escape((n.title or n.text)[:80]))
     console.print(t)
 

@@ -28,6 +28,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_hosts(host: str, extra: list[str] | None = None) -> list[str] | None:
+    """The Host names a server bound to `host` answers (security.SameOrigin): on loopback this machine's own
+    names, so a rebound DNS name reads nothing; elsewhere any (keys guard it), unless `extra` names them."""
+    from appraiser.server.security import LOOPBACK_NAMES
+
+    if _is_loopback(host):
+        return [*LOOPBACK_NAMES, host, *(extra or [])]
+    return [host, *extra] if extra else None
+
+
 @friendly
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to bind (a non-loopback one needs API keys).")] = "127.0.0.1",
@@ -38,7 +48,18 @@ def serve_command(
     ] = None,
     keys_file: Annotated[Path | None, typer.Option(help="File of SHA-256 key digests, one per line \\[owner].")] = None,
     hash_key: Annotated[
-        str | None, typer.Option("--hash-key", help="Print the keys-file line for KEY and exit.")
+        str | None,
+        typer.Option(
+            "--hash-key", help="Print the keys-file line for KEY (its digest; an owner name may follow it) and exit."
+        ),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="A Host name to answer besides the bound address (repeatable; e.g. a reverse proxy's). On "
+            "loopback only 127.0.0.1, localhost and ::1 are answered, which stops DNS rebinding.",
+        ),
     ] = None,
     max_body: Annotated[int, typer.Option(help="Largest request body in bytes.", min=1)] = 1_000_000,
     max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.", min=1)] = 512,
@@ -77,7 +98,8 @@ def serve_command(
     from appraiser.server.security import key_table
 
     if hash_key is not None:
-        console.print(f"{digest(hash_key)} owner-name")
+        # the digest alone is a line whose key owns its data by itself; add a name after it to name the owner
+        console.print(digest(hash_key), soft_wrap=True, highlight=False)
         return
     keys = key_table(api_key or [k for k in [os.environ.get("APPRAISER_API_KEY")] if k], keys_file)
     if not _is_loopback(host) and not keys:
@@ -108,6 +130,7 @@ def serve_command(
             job_max_steps=job_max_steps,
             job_threads=job_threads,
             notify=list(notify or []),
+            allowed_hosts=allowed_hosts(host, allow_host),
         )
     )
     logging.getLogger("appraiser.server").setLevel(log_level.upper())

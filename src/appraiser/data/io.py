@@ -173,6 +173,8 @@ def iter_json_lines(path: str | Path, errors: list[LoadError] | None = None) -> 
     path = Path(path)
     _check_file(path)
     for lineno, line in iter_lines(path, errors):
+        if lineno == 1 and line.startswith("\ufeff"):  # a byte-order mark, as Windows tools save UTF-8
+            line = line[1:]
         if not line.strip():
             continue
         try:

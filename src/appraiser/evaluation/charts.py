@@ -7,6 +7,7 @@ open offline — a CDN link would not.
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from appraiser.evaluation.evaluator import EvalResult
-from appraiser.evaluation.metrics import FAILED
+from appraiser.evaluation.metrics import FAILED, mae_rank
 from appraiser.evaluation.store import Row
 
 COLOURS = {"green": "#2ca02c", "orange": "#ff8c00", "red": "#d62728", FAILED: "#7f7f7f"}
@@ -25,6 +26,14 @@ PRICE_BANDS = (25, 50, 100, 200, 500)
 def slug(text: str) -> str:
     """A file-name-safe version of a pricer label."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "pricer"
+
+
+def plotly_text(text: object) -> str:
+    """Text for a plotly label, title or hover line, shown as written: plotly reads a subset of HTML in them
+    (`<a href>` becomes a live link, `<b>` and `<br>` apply), so a pricer label or an item title of
+    `<a href=...>` would otherwise draw a link, and the chart would say something else than the table.
+    Plotly turns the entities back into the characters."""
+    return html.escape(str(text), quote=False)
 
 
 def _write_html(fig, path: Path) -> Path:
@@ -111,14 +120,14 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
                 mode="markers",
                 name=band,
                 marker={"color": COLOURS[band], "size": 6},
-                text=[(r.title or r.id)[:80] for r in sel],
+                text=[plotly_text((r.title or r.id)[:80]) for r in sel],
                 hovertemplate="%{text}<br>truth $%{x:,.2f}<br>guess $%{y:,.2f}<extra></extra>",
             )
         )
     pfig.add_trace(go.Scatter(x=[lo, lim_hi], y=[lo, lim_hi], mode="lines", name="y = x", line={"dash": "dash"}))
     axis_type = "log" if log else "linear"
     pfig.update_layout(
-        title=title,
+        title=plotly_text(title),
         xaxis={"title": "true price ($)", "type": axis_type},
         yaxis={"title": "guess ($)", "type": axis_type},
         width=800,
@@ -143,7 +152,7 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
             go.Scatter(x=x, y=mean, mode="lines", name="running MAE"),
         ]
     )
-    pfig.update_layout(title=title, xaxis_title="items scored", yaxis_title="mean absolute error ($)")
+    pfig.update_layout(title=plotly_text(title), xaxis_title="items scored", yaxis_title="mean absolute error ($)")
     paths.append(_write_html(pfig, folder / f"{stem}-running.html"))
 
     # ---- error by price band and by category
@@ -181,11 +190,17 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
         col=1,
     )
     pfig.add_trace(
-        go.Bar(x=cat_maes, y=cats, orientation="h", text=[f"n={c}" for c in cat_counts], name="category"),
+        go.Bar(
+            x=cat_maes,
+            y=[plotly_text(c) for c in cats],
+            orientation="h",
+            text=[f"n={c}" for c in cat_counts],
+            name="category",
+        ),
         row=1,
         col=2,
     )
-    pfig.update_layout(title=title, showlegend=False)
+    pfig.update_layout(title=plotly_text(title), showlegend=False)
     paths.append(_write_html(pfig, folder / f"{stem}-breakdown.html"))
     paths += calibration_chart(result, folder)
     return paths
@@ -239,7 +254,7 @@ def calibration_chart(result: EvalResult, folder: str | Path) -> list[Path]:
     pfig.update_xaxes(title_text="nominal coverage", range=[0, 1], row=1, col=1)
     pfig.update_yaxes(title_text="observed coverage", range=[0, 1], row=1, col=1)
     pfig.update_xaxes(title_text="PIT", range=[0, 1], row=1, col=2)
-    pfig.update_layout(title=title, showlegend=False)
+    pfig.update_layout(title=plotly_text(title), showlegend=False)
     paths.append(_write_html(pfig, folder / f"{stem}-calibration.html"))
     return paths
 
@@ -253,7 +268,7 @@ def leaderboard_chart(rows: Sequence[Row], folder: str | Path, name: str = "lead
         raise ValueError("leaderboard rows from different test sets cannot share a chart")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: r.metrics["mae"])
+    rows = sorted(rows, key=lambda r: mae_rank(r.metrics))
     labels = [r.label for r in rows]
     mae = np.array([r.metrics["mae"] for r in rows])
     err = np.array(
@@ -276,13 +291,15 @@ def leaderboard_chart(rows: Sequence[Row], folder: str | Path, name: str = "lead
     pfig = go.Figure(
         go.Bar(
             x=mae,
-            y=labels,
+            y=[plotly_text(label) for label in labels],
             orientation="h",
             error_x={"type": "data", "symmetric": False, "array": err[1], "arrayminus": err[0]},
             text=[f"${m:,.2f}" for m in mae],
         )
     )
-    pfig.update_layout(title=title, xaxis_title="MAE ($)", yaxis={"autorange": "reversed"})
+    pfig.update_layout(
+        title=plotly_text(title), xaxis_title="MAE ($)", yaxis={"autorange": "reversed", "type": "category"}
+    )
     paths.append(_write_html(pfig, folder / f"{name}.html"))
     return paths
 
@@ -309,14 +326,14 @@ def scatter_figure(result: EvalResult, log: bool = True):
                 mode="markers",
                 name=band,
                 marker={"color": COLOURS[band], "size": 6},
-                text=[(r.title or r.id)[:80] for r in sel],
+                text=[plotly_text((r.title or r.id)[:80]) for r in sel],
                 hovertemplate="%{text}<br>truth $%{x:,.2f}<br>guess $%{y:,.2f}<extra></extra>",
             )
         )
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"dash": "dash"}))
     kind = "log" if log else "linear"
     fig.update_layout(
-        title=f"{result.pricer}: guess vs truth",
+        title=plotly_text(f"{result.pricer}: guess vs truth"),
         xaxis={"title": "true price ($)", "type": kind},
         yaxis={"title": "guess ($)", "type": kind},
         height=520,
@@ -342,7 +359,7 @@ def running_figure(result: EvalResult):
         ]
     )  # fmt: skip
     fig.update_layout(
-        title=f"{result.pricer}: running mean absolute error",
+        title=plotly_text(f"{result.pricer}: running mean absolute error"),
         xaxis_title="items scored",
         yaxis_title="mean absolute error ($)",
         height=420,
@@ -355,12 +372,12 @@ def leaderboard_figure(results: Sequence[EvalResult]):
     """Plotly MAE bars with asymmetric 95% CI whiskers, best first."""
     import plotly.graph_objects as go
 
-    rows = sorted(results, key=lambda r: r.metrics.get("mae", float("inf")))
+    rows = sorted(results, key=lambda r: mae_rank(r.metrics))
     mae = [r.metrics["mae"] for r in rows]
     fig = go.Figure(
         go.Bar(
             x=mae,
-            y=[r.pricer for r in rows],
+            y=[plotly_text(r.pricer) for r in rows],
             orientation="h",
             error_x={
                 "type": "data",
@@ -376,7 +393,7 @@ def leaderboard_figure(results: Sequence[EvalResult]):
     fig.update_layout(
         title="Mean absolute error with 95% CI (lower is better)",
         xaxis_title="MAE ($)",
-        yaxis={"autorange": "reversed"},
+        yaxis={"autorange": "reversed", "type": "category"},  # labels like "250" stay names, not numbers
         height=160 + 40 * len(rows),
         margin={"l": 260, "t": 50},
     )

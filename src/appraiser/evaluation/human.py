@@ -15,12 +15,14 @@ import csv
 import io
 import json
 import logging
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from appraiser.data.io import DataError, iter_json_lines
-from appraiser.items import Item
+from appraiser.items import MAX_SANE_PRICE, Item
 from appraiser.pricers.base import Prediction, parse_price_text
 
 ID_COLUMNS = ("id", "item_id")
@@ -135,15 +137,38 @@ def read_csv_text(path: Path) -> str:
     raise AssertionError("latin-1 decodes any bytes")  # pragma: no cover
 
 
+_NEGATIVE = re.compile(r"^\s*\$?\s*[-−]\s*\$?\s*[\d.]")
+_SCIENTIFIC = re.compile(r"\d\s*[eE]\s*[-+]?\d")
+
+
 def to_prediction(value: str | float | None) -> Prediction:
-    """A guess cell as a Prediction: numbers as they are, text through the model-text parser."""
+    """A guess cell as a Prediction: numbers as they are, text through the model-text parser.
+
+    A guess that is no price is a failure (counted, its cell kept in `raw`), never another number: zero or
+    negative ("-5" is not $5), not finite, or beyond any product's price (`MAX_SANE_PRICE`: "1e308" is not $1,
+    and one such guess would make the MAE astronomical)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return Prediction(price=None, raw=None)
     if isinstance(value, bool):
         return Prediction(price=None, raw=json.dumps(value))
     if isinstance(value, int | float):
-        return Prediction(price=float(value), raw=None)
-    return Prediction(price=parse_price_text(str(value)), raw=str(value))
+        price = _sane(float(value))
+        return Prediction(price=price, raw=None if price is not None else str(value))
+    text = str(value)
+    if _NEGATIVE.search(text):
+        return Prediction(price=None, raw=text)
+    if _SCIENTIFIC.search(text):
+        try:
+            number: float | None = float(text.strip().lstrip("$").replace(",", "").strip())
+        except ValueError:
+            number = None
+    else:
+        number = parse_price_text(text)
+    return Prediction(price=None if number is None else _sane(number), raw=text)
+
+
+def _sane(v: float) -> float | None:
+    return v if math.isfinite(v) and 0 < v <= MAX_SANE_PRICE else None
 
 
 def match_guesses(items: Sequence[Item], guesses: Sequence[Guess]) -> tuple[list[Prediction], MatchReport]:

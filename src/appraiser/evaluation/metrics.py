@@ -21,7 +21,8 @@ Conventions, so every number on the leaderboard means the same thing:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -49,6 +50,13 @@ INTERVAL_METRICS = ("interval_n", "interval_coverage", "interval_width", "interv
 RELIABILITY_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 #: Present only when some guess carried its quantiles.
 CALIBRATION_METRICS = ("calib_n", *(f"calib_cover_{round(lv * 100)}" for lv in RELIABILITY_LEVELS), "calib_error")
+
+
+def mae_rank(metrics: Mapping[str, object]) -> float:
+    """An evaluation's MAE as a sort key, best first: a missing or NaN MAE (a pricer that failed on every
+    item) ranks last. A NaN key would leave a sort's order arbitrary."""
+    v = metrics.get("mae")
+    return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else math.inf
 
 
 def colour(guess: float | None, truth: float) -> str:

@@ -90,7 +90,7 @@ def trained_keys(pricer: Pricer) -> set[str]:
     if cfg is None:
         return set()
     from appraiser.data.io import read_items, read_pool
-    from appraiser.retrieval.index import dedupe_key
+    from appraiser.retrieval.index import copy_keys
     from appraiser.training.dataset import choose_items
 
     reference = read_items(cfg.validation) if cfg.validation is not None and cfg.weighting == "match" else None
@@ -104,7 +104,7 @@ def trained_keys(pricer: Pricer) -> set[str]:
         cfg.sources,
         cfg.off_source_weight,
     )
-    return {it.id for it in drawn} | {dedupe_key(it) for it in drawn}
+    return {it.id for it in drawn}.union(*(copy_keys(it) for it in drawn))
 
 
 def unseen(pricer: Pricer, items: Sequence[Item]) -> list[Item]:
@@ -112,9 +112,9 @@ def unseen(pricer: Pricer, items: Sequence[Item]) -> list[Item]:
     keys = trained_keys(pricer)
     if not keys:
         return list(items)
-    from appraiser.retrieval.index import dedupe_key
+    from appraiser.retrieval.index import copy_keys
 
-    return [it for it in items if it.id not in keys and dedupe_key(it) not in keys]
+    return [it for it in items if it.id not in keys and not copy_keys(it) & keys]
 
 
 def calibration_split(

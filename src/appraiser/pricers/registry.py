@@ -134,9 +134,12 @@ def _checked(name: str, factory: Callable[..., Any], given: dict[str, Any]) -> d
             hints.update(typing.get_type_hints(target))
         except Exception:  # an annotation that cannot be resolved: leave the values as given
             continue
+    defaults = getattr(factory, "default_params", None) or {}
     out = dict(given)
     for key, value in given.items():
         hint = hints.get(key)
+        if hint is None and isinstance(defaults.get(key), bool):  # a baseline's switch: "False" must be False
+            hint = bool
         if hint is None or hint is Any:
             continue
         try:

@@ -3,9 +3,10 @@
 What retrieval may never do is leak: a neighbour list that holds the item itself (or a copy of it under
 another id) turns "similar items and their prices" into "the answer". So
 
-* every search drops neighbours with the query's id or its normalised title (`dedupe_key`);
-* `build` drops pool items that match a held-out item (validation, test) by id or normalised title, so a
-  held-out split is never in the index, whatever files `--train` named;
+* every search drops neighbours with the query's id, its normalised title or the normalised start of its
+  text (`copy_keys`: a copy under another id whose title is missing still has the same text);
+* `build` drops pool items that match a held-out item (validation, test) the same way, so a held-out split
+  is never in the index, whatever files `--train` named;
 * the index remembers the fingerprint of the pool it was built from, and `check_pool` refuses a different
   one (a pricer fitted on pool B must not read neighbours from pool A).
 
@@ -36,13 +37,37 @@ FORMAT = 1
 #: Tokens of each text the embedding model reads: the title and the start of the description. Embedding cost
 #: grows with it (the pool's 21k texts take ~20 minutes at 64 tokens on one busy CPU core, about twice that at 128).
 DEFAULT_MAX_TOKENS = 64
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's
+
+
+def _normalised(text: str) -> str:
+    """Lower case, letters and digits only, single spaces; the first 200 characters."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()[:200]
 
 
 def dedupe_key(item: Item) -> str:
     """The normalised title (lower case, letters and digits only), or the text's first 200 such characters."""
-    base = item.title if item.title and item.title.strip() else item.text[:400]
-    key = re.sub(r"[^a-z0-9]+", " ", base.lower()).strip()
-    return key[:200]
+    return _normalised(item.title if item.title and item.title.strip() else item.text[:400])
+
+
+def texts_fingerprint(items: Sequence[Item]) -> str:
+    """A short hash of the items' ids and texts (`items.fingerprint` hashes ids and prices)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for it in items:
+        h.update(f"{it.id}\x1f{it.text}\x1e".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:12]
+
+
+def copy_keys(item: Item) -> frozenset[str]:
+    """Every key a copy of `item` under another id shares with it: its normalised title and the normalised
+    start of its text. One key alone misses copies: sources differ in whether they kept a title, so a copy
+    without one has only its text in common with the original."""
+    keys = {"text:" + _normalised(item.text[:400])}
+    if item.title and item.title.strip():
+        keys.add("title:" + _normalised(item.title))
+    return frozenset(k for k in keys if not k.endswith(":"))
 
 
 @dataclass
@@ -112,33 +137,34 @@ class RetrievalIndex:
         self.records: list[dict[str, Any]] = []
         self.vectors: np.ndarray | None = None
         self.pool_fingerprint: str | None = None
+        self.pool_texts: str | None = None  # the pool's texts too (indexes saved before it have none)
         self.info: dict[str, Any] = {}
         self._searcher: Searcher | None = None
 
     # ------------------------------------------------------------ building
 
     def build(self, pool: Sequence[Item], held_out: Sequence[Item] = (), progress: bool = False) -> RetrievalIndex:
-        """Index `pool`, minus every item that shares an id or normalised title with a `held_out` item
-        (and minus repeats of an id or normalised title within the pool: the first one is kept)."""
+        """Index `pool`, minus every item that shares an id or a copy key (`copy_keys`) with a `held_out` item
+        (and minus repeats of an id or a copy key within the pool: the first one is kept)."""
         if not pool:
             raise DataError("no items to index")
         start = time.perf_counter()
         banned_ids = {it.id for it in held_out}
-        banned_keys = {dedupe_key(it) for it in held_out}
+        banned_keys = set().union(*(copy_keys(it) for it in held_out))
         kept: list[Item] = []
         seen_ids: set[str] = set()
         seen_keys: set[str] = set()
         dropped_held = dropped_dupes = 0
         for it in pool:
-            key = dedupe_key(it)
-            if it.id in banned_ids or key in banned_keys:
+            keys = copy_keys(it)
+            if it.id in banned_ids or keys & banned_keys:
                 dropped_held += 1
                 continue
-            if it.id in seen_ids or key in seen_keys:
+            if it.id in seen_ids or keys & seen_keys:
                 dropped_dupes += 1
                 continue
             seen_ids.add(it.id)
-            seen_keys.add(key)
+            seen_keys |= keys
             kept.append(it)
         if not kept:
             raise DataError("every pool item matches a held-out item: nothing left to index")
@@ -147,6 +173,7 @@ class RetrievalIndex:
             {"id": it.id, "title": it.title, "text": it.text, "price": it.price, "key": dedupe_key(it)} for it in kept
         ]
         self.pool_fingerprint = fingerprint(list(pool))
+        self.pool_texts = texts_fingerprint(pool)
         self._searcher = Searcher(self.vectors, self.backend)
         self.info = {
             "pool_items": len(pool),
@@ -169,10 +196,25 @@ class RetrievalIndex:
             self._searcher = Searcher(self.vectors, self.backend)
         return self._searcher
 
+    @property
+    def record_keys(self) -> list[frozenset[str]]:
+        """Each indexed item's copy keys (from its title and text, so an index saved before text keys existed
+        is searched the same way)."""
+        if getattr(self, "_record_keys", None) is None or len(self._record_keys) != len(self.records):
+            self._record_keys = [
+                copy_keys(Item(id=r["id"], title=r.get("title"), text=r["text"], price=r["price"]))
+                for r in self.records
+            ]
+        return self._record_keys
+
     def check_pool(self, pool: Sequence[Item]) -> None:
-        """A DataError unless `pool` is the pool this index was built from (same ids and prices)."""
+        """A DataError unless `pool` is the pool this index was built from (same ids and prices, and same
+        texts: a pool rewritten into summaries keeps its ids and prices, but its neighbours would differ)."""
         fp = fingerprint(list(pool))
-        if fp != self.pool_fingerprint:
+        other = fp != self.pool_fingerprint
+        if not other and self.pool_texts is not None and texts_fingerprint(pool) != self.pool_texts:
+            fp, other = f"{fp} with other texts", True
+        if other:
             raise DataError(
                 f"this index was built from another training pool (fingerprint {self.pool_fingerprint}, "
                 f"this pool's is {fp}): rebuild it with `appraiser index build` on the same --train"
@@ -188,7 +230,8 @@ class RetrievalIndex:
             raise ValueError(f"k must be at least 1, not {k}")
         q = vectors if vectors is not None else embed_items(items, self.max_tokens, self.cache_dir)
         ids = [it.id for it in items]
-        keys = [dedupe_key(it) for it in items]
+        keys = [copy_keys(it) for it in items]
+        record_keys = self.record_keys
         out: list[list[Neighbour] | None] = [None] * len(items)
         todo = list(range(len(items)))
         fetch = k + 8
@@ -201,7 +244,7 @@ class RetrievalIndex:
                     if r < 0:
                         continue
                     rec = self.records[r]
-                    if rec["id"] == ids[i] or rec["key"] == keys[i]:
+                    if rec["id"] == ids[i] or record_keys[r] & keys[i]:
                         continue
                     got.append(Neighbour(rec["id"], rec["title"], rec["text"], rec["price"], float(s)))
                     if len(got) == k:
@@ -234,6 +277,7 @@ class RetrievalIndex:
             "max_tokens": self.max_tokens,
             "embedding_model": "all-MiniLM-L6-v2",
             "pool_fingerprint": self.pool_fingerprint,
+            "pool_texts": self.pool_texts,
             **self.info,
         }
         with replacing(folder / "index.json") as tmp:
@@ -246,17 +290,36 @@ class RetrievalIndex:
         folder = Path(folder)
         if not (folder / "index.json").exists():
             raise DataError(f"{folder}: not a retrieval index (no index.json; build one with `appraiser index build`)")
+        try:
+            return cls._load(folder, backend, cache_dir)
+        except DataError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError) as e:  # a damaged file
+            reason = f"{type(e).__name__}: {e}"[:200]
+            raise DataError(
+                f"{folder}: damaged retrieval index ({reason}); rebuild it with `appraiser index build`"
+            ) from None
+
+    @classmethod
+    def _load(cls, folder: Path, backend: str | None, cache_dir: str | Path | None):
         meta = json.loads((folder / "index.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise DataError(f"{folder}: index format {meta.get('format')} is not {FORMAT}; rebuild it")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise DataError(f"{folder}: index format {found} is not {FORMAT}; rebuild it")
         idx = cls(backend or meta["backend"], meta["max_tokens"], cache_dir)
-        idx.vectors = np.load(folder / "vectors.npy")
+        idx.vectors = np.load(folder / "vectors.npy", allow_pickle=False)
         with open(folder / "items.jsonl", encoding="utf-8") as f:
             idx.records = [json.loads(line) for line in f if line.strip()]
+        if idx.vectors.ndim != 2 or idx.vectors.shape[1] != EMBEDDING_DIM:
+            raise DataError(f"{folder}: vectors of shape {idx.vectors.shape}, not (n, {EMBEDDING_DIM}); rebuild it")
         if len(idx.records) != len(idx.vectors):
             raise DataError(f"{folder}: {len(idx.records)} items but {len(idx.vectors)} vectors; rebuild it")
+        if not all(isinstance(r, dict) and {"id", "text", "price"} <= r.keys() for r in idx.records):
+            raise DataError(f"{folder}: items.jsonl has records without id, text or price; rebuild it")
         idx.pool_fingerprint = meta["pool_fingerprint"]
-        idx.info = {k: v for k, v in meta.items() if k not in ("format", "backend", "max_tokens", "pool_fingerprint")}
+        idx.pool_texts = meta.get("pool_texts")
+        settings = ("format", "backend", "max_tokens", "pool_fingerprint", "pool_texts")
+        idx.info = {k: v for k, v in meta.items() if k not in settings}
         return idx
 
     def __getstate__(self) -> dict[str, Any]:

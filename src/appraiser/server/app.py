@@ -41,7 +41,7 @@ from appraiser.server.chat import (
 )
 from appraiser.server.engine import ModelPool, stream_pieces
 from appraiser.server.errors import OpenAIError, TextBody
-from appraiser.server.security import Guard
+from appraiser.server.security import Guard, SameOrigin
 from appraiser.server.store import FILE_PURPOSES, ServerStore
 
 DEFAULT_PORT = 8321
@@ -68,6 +68,7 @@ class ServerSettings:
     job_max_steps: int | None = None  # cap on a job's steps (tests, benchmarks)
     job_threads: int | None = None  # torch threads of a job's worker (default: torch's choice)
     notify: list[str] = field(default_factory=list)  # Apprise URLs told when any job ends (per job: metadata)
+    allowed_hosts: list[str] | None = None  # Host header names answered (security.SameOrigin); None: any
 
 
 # ---------------------------------------------------------------- request bodies
@@ -268,6 +269,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
 
 def _guarded(app: FastAPI, settings: ServerSettings) -> Any:
+    # added first, so it runs inside Guard: its refusals are logged with a request id, and keys are still
+    # checked before anything else
+    app.add_middleware(SameOrigin, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(Guard, keys=settings.keys, max_body_bytes=settings.max_body_bytes)
     return app
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +35,7 @@ from appraiser.server import dashboard_data as data
 from appraiser.server.dashboard_live import LiveRun, parse_cursor, stream
 
 STATIC = Path(__file__).with_name("dashboard_static")
+SQLITE_MAX = 2**63 - 1  # the largest rowid
 PAGES = {"runs": "runs.html", "run": "run.html", "leaderboard": "leaderboard.html", "eval": "eval.html"}
 #: The scripts and styles the pages load (by name: nothing else in the folder is served).
 ASSETS = {p.name: "text/javascript" if p.suffix == ".js" else "text/css" for p in STATIC.glob("*.[jc]s*")}
@@ -55,10 +57,14 @@ def install(app: Any, store: Any, pool: Any, settings: Any, paths: data.Paths | 
         app.include_router(_login_router(keys))
 
 
-def create_dashboard_app(paths: data.Paths) -> FastAPI:
-    """A server with the dashboard only, for `appraiser dashboard` (no keys: it binds loopback)."""
+def create_dashboard_app(paths: data.Paths, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+    """A server with the dashboard only, for `appraiser dashboard` (no keys: it binds loopback, and answers
+    only to `allowed_hosts` when given: see security.SameOrigin)."""
+    from appraiser.server.security import SameOrigin
+
     app = FastAPI(title="Appraiser dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     install(app, None, None, None, paths)
+    app.add_middleware(SameOrigin, allowed_hosts=allowed_hosts)
     return app
 
 
@@ -145,7 +151,20 @@ def _router(paths: data.Paths, keys_configured: bool) -> APIRouter:
         raise HTTPException(404, f"no run {run_id!r}")  # exact ids only; others' runs do not exist
 
     def page(name: str) -> Response:
-        return FileResponse(STATIC / PAGES[name], media_type="text/html", headers={"Content-Security-Policy": CSP})
+        # no-store: a page is only a shell, but a cached one would skip the owner check its route makes
+        headers = {"Content-Security-Policy": CSP, "Cache-Control": "no-store"}
+        return FileResponse(STATIC / PAGES[name], media_type="text/html", headers=headers)
+
+    def eval_id_of(text: str) -> int:
+        """A stored evaluation's id from a URL: anything that is not one (letters, past SQLite's 64 bits) is
+        an evaluation that does not exist."""
+        if not (text.isascii() and text.isdigit()) or int(text) > SQLITE_MAX:
+            raise HTTPException(404, f"no evaluation {text[:40]!r}")
+        return int(text)
+
+    def evaluation_exists(eval_id: int) -> None:
+        if not paths.leaderboard_db.exists() or not data.evaluation_exists(paths.leaderboard_db, eval_id):
+            raise HTTPException(404, f"no evaluation {eval_id}")
 
     # ------------------------------------------------------------ pages
 
@@ -167,7 +186,8 @@ def _router(paths: data.Paths, keys_configured: bool) -> APIRouter:
         return page("leaderboard")
 
     @r.get("/evals/{eval_id}")
-    def eval_page(eval_id: int) -> Response:
+    def eval_page(eval_id: str) -> Response:
+        evaluation_exists(eval_id_of(eval_id))
         return page("eval")
 
     @r.get("/static/{name}")
@@ -216,18 +236,19 @@ def _router(paths: data.Paths, keys_configured: bool) -> APIRouter:
         return json_response(request, data.leaderboard(paths.leaderboard_db, fingerprint))
 
     @r.get("/api/compare")
-    def api_compare(request: Request, a: int, b: int) -> Response:
+    def api_compare(request: Request, a: str, b: str) -> Response:
         try:
-            return json_response(request, data.compare(paths.leaderboard_db, a, b))
+            return json_response(request, data.compare(paths.leaderboard_db, eval_id_of(a), eval_id_of(b)))
         except (KeyError, FileNotFoundError):
             raise HTTPException(404, "no such evaluation") from None
 
     @r.get("/api/evals/{eval_id}")
-    def api_eval(request: Request, eval_id: int) -> Response:
+    def api_eval(request: Request, eval_id: str) -> Response:
+        number = eval_id_of(eval_id)
         if not paths.leaderboard_db.exists():
             raise HTTPException(404, "no leaderboard yet")
         try:
-            return json_response(request, data.evaluation(paths.leaderboard_db, eval_id))
+            return json_response(request, data.evaluation(paths.leaderboard_db, number))
         except KeyError:
             raise HTTPException(404, f"no evaluation {eval_id}") from None
 

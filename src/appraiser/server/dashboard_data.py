@@ -7,6 +7,7 @@ loss curve carries its smoothed trend and noise band computed here (the same deb
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sqlite3
@@ -17,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from appraiser.evaluation.metrics import mae_rank
 from appraiser.runs.downsample import lttb_indices
 from appraiser.runs.store import Run, RunStore
 from appraiser.runs.trend import verdict
@@ -151,7 +153,10 @@ def run_summary(store: RunStore, run: Run, with_trend: bool = True) -> dict[str,
 
 
 def runs_list(store: RunStore, owner: str | None, keys_configured: bool, limit: int = 200) -> list[dict[str, Any]]:
-    return [run_summary(store, r) for r in store.list(limit=limit) if visible(r, owner, keys_configured)]
+    """The newest `limit` runs this owner may see (filtered before the limit: another key's many newer runs
+    must not push this key's own off the list)."""
+    mine = (r for r in store.list() if visible(r, owner, keys_configured))
+    return [run_summary(store, r) for r in itertools.islice(mine, limit)]
 
 
 def cursor_now(store: RunStore, run_id: str) -> str:
@@ -245,7 +250,7 @@ def leaderboard(path: Path, fingerprint: str | None = None) -> dict[str, Any]:
         sets = [{"fingerprint": f, "size": n, "evaluations": c, "newest": t} for f, n, c, t in lb.fingerprints()]
         fp = fingerprint or (sets[0]["fingerprint"] if sets else None)
         rows = lb.rows(fp, latest_only=True) if fp else []
-    rows.sort(key=lambda r: r.metrics.get("mae", float("inf")))
+    rows.sort(key=lambda r: mae_rank(r.metrics))
     return {
         "fingerprints": sets,
         "fingerprint": fp,
@@ -285,6 +290,11 @@ def compare(path: Path, a: int, b: int) -> dict[str, Any]:
     return out
 
 
+def evaluation_exists(path: Path, eval_id: int) -> bool:
+    with _leaderboard(path) as lb:
+        return lb.get(eval_id) is not None
+
+
 def evaluation(path: Path, eval_id: int, points: int = DEFAULT_POINTS) -> dict[str, Any]:
     """One evaluation's scatter (truth, guess, colour band, title) and running MAE with its 95% CI."""
     from appraiser.evaluation.charts import COLOURS, running_error
@@ -307,10 +317,10 @@ def evaluation(path: Path, eval_id: int, points: int = DEFAULT_POINTS) -> dict[s
             "colour": [COLOURS[r.color] for r in ok],
             "title": [(r.title or r.id)[:80] for r in ok],
         },
-        "running": {
+        "running": {  # a guess of 1e308 makes the running error infinite, which JSON cannot carry: a gap
             "n": [x[i] for i in idx],
-            "mae": [float(mean[i]) for i in idx],
-            "low": [float(low[i]) for i in idx],
-            "high": [float(high[i]) for i in idx],
+            "mae": [_finite(float(mean[i])) for i in idx],
+            "low": [_finite(float(low[i])) for i in idx],
+            "high": [_finite(float(high[i])) for i in idx],
         },
     }

@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from appraiser.runs.store import RunStore
+from appraiser.runs.store import RunNotFound, RunStore
 from appraiser.server.dashboard_data import CURVES, Smoother, _connect, checkpoints_of, run_summary
 
 POLL_S = 0.1
@@ -148,7 +148,11 @@ async def stream(live: LiveRun, is_disconnected: Any) -> AsyncIterator[dict[str,
             yield m
         sent_since_summary = sent_since_summary or bool(messages)
         if pending is not None and pending.done():
-            summary = pending.result()
+            try:
+                summary = pending.result()
+            except RunNotFound:  # deleted while watched: say so and close, as for a run that ended
+                yield {"event": "end", "id": live.cursor(), "data": json.dumps({"deleted": True})}
+                return
             pending = None
             text = json.dumps(summary, allow_nan=False, default=str)
             if text != last_summary:

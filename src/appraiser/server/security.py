@@ -1,17 +1,22 @@
 """API keys, request-size caps and request ids, as ASGI middleware so they run before any route.
 
-Keys: `--api-key K` (repeatable) or a keys file of SHA-256 hex digests (`appraiser serve --hash-key K`
-prints one), one per line with an optional owner name (`<digest> <owner>`); only digests are kept in
-memory, compared in constant time. With keys configured every route but `/health` needs
-`Authorization: Bearer K`; the owner a key maps to is `request.state.owner`, which is how later routes keep
-one key's files and jobs from another's. Logs carry a request id, method, path, status and time — never a
-key or a prompt.
+Keys: `--api-key K` (repeatable; owners key1, key2, … in order) or a keys file of SHA-256 hex digests
+(`appraiser serve --hash-key K` prints one), one per line with an optional owner name (`<digest> <owner>`;
+without one the owner is `key-` and the digest's first 12 hex digits); only digests are kept in memory,
+compared in constant time. Owners are what keeps one key's data from another's, so a name is never given
+twice by accident: a keys-file owner that is another key's default name (`key2`, `key-…`) or the placeholder
+older `--hash-key` printed is refused at startup. Two lines naming the same owner share it on purpose.
+
+With keys configured every route but `/health` needs `Authorization: Bearer K`; the owner a key maps to is
+`request.state.owner`, which is how later routes keep one key's files and jobs from another's. Logs carry a
+request id, method, path, status and time — never a key or a prompt.
 
 Browsers cannot send a Bearer header from a link, so the dashboard has a login page (`/dashboard/login`)
 that stores the key in an HttpOnly, SameSite=Strict cookie scoped to `/dashboard`. The cookie is honoured
 only for GET/HEAD under `/dashboard` (the dashboard never changes anything), so a page elsewhere can neither
 read it nor use it to call the API; a browser that asks for a dashboard page without a key is sent to the
 login page instead of getting a JSON 401.
+Logging in or out from a page on another site is refused (`SameOrigin`).
 """
 
 from __future__ import annotations
@@ -60,17 +65,52 @@ def read_keys_file(path: str | Path) -> dict[str, str]:
         digest = parts[0].lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise DataError(f"{p}:{n}: expected a SHA-256 hex digest (appraiser serve --hash-key KEY prints one)")
-        out[digest] = parts[1] if len(parts) > 1 else f"key{n}"
+        if len(parts) > 1 and (parts[1] == PLACEHOLDER_OWNER or _default_name(parts[1])):
+            raise DataError(
+                f"{p}:{n}: {parts[1]!r} cannot be an owner name ({_why_reserved(parts[1])}): "
+                "write who the key belongs to, or nothing for an owner of its own"
+            )
+        out[digest] = parts[1] if len(parts) > 1 else default_owner(digest)
     if not out:
         raise DataError(f"{p}: no keys in the keys file")
     return out
 
 
+#: What `--hash-key` printed after the digest before owners were checked; two keys pasted with it shared data.
+PLACEHOLDER_OWNER = "owner-name"
+
+
+def default_owner(digest: str) -> str:
+    """The owner of a keys-file line that names none: its own, from the digest (never `keyN`, which plain
+    `--api-key`s are called, so a keys file cannot land on a plain key's data by its line number)."""
+    return f"key-{digest[:12]}"
+
+
+def _default_name(name: str) -> bool:
+    """Whether `name` has the shape of a name given by default: `key1`, `key2`, … or `key-<hex>`."""
+    rest = name[3:] if name.startswith("key") else None
+    if rest is None:
+        return False
+    return (rest.isascii() and rest.isdigit()) or (
+        rest.startswith("-") and all(c in "0123456789abcdef" for c in rest[1:])
+    )
+
+
+def _why_reserved(name: str) -> str:
+    if name == PLACEHOLDER_OWNER:
+        return "it is the placeholder older `appraiser serve --hash-key` printed"
+    return "names like key1 and key-<hex> are given to keys by default, and another key may already have it"
+
+
 def key_table(keys: Iterable[str] = (), keys_file: str | Path | None = None) -> dict[str, str]:
-    """digest → owner for plain keys (owners key1, key2, …) and a keys file."""
+    """digest → owner for plain keys (owners key1, key2, … in order) and a keys file (see the module doc)."""
     table = {hash_key(k): f"key{i}" for i, k in enumerate(keys, 1) if k}
     if keys_file is not None:
-        table.update(read_keys_file(keys_file))
+        from_file = read_keys_file(keys_file)
+        both = sorted(set(table) & set(from_file))
+        if both:
+            raise DataError(f"{keys_file}: a key given with --api-key is in the keys file too; give it once")
+        table.update(from_file)
     return table
 
 
@@ -172,6 +212,90 @@ class Guard:
                 return None
             if not message.get("more_body", False):
                 return messages
+
+
+#: Host names a loopback-bound server answers to; `--allow-host` adds more (a reverse proxy's public name).
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+class SameOrigin:
+    """Refuses what a web page on another site can make a visitor's browser send to this server.
+
+    * DNS rebinding: a page whose own host name is made to resolve to 127.0.0.1 reads a loopback server
+      as same-origin. With `allowed_hosts` (set whenever the server binds loopback) a request whose `Host` is
+      not one of them is a 400, so such a page reads nothing.
+    * Cross-site writes: a page can POST a form or a no-cors `fetch` to any address (a login that swaps the
+      visitor's dashboard key for the attacker's, a file upload to a key-less server). Browsers name the
+      page's origin on every such request (`Origin`, or at least `Sec-Fetch-Site`); a request that changes
+      anything and comes from another origin is a 403. Clients that are not browsers (the openai SDK, curl)
+      send neither header and are unaffected.
+    """
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str] | None = None):
+        self.app = app
+        self.allowed = None if allowed_hosts is None else frozenset(_hostname(h) for h in allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.allowed is not None and _hostname(host) not in self.allowed:
+            resp = error_response(
+                400,
+                "Unknown Host header: this server answers to the names it was started with "
+                "(appraiser serve --allow-host NAME adds one).",
+                code="invalid_host",
+            )
+        elif scope.get("method") not in SAFE_METHODS and _cross_site(headers, host):
+            resp = error_response(
+                403,
+                "Cross-site request refused: a page on another site cannot change anything here.",
+                code="cross_site_request",
+            )
+        else:
+            await self.app(scope, receive, send)
+            return
+        await resp(scope, receive, send)
+
+
+def _hostname(host: str) -> str:
+    """`host[:port]` or `[v6]:port` → the bare name, lower case, without a trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def _port(host: str) -> str | None:
+    """The port written in a `Host` value, if any."""
+    tail = host.rsplit("]", 1)[-1] if host.startswith("[") else host
+    return tail.rsplit(":", 1)[1] if tail.count(":") == 1 else None
+
+
+def _cross_site(headers: dict[bytes, bytes], host: str) -> bool:
+    from urllib.parse import urlsplit
+
+    origin = headers.get(b"origin", b"").decode("latin-1").strip()
+    if origin:
+        if origin == "null":  # a sandboxed frame or a local file: never this server's own page
+            return True
+        try:
+            o = urlsplit(origin)
+            o_port = o.port
+        except ValueError:
+            return True
+        if (o.hostname or "").rstrip(".") != _hostname(host):
+            return True
+        written = _port(host)
+        default = {"http": 80, "https": 443}.get(o.scheme)
+        return written is not None and str(o_port if o_port is not None else default) != written
+    fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
+    return fetch_site in ("cross-site", "same-site")
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

@@ -39,6 +39,10 @@ const dash = {
     const text = "$" + Math.abs(v).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
     return v < 0 ? "−" + text : text;
   },
+  plotlyText(t) {
+    // plotly reads a subset of HTML in labels and hover text (<a href> becomes a link): show it as written
+    return String(t ?? "").replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  },
   num(v, digits) {
     return v === null || v === undefined ? "–" : Number(v).toPrecision(digits || 4);
   },

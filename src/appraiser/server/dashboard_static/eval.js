@@ -13,7 +13,7 @@ dash.api("evals/" + encodeURIComponent(evalId)).then((d) => {
   const hi = Math.max(1, ...s.truth, ...s.guess) * 1.1;
   const lo = Math.max(0.5, Math.min(...s.truth, ...s.guess.map((g) => Math.max(g, 0.5))) * 0.9);
   Plotly.newPlot("scatter", [
-    { x: s.truth, y: s.guess.map((g) => Math.max(g, lo)), text: s.title, mode: "markers", name: "items",
+    { x: s.truth, y: s.guess.map((g) => Math.max(g, lo)), text: s.title.map(dash.plotlyText), mode: "markers", name: "items",
       marker: { color: s.colour, size: 7, opacity: 0.8 },
       hovertemplate: "%{text}<br>truth $%{x:,.2f}<br>guess $%{y:,.2f}<extra></extra>" },
     { x: [lo, hi], y: [lo, hi], mode: "lines", name: "y = x", line: { dash: "dash", color: "#333" } },

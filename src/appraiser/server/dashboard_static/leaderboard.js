@@ -3,7 +3,7 @@
 dash.header();
 
 function drawChart(rows) {
-  const y = rows.map((r) => r.label);
+  const y = rows.map((r) => dash.plotlyText(r.label));
   document.getElementById("chart").style.height = 140 + 34 * rows.length + "px";
   Plotly.react("chart", [{
     type: "bar", orientation: "h", x: rows.map((r) => r.mae), y,
@@ -13,7 +13,7 @@ function drawChart(rows) {
     hovertemplate: "%{y}<br>MAE %{x:$,.2f}<extra></extra>",
   }], {
     margin: { l: 260, r: 40, t: 30, b: 45 }, height: 140 + 34 * rows.length,
-    xaxis: { title: { text: "MAE ($), bars: 95% CI — lower is better" } }, yaxis: { autorange: "reversed" },
+    xaxis: { title: { text: "MAE ($), bars: 95% CI — lower is better" } }, yaxis: { autorange: "reversed", type: "category" },
   }, { displaylogo: false, responsive: true });
 }
 

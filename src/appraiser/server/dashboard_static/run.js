@@ -111,7 +111,10 @@ function connect(cursor) {
     drawCheckpoints(s.checkpoints);
   });
   source.addEventListener("reset", () => { source.close(); load(); });
-  source.addEventListener("end", () => { source.close(); live.textContent = "run ended"; });
+  source.addEventListener("end", (e) => {
+    source.close();
+    live.textContent = JSON.parse(e.data || "{}").deleted ? "run deleted" : "run ended";
+  });
 }
 
 function load() {
