@@ -239,6 +239,11 @@ def test_a_copy_without_a_title_is_still_a_copy(pool_and_held, emb_dir):
     for i, found in enumerate(idx.search(held[:5], k=3)):
         assert f"untitled-{i}" not in {n.id for n in found}
     assert _index([*pool, *copies], held, emb_dir).info["dropped_held_out"] == 5
+    # the same description under another title is another product (validation's Power Stop brake kit
+    # K6998-26 and the pool's K131-26 share their first 200 characters): a neighbour, not a copy
+    sibling = held[0].model_copy(update={"id": "sibling", "title": held[0].title + " (larger size)"})
+    found = _index([*pool, sibling], held, emb_dir).search(held[:1], k=3)[0]
+    assert "sibling" in {n.id for n in found}
 
 
 def test_a_damaged_index_is_one_clear_error(pool_and_held, emb_dir, tmp_path):

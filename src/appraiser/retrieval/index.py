@@ -3,8 +3,8 @@
 What retrieval may never do is leak: a neighbour list that holds the item itself (or a copy of it under
 another id) turns "similar items and their prices" into "the answer". So
 
-* every search drops neighbours with the query's id, its normalised title or the normalised start of its
-  text (`copy_keys`: a copy under another id whose title is missing still has the same text);
+* every search drops neighbours with the query's id, its normalised title or, where one of the two has no
+  title, the normalised start of its text (`copy_probes`: a copy whose source dropped the title);
 * `build` drops pool items that match a held-out item (validation, test) the same way, so a held-out split
   is never in the index, whatever files `--train` named;
 * the index remembers the fingerprint of the pool it was built from, and `check_pool` refuses a different
@@ -61,13 +61,26 @@ def texts_fingerprint(items: Sequence[Item]) -> str:
 
 
 def copy_keys(item: Item) -> frozenset[str]:
-    """Every key a copy of `item` under another id shares with it: its normalised title and the normalised
-    start of its text. One key alone misses copies: sources differ in whether they kept a title, so a copy
-    without one has only its text in common with the original."""
-    keys = {"text:" + _normalised(item.text[:400])}
+    """What `item` is known by as a copy: its normalised title, and the normalised start of its text marked
+    by whether it has a title. A copy is found by `copy_probes` (see there)."""
+    text = _normalised(item.text[:400])
     if item.title and item.title.strip():
-        keys.add("title:" + _normalised(item.title))
-    return frozenset(k for k in keys if not k.endswith(":"))
+        return frozenset(k for k in ("title:" + _normalised(item.title), "titled-text:" + text) if k[-1] != ":")
+    return frozenset(k for k in ("untitled-text:" + text,) if k[-1] != ":")
+
+
+def copy_probes(item: Item) -> frozenset[str]:
+    """The keys a copy of `item` under another id is known by (`copy_keys`): an item `c` is a copy when
+    `copy_probes(item) & copy_keys(c)` (a symmetric test). Copies share a normalised title, or share the start
+    of their text when one of them has no title (sources differ in whether they kept one, so a copy without a
+    title has only its text in common with the original). Two titled items with the same text and different
+    titles are different products (the same brake kit in two sizes), not copies."""
+    text = _normalised(item.text[:400])
+    if item.title and item.title.strip():
+        keys = ("title:" + _normalised(item.title), "untitled-text:" + text)
+    else:
+        keys = ("untitled-text:" + text, "titled-text:" + text)
+    return frozenset(k for k in keys if k[-1] != ":")
 
 
 @dataclass
@@ -144,8 +157,8 @@ class RetrievalIndex:
     # ------------------------------------------------------------ building
 
     def build(self, pool: Sequence[Item], held_out: Sequence[Item] = (), progress: bool = False) -> RetrievalIndex:
-        """Index `pool`, minus every item that shares an id or a copy key (`copy_keys`) with a `held_out` item
-        (and minus repeats of an id or a copy key within the pool: the first one is kept)."""
+        """Index `pool`, minus every item that is a `held_out` item or a copy of one (same id, `copy_probes`),
+        and minus copies within the pool (the first one is kept)."""
         if not pool:
             raise DataError("no items to index")
         start = time.perf_counter()
@@ -156,15 +169,15 @@ class RetrievalIndex:
         seen_keys: set[str] = set()
         dropped_held = dropped_dupes = 0
         for it in pool:
-            keys = copy_keys(it)
-            if it.id in banned_ids or keys & banned_keys:
+            probes = copy_probes(it)
+            if it.id in banned_ids or probes & banned_keys:
                 dropped_held += 1
                 continue
-            if it.id in seen_ids or keys & seen_keys:
+            if it.id in seen_ids or probes & seen_keys:
                 dropped_dupes += 1
                 continue
             seen_ids.add(it.id)
-            seen_keys |= keys
+            seen_keys |= copy_keys(it)
             kept.append(it)
         if not kept:
             raise DataError("every pool item matches a held-out item: nothing left to index")
@@ -230,7 +243,7 @@ class RetrievalIndex:
             raise ValueError(f"k must be at least 1, not {k}")
         q = vectors if vectors is not None else embed_items(items, self.max_tokens, self.cache_dir)
         ids = [it.id for it in items]
-        keys = [copy_keys(it) for it in items]
+        keys = [copy_probes(it) for it in items]
         record_keys = self.record_keys
         out: list[list[Neighbour] | None] = [None] * len(items)
         todo = list(range(len(items)))
