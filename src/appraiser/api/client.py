@@ -75,6 +75,24 @@ def describe_error(e: Exception) -> ApiError:
     return ApiError(f"{type(e).__name__}: {e}")
 
 
+def not_the_api(what: str, got: Any) -> ApiError:
+    """The error for a 200 whose body is not the OpenAI API's JSON object: a web page at a base_url without
+    `/v1`, a captive portal, a proxy's maintenance page. The SDK hands such bodies back as text (or a list)."""
+    kind = "a web page" if isinstance(got, str) and got.lstrip()[:1] == "<" else f"a {type(got).__name__}"
+    return ApiError(
+        f"the server answered {what} with {kind}, not the OpenAI API's JSON (is base_url the API's, ending in /v1?)",
+        code="not_the_api",
+    )
+
+
+def checked(result: Any, what: str) -> Any:
+    """`result` of an SDK call if it is one of the SDK's objects; an ApiError (`not_the_api`) if the server
+    sent something else with its 200."""
+    if isinstance(result, str | bytes | list | dict | int | float) or result is None:
+        raise not_the_api(what, result)
+    return result
+
+
 class ApiClient:
     """Chat completions (and the rest of the SDK, via `.sdk`) against one endpoint, limited and costed."""
 
@@ -104,11 +122,16 @@ class ApiClient:
         estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + int(params.get("max_tokens") or 0)
         with self.limiter.slot(estimate):
             try:
-                resp = self.sdk.chat.completions.create(model=model, messages=messages, **params)
+                resp = checked(
+                    self.sdk.chat.completions.create(model=model, messages=messages, **params), "a chat call"
+                )
+            except ApiError:
+                self.usage.fail()
+                raise
             except Exception as e:  # the SDK's errors, after its own retries
                 self.usage.fail()
                 raise describe_error(e) from None
-        u = resp.usage
+        u = getattr(resp, "usage", None)
         prompt, completion = (u.prompt_tokens or 0, u.completion_tokens or 0) if u is not None else (0, 0)
         self.usage.add(prompt, completion, self.prices.cost(model, prompt, completion))
         return resp

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from appraiser.api import ApiClient, ApiError, Endpoint, resolve_endpoint
-from appraiser.api.client import describe_error
+from appraiser.api.client import checked, describe_error
 from appraiser.api.providers import PROVIDERS
 from appraiser.data.io import DataError
 
@@ -40,7 +40,7 @@ def client_for(endpoint: Endpoint, *, max_retries: int = 3, timeout: float = 120
 def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """One SDK call; what fails after the SDK's own retries is an ApiError with the provider's message."""
     try:
-        return fn(*args, **kwargs)
+        return checked(fn(*args, **kwargs), "a request")
     except ApiError:
         raise
     except Exception as e:
