@@ -59,20 +59,50 @@ class Usage:
 
 
 def describe_error(e: Exception) -> ApiError:
-    """An SDK exception as one line: status, error code and the server's message."""
+    """An SDK exception as one line: status, error code and the server's message — with the key that was
+    sent blanked out of it, since some servers echo it ("Incorrect API key provided: sk-…") and the message
+    is stored with the failed prediction."""
     import openai
 
     if isinstance(e, openai.APIStatusError):
         body = e.body if isinstance(e.body, dict) else {}
         err = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
-        msg = err.get("message") or e.message
+        msg = str(err.get("message") or e.message)
         code = err.get("code") or err.get("type")
-        return ApiError(f"{e.status_code} {code or 'error'}: {msg}", status=e.status_code, code=code)
-    if isinstance(e, openai.APITimeoutError):
-        return ApiError("timed out", code="timeout")
-    if isinstance(e, openai.APIConnectionError):
-        return ApiError(f"cannot connect ({e.__cause__ or e})", code="connection_error")
-    return ApiError(f"{type(e).__name__}: {e}")
+        code = str(code) if code is not None else None
+        out = ApiError(f"{e.status_code} {code or 'error'}: {msg}", status=e.status_code, code=code)
+    elif isinstance(e, openai.APITimeoutError):
+        out = ApiError("timed out", code="timeout")
+    elif isinstance(e, openai.APIConnectionError):
+        out = ApiError(f"cannot connect ({e.__cause__ or e})", code="connection_error")
+    else:
+        out = ApiError(f"{type(e).__name__}: {e}")
+    secret = _sent_key(e)
+    if secret and secret in str(out):
+        out = ApiError(str(out).replace(secret, "[the API key]"), status=out.status, code=out.code)
+    return out
+
+
+def _sent_key(e: Exception) -> str | None:
+    """The bearer key of the request that failed, if the exception carries the request (long enough to be one:
+    the placeholder sent to key-less local servers is not worth blanking)."""
+    request = getattr(e, "request", None)
+    try:
+        header = request.headers.get("authorization", "") if request is not None else ""
+    except Exception:  # an exception raised before the request existed
+        return None
+    token = header.partition(" ")[2].strip()
+    return token if len(token) >= 8 else None
+
+
+#: Errors no retry of another item will get past: the key, the model, the server itself. A run that meets one
+#: stops (what it priced is kept in the cache) instead of recording a failure for every item.
+FATAL_STATUSES = (401, 403, 404)
+FATAL_CODES = ("connection_error", "not_the_api")
+
+
+def is_fatal(e: ApiError) -> bool:
+    return e.status in FATAL_STATUSES or e.code in FATAL_CODES
 
 
 def not_the_api(what: str, got: Any) -> ApiError:
@@ -132,6 +162,9 @@ class ApiClient:
                 self.usage.fail()
                 raise describe_error(e) from None
         u = getattr(resp, "usage", None)
-        prompt, completion = (u.prompt_tokens or 0, u.completion_tokens or 0) if u is not None else (0, 0)
-        self.usage.add(prompt, completion, self.prices.cost(model, prompt, completion))
+        prompt, completion = (getattr(u, "prompt_tokens", None), getattr(u, "completion_tokens", None))
+        if not all(isinstance(t, int) and t >= 0 for t in (prompt, completion)):  # absent or nonsense: unknown
+            self.usage.add(0, 0, None)
+        else:
+            self.usage.add(prompt, completion, self.prices.cost(model, prompt, completion))
         return resp

@@ -7,6 +7,8 @@ stores the *name* of the variable (`key_env`), not its value.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from dataclasses import dataclass
 
@@ -67,17 +69,34 @@ class Endpoint:
         if self.key_env is not None:
             value = os.environ.get(self.key_env)
             if value:
+                if self.base_url.startswith("http://") and not _is_loopback(self.base_url):
+                    _warn_cleartext(self.base_url, self.key_env)
                 return value
             if self.provider.key_env is not None and not _is_loopback(self.base_url):
                 raise DataError(f"{self.base_url} needs an API key: set ${self.key_env}")
         return NO_KEY
 
 
+@functools.cache
+def _warn_cleartext(url: str, key_env: str) -> None:
+    """Once per endpoint: a key sent over plain http to another machine can be read on the way."""
+    logging.getLogger("appraiser.api").warning(
+        "%s is plain http:// on another machine: $%s is sent unencrypted (use https://)", url, key_env
+    )
+
+
 def _is_loopback(url: str) -> bool:
+    """Whether `url` points at this machine: localhost or a loopback address (not a name like 127.evil.com)."""
+    import ipaddress
     from urllib.parse import urlparse
 
-    host = (urlparse(url).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
+    host = (urlparse(url).hostname or "").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def resolve_endpoint(provider: str | None = None, base_url: str | None = None, key_env: str | None = None) -> Endpoint:

@@ -6,6 +6,8 @@ import contextlib
 import functools
 import json
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -189,4 +191,8 @@ def main() -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         err_console.print("interrupted", highlight=False)
-        raise SystemExit(130) from None
+        # Every `with` block has closed on the way here (files, caches, the run store); what is left are worker
+        # threads still inside API calls and their retries, which a normal exit would wait for. Leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)

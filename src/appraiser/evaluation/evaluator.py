@@ -454,7 +454,9 @@ def _run_pool(pricer: Pricer, items: list[Item], batches: list[list[int]], worke
     except BaseException as e:
         error = e
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        # Ctrl-C: do not wait for calls in flight (an API call can sit in its client's retries for minutes);
+        # what already finished is saved below, the rest is asked again by the next run
+        ex.shutdown(wait=not isinstance(error, KeyboardInterrupt), cancel_futures=True)
     if error is not None:
         for f, idx in futures.items():
             if f not in handled and f.done() and not f.cancelled() and f.exception() is None:

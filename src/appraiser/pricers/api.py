@@ -5,7 +5,10 @@ cost?\n\n{text}", and the assistant turn started with "Price is $" where the pro
 temperature 0 and a seed, a few output tokens, the number read by `parse_price_text`. One item per call
 (`batch_size = 1`): the evaluator's worker pool supplies the concurrency, its cache means a repeated or
 interrupted evaluation pays only for items it has not priced, and a failed call is a failed prediction
-with its reason — never a $0 guess. With `logprobs=true` the guess is the expected price over the first
+with its reason — never a $0 guess — unless no other item could fare better (a refused key, an unknown model,
+a server that cannot be reached or is not the API: `api.client.is_fatal`): then the run stops with that error,
+and what it priced stays in the cache. An empty answer (a refusal, a content filter) is a failure that is not
+cached either, so the next run asks again. With `logprobs=true` the guess is the expected price over the first
 number token's alternatives (see `expected_from_logprobs`). With `rag=K` the user turn starts with the course's
 frontier-agent context: the item's K most similar training items (from `appraiser index build`'s index, or
 `index=FOLDER`) and their prices (see `pricers.rag`).
@@ -19,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from appraiser.api import ApiClient, ApiError, load_prices, resolve_endpoint
+from appraiser.api.client import is_fatal
 from appraiser.items import Item
 from appraiser.pricers.base import Prediction, Pricer, parse_price_text
 from appraiser.pricers.rag import CONTEXT_INTRO, Retriever, api_context
@@ -187,11 +191,15 @@ class ApiPricer(Pricer):
         try:
             resp = self.client.chat(self.model, messages_for(item, self.prefill, context), **params)
         except ApiError as e:
+            if is_fatal(e):  # every other item would fail the same way: stop, and say why
+                raise ApiError(f"{self.endpoint.base_url}: {e}", status=e.status, code=e.code) from None
             return Prediction(price=None, raw=f"error: {e}")
         if not resp.choices:
             return Prediction(price=None, raw="error: no choices in the response")
         choice = resp.choices[0]
         text = choice.message.content or ""
+        if not text.strip():  # "error:": not cached, asked again next run
+            return Prediction(price=None, raw=f"error: an empty answer (finish_reason {choice.finish_reason!r})")
         price = parse_price_text(text)
         if price is not None and self.logprobs and choice.logprobs is not None and choice.logprobs.content:
             price = expected_from_logprobs(text, choice.logprobs.content[0]) or price

@@ -123,6 +123,11 @@ _ANY = re.compile(rf"(?<![\w.])({_NUM})")
 _DOLLAR = re.compile(rf"\$\s*({_NUM})")
 
 
+#: A price answer is a few words; only its start is read. The patterns try every position, so a server that
+#: ignores max_tokens and sends megabytes of digits would otherwise keep the parser busy for minutes.
+PARSE_CHARS = 1000
+
+
 def _num(s: str) -> float:
     return float(s.replace(",", ""))
 
@@ -135,7 +140,7 @@ def parse_price_text(text: str | None) -> float | None:
     """
     if not text:
         return None
-    s = text.strip()
+    s = text.strip()[:PARSE_CHARS]
     range_re, single_re = (_DOLLAR_RANGE, _DOLLAR) if "$" in s and _DOLLAR.search(s) else (_RANGE, _ANY)
     m = range_re.search(s)
     if m:
