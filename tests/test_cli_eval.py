@@ -159,6 +159,8 @@ def test_eval_options_and_no_record(files, tmp_path):
         (["eval", "test-length", "-o", "nonsense"], "bad option"),
         (["compare", "nobody", "nothing"], "no evaluation named"),
         (["eval", "test-length", "--interval", "0.8", "--interval-scale", "wide"], "--interval-scale must be"),
+        (["eval", "test-length", "--interval-scale", "difficulty"], "add --interval"),  # was silently ignored
+        (["leaderboard", "--db", "/nonexistent/typo.db"], "no such leaderboard database"),  # was created empty
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(files, args, message):

@@ -224,3 +224,12 @@ def test_the_evaluation_scores_and_charts_a_reported_distribution(data_dir: Path
     plain = score(items[500:], registry.create("constant-median").fit(items[:500]).predict(items[500:]), name="c")
     assert "calib_n" not in plain.metrics
     assert not any("calibration" in p.name for p in save_charts(plain, tmp_path / "plain"))
+
+
+def test_two_levels_never_share_a_label():
+    from appraiser.pricers.conformal import Conformal, percent
+    from appraiser.pricers.registry import create
+
+    assert [percent(x) for x in (0.8, 0.95, 0.001, 0.004)] == ["80", "95", "0.1", "0.4"]
+    labels = {Conformal(create("constant-mean"), level=level).label for level in (0.001, 0.004)}
+    assert len(labels) == 2

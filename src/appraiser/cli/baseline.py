@@ -113,6 +113,8 @@ def baseline_command(
         from appraiser.cli.evaluate import with_interval
 
         pricer = with_interval(pricer, interval, True, scale=interval_scale)
+    elif interval_scale != "none":
+        raise DataError("--interval-scale scales an interval: add --interval LEVEL (e.g. 0.8)")
 
     data = config.default_data_dir()
     test_items = load_test_items(test or data / "validation.jsonl", None if size <= 0 else size, offset)

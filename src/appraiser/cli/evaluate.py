@@ -90,6 +90,13 @@ def _store(db: Path | None) -> LeaderboardStore:
     return LeaderboardStore(db)
 
 
+def _existing_store(db: Path | None) -> LeaderboardStore:
+    """The leaderboard a command only reads: a --db that does not exist is a typo, not a new empty database."""
+    if db is not None and not db.exists():
+        raise DataError(f"{db}: no such leaderboard database")
+    return LeaderboardStore(db)
+
+
 def _fmt_money(v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
@@ -156,6 +163,8 @@ def eval_command(
         needs_fit = registry.get(pricer).needs_fit
         if interval:
             p, needs_fit = with_interval(p, interval, needs_fit, interval_method, interval_scale), True
+        elif interval_scale != "none":
+            raise DataError("--interval-scale scales an interval: add --interval LEVEL (e.g. 0.8)")
     with _store(db) as store:
         fit_and_evaluate(
             p,
@@ -254,7 +263,7 @@ def leaderboard_command(
     db: DbOpt = None,
 ) -> None:
     """Rank pricers on one test set (the most recent by default) and write a bar chart."""
-    with _store(db) as store:
+    with _existing_store(db) as store:
         chosen = _pick_fingerprint(store, test, size, fp)
         rows = sorted(store.rows(chosen, latest_only=not all_runs), key=_mae_key) if chosen else []
         others = [f for f in store.fingerprints() if f[0] != chosen]
@@ -298,7 +307,7 @@ def compare_command(
     """Paired comparison of two pricers on the items both priced: mean error difference, CI, sign test."""
     from appraiser.evaluation.compare import paired_compare
 
-    with _store(db) as store:
+    with _existing_store(db) as store:
         fp = fingerprint(load_test_items(test, _size(size))) if test is not None else None
         ra = _find_run(store, a, fp)
         rb = _find_run(store, b, fp or ra.test_fingerprint)

@@ -143,6 +143,11 @@ def calibration_split(
     return cal, [it for it in train if id(it) not in chosen]
 
 
+def percent(level: float) -> str:
+    """A level as the percent in a label: 80 for 0.8, 0.1 for 0.001 (two levels never share a label)."""
+    return f"{round(level * 100, 6):g}"
+
+
 INTERVAL_SCALES = ("none", "difficulty")
 
 
@@ -297,7 +302,7 @@ class Conformal(Pricer):
 
     @property
     def label(self) -> str:
-        return f"{self.base.label}+ci{round(self.level * 100)}"
+        return f"{self.base.label}+ci{percent(self.level)}"
 
     def config(self) -> dict[str, Any]:
         return {
@@ -411,7 +416,7 @@ class ConformalQuantile(Pricer):
 
     @property
     def label(self) -> str:
-        return f"{self.base.label}+cqr{round(self.level * 100)}"
+        return f"{self.base.label}+cqr{percent(self.level)}"
 
     def config(self) -> dict[str, Any]:
         return {
