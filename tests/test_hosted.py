@@ -354,3 +354,247 @@ def test_runs_watch_follows_a_hosted_job_and_cancel_ends_it(trainer_server, pool
     assert store.get(run.id).status == "cancelled"
     ends = [e.message for e in store.events(run.id) if e.message.startswith("Job cancelled")]
     assert len(ends) == 1
+
+
+# ---------------------------------------------------------------- a hostile provider
+
+STUB_KEY_ENV = "STUB_PROVIDER_KEY"
+STUB_ENV = {STUB_KEY_ENV: "sk-stub"}
+CHECKPOINT_MODEL = "ft:m:org:ok:ckpt-step-1"  # ":ok:" is an emoji code to rich: shown as text, it stays
+
+
+class HostedProvider:
+    """A fine-tuning API with knobs, as a broken or hostile provider answers (stdlib `http.server` in a
+    thread). `upload`: "ok", "html" (a 200 web page), "noid" (a 200 JSON without a file id); `job`: the
+    status every job has, or "missing" (404) or "500"; `events`: "ok", "loop" (always `has_more`, the same
+    page), "badfields" (a time that is "yesterday", no message, an ANSI escape); `checkpoints`: "ok" or
+    "loop"; chat calls answer with no content. `calls` counts requests per route."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.upload, self.job, self.events, self.checkpoints = "ok", "running", "ok", "ok"
+        self.calls: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> HostedProvider:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def answer(self, method: str, path: str) -> tuple[int, object]:
+        route = self._route(method, path)
+        with self.lock:
+            self.calls[route] = self.calls.get(route, 0) + 1
+        if route == "upload":
+            return self._upload()
+        if route == "chat":
+            message = {"role": "assistant", "content": None}
+            return 200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}  # fmt: skip
+        if route == "create":
+            return 200, self._job("running")
+        if self.job == "missing":
+            return 404, {"error": {"message": "No such fine-tuning job: ftjob-1", "code": "fine_tune_not_found"}}
+        if route == "events":
+            return 200, self._events()
+        if route == "checkpoints":
+            return 200, self._checkpoints()
+        if route == "cancel":
+            return 200, self._job("cancelled")
+        if self.job == "500":
+            return 500, {"error": {"message": "internal", "type": "server_error"}}
+        return 200, self._job(self.job)
+
+    @staticmethod
+    def _route(method: str, path: str) -> str:
+        if path.endswith("/files"):
+            return "upload"
+        for name in ("chat/completions", "events", "checkpoints", "cancel"):
+            if path.endswith(name):
+                return name.split("/")[0]
+        return "create" if method == "POST" else "job"
+
+    def _upload(self) -> tuple[int, object]:
+        if self.upload == "html":
+            return 200, b"<html><body>Welcome to nginx</body></html>"
+        f = {"object": "file", "bytes": 1, "created_at": 0, "filename": "train.jsonl", "purpose": "fine-tune"}
+        return 200, f if self.upload == "noid" else {**f, "id": "file-1", "status": "processed"}
+
+    def _job(self, status: str) -> dict:
+        done = status == "succeeded"
+        return {"id": "ftjob-1", "object": "fine_tuning.job", "created_at": 0, "model": "m", "status": status,
+                "fine_tuned_model": "ft:m:org:ok:abc" if done else None, "finished_at": None, "result_files": [],
+                "hyperparameters": {"n_epochs": 1}, "organization_id": "org", "seed": 1, "trained_tokens": None,
+                "training_file": "file-1", "validation_file": None, "error": None}  # fmt: skip
+
+    def _events(self) -> dict:
+        def event(i: int, **fields) -> dict:
+            base = {"id": f"ev-{i}", "object": "fine_tuning.job.event", "created_at": 1700000000 + i,
+                    "level": "info", "message": f"Step {i}/2: training loss=1.0", "type": "metrics",
+                    "data": {"step": i, "total_steps": 2, "train_loss": 1.0}}  # fmt: skip
+            return {**base, **fields}
+
+        if self.events == "loop":
+            return {"object": "list", "has_more": True, "data": [event(1)]}
+        if self.events == "badfields":
+            odd = [event(2, created_at="yesterday", message="odd \x1b[31mred"), event(1, created_at=None, message=None)]
+            return {"object": "list", "has_more": False, "data": odd}
+        return {"object": "list", "has_more": False, "data": [event(2), event(1)]}
+
+    def _checkpoints(self) -> dict:
+        cp = {"id": "cp-1", "object": "fine_tuning.job.checkpoint", "created_at": 0, "step_number": 1,
+              "fine_tuning_job_id": "ftjob-1", "fine_tuned_model_checkpoint": CHECKPOINT_MODEL,
+              "metrics": {"train_loss": 0.5}}  # fmt: skip
+        return {"object": "list", "has_more": self.checkpoints == "loop", "data": [cp]}
+
+    def _handler(self) -> type:
+        import http.server
+
+        provider = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _any(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, payload = provider.answer(self.command, self.path.split("?")[0])
+                html = isinstance(payload, bytes)
+                data = payload if html else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html" if html else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = _any
+
+        return Handler
+
+
+@pytest.fixture()
+def hostile():
+    with HostedProvider() as p:
+        yield p
+
+
+@pytest.fixture()
+def prepared(pool: Path, tmp_path: Path) -> Path:
+    return _prepared(pool, tmp_path, n_validation=0)
+
+
+def _start_at(provider: HostedProvider, prepared: Path, *args: object) -> subprocess.CompletedProcess:
+    """`hosted start` against the provider (the course's base model, so the files are checked as for OpenAI)."""
+    return cli("hosted", "start", "--from", prepared, "--base-url", provider.url, "--key-env", STUB_KEY_ENV,
+               "--model", "gpt-4o-mini-2024-07-18", "--plain", "--interval", 0.1, *args, env=STUB_ENV,
+               timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize("upload", ["html", "noid"])
+def test_an_upload_answered_with_something_else_fails_the_run(hostile, prepared: Path, upload: str):
+    hostile.upload = upload
+    r = _start_at(hostile, prepared)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("error:") == 1 and "ending in /v1" in r.stderr
+    (run,) = RunStore().list()
+    assert run.status == "failed" and "ending in /v1" in run.error and hostile.calls.get("create") is None
+
+
+def test_events_and_checkpoints_that_always_have_more_are_cut_short(hostile, prepared: Path):
+    """A provider that answers `has_more` with the same page forever: the walk stops at the page that adds
+    nothing, says so, and the job is followed to its end all the same."""
+    hostile.job, hostile.events, hostile.checkpoints = "succeeded", "loop", "loop"
+    r = _start_at(hostile, prepared)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "says has_more but adds nothing new" in r.stderr and hostile.calls["events"] < 10
+    (run,) = RunStore().list()
+    assert (
+        run.status == "succeeded"
+        and [e.message for e in RunStore().events(run.id)].count("Step 1/2: training loss=1.0") == 1
+    )
+    cps = cli("hosted", "checkpoints", "last", env=STUB_ENV, timeout=300)
+    assert cps.returncode == 0, cps.stderr
+    assert "says has_more but adds nothing new" in cps.stderr and hostile.calls["checkpoints"] == 2
+    assert CHECKPOINT_MODEL in cps.stdout and "0.5000" in cps.stdout
+
+
+def test_events_with_fields_that_cannot_be_read_are_recorded_without_them(hostile, prepared: Path):
+    hostile.job, hostile.events = "succeeded", "badfields"
+    r = _start_at(hostile, prepared)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    (run,) = RunStore().list()
+    messages = [e.message for e in RunStore().events(run.id)]
+    assert "odd \\x1b[31mred" in messages  # the time of "yesterday" is the time it was mirrored
+    assert "(metrics event without a message)" in messages
+    assert RunStore().series(run.id, "loss")[0] == [1, 2]
+
+
+def test_a_job_the_provider_does_not_know_fails_the_run_until_it_answers_again(hostile, prepared: Path):
+    """A 404 for the job: the run fails with a message that says so (watch and cancel end non-zero, they do
+    not retry); when the job answers again (the key that made it), a watch takes the run back."""
+    hostile.job = "missing"
+    r = _start_at(hostile, prepared)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "has no job ftjob-1" in r.stderr and f"${STUB_KEY_ENV} is not the key" in r.stderr
+    (run,) = RunStore().list()
+    assert run.status == "failed" and "has no job ftjob-1" in run.error
+    for again in (
+        cli("hosted", "watch", run.id, "--plain", env=STUB_ENV, timeout=300),
+        cli("hosted", "cancel", run.id, env=STUB_ENV, timeout=300),
+    ):
+        assert again.returncode == 2 and "has no job ftjob-1" in again.stderr, again.stderr
+    hostile.job = "succeeded"
+    back = cli("hosted", "watch", run.id, "--plain", "--interval", 0.1, env=STUB_ENV, timeout=300)
+    assert back.returncode == 0, back.stderr
+    assert RunStore().get(run.id).status == "succeeded"
+
+
+def test_a_job_that_keeps_answering_500_is_given_up_on(hostile, prepared: Path, monkeypatch):
+    """429/5xx back off and poll again, but not forever: `max_tries` failures of one call in a row stop the
+    follower with a message that says the job itself may be fine."""
+    from appraiser.api import ApiError
+    from appraiser.hosted.follow import Follower
+    from appraiser.hosted.jobs import client_for, endpoint_of
+
+    r = _start_at(hostile, prepared, "--detach")
+    assert r.returncode == 0, r.stderr
+    hostile.job = "500"
+    monkeypatch.setenv(STUB_KEY_ENV, "sk-stub")
+    store = RunStore()
+    (run,) = store.list()
+    said: list[str] = []
+    follower = Follower(store, run.id, client_for(endpoint_of(run), max_retries=0), max_backoff=0.01, max_tries=3,
+                        say=said.append)  # fmt: skip
+    with pytest.raises(ApiError, match="gave up after 3 failed tries in a row"):
+        follower.run()
+    assert hostile.calls["job"] == 3 and len(said) == 2 and store.get(run.id).status == "running"
+
+
+def test_an_evaluation_where_every_item_failed_is_not_done(hostile, prepared: Path, data_dir: Path, tmp_path: Path):
+    """`--eval-on-finish` where no test item got a price (every answer empty): an error naming the reason,
+    no leaderboard row, nothing recorded as evaluated, so `hosted watch` tries again."""
+    from appraiser.evaluation.store import LeaderboardStore
+
+    hostile.job = "succeeded"
+    test = tmp_path / "test.jsonl"
+    write_items(read_items(data_dir / "validation.jsonl", limit=2), test)
+    r = _start_at(hostile, prepared, "--eval-on-finish", "--test", test, "--size", 2)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "every one of the 2 test items failed" in r.stderr and "an empty answer" in r.stderr
+    assert "(final): MAE" not in r.stdout and hostile.calls["chat"] == 2
+    (run,) = RunStore().list()
+    assert not [e for e in RunStore().events(run.id) if e.message.startswith("Evaluated ")]
+    with LeaderboardStore() as lb:
+        assert lb.rows() == []
+    again = cli("hosted", "watch", run.id, "--plain", env=STUB_ENV, timeout=300)
+    assert again.returncode == 2 and "already evaluated" not in again.stderr, again.stderr
+    assert hostile.calls["chat"] == 4

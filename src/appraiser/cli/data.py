@@ -7,13 +7,13 @@ and exit code 2; malformed lines inside a file are listed as `file:line: reason`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from appraiser.cli import console, err_console, user_errors
+from appraiser.cli import console, err_console, fail, user_errors
 from appraiser.data.io import DataError
 
 app = typer.Typer(no_args_is_help=True)
@@ -272,10 +272,7 @@ def summarize(
             out,
             max_tokens=max_tokens,
             poll_s=poll,
-            on_poll=lambda b: console.print(
-                f"batch {b.id}: {b.status} ({b.request_counts.completed if b.request_counts else 0}/"
-                f"{b.request_counts.total if b.request_counts else '?'})"
-            ),
+            on_poll=_print_batch,
         )
     else:
         from rich.progress import Progress
@@ -291,10 +288,35 @@ def summarize(
         f"wrote {report.written:,} summaries to {escape(str(out))} ({report.skipped:,} already there); "
         f"{u.prompt_tokens:,} + {u.completion_tokens:,} tokens, {spent}"
     )
+    _summarize_outcome(report)
+
+
+def _print_batch(batch: Any) -> None:
+    """One poll of a summaries batch: its status and how many requests are done (what the provider says)."""
+    counts = getattr(batch, "request_counts", None)
+    done, total = getattr(counts, "completed", None), getattr(counts, "total", None)
+    console.print(
+        f"batch {escape(str(batch.id))}: {escape(str(batch.status))} ({done or 0}/{total or '?'})",
+        highlight=False,
+        emoji=False,
+    )
+
+
+def _summarize_outcome(report: Any) -> None:
+    """The failures, then the exit code: a run where nothing succeeded is an error (exit 1, the first reason
+    on the error line), so a bad key or a dead endpoint never passes for a finished job in a script; a run
+    with some successes keeps them, says how many failed, and exits 0 (a rerun retries only the failures)."""
     for item_id, why in report.failed[:SHOWN_ERRORS]:
         err_console.print(f"{escape(item_id)}: {escape(why)}", soft_wrap=True, highlight=False)
-    if report.failed:
-        err_console.print(f"{len(report.failed):,} items failed; rerun the same command to retry them")
+    if not report.failed:
+        return
+    if not report.written:
+        first = ": ".join(report.failed[0])
+        raise fail(f"nothing was summarised ({len(report.failed):,} failed); first {first}", code=1)
+    err_console.print(
+        f"{len(report.failed):,} failed, {report.written:,} written; rerun the same command to retry the failures",
+        highlight=False,
+    )
 
 
 def register(app_: typer.Typer) -> None:

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from appraiser.cli import console, err_console
 from appraiser.data.io import DataError
@@ -141,7 +142,7 @@ def follow_live(
 
                 def tick() -> None:
                     for e in store.events(run.id, after=last["id"]):
-                        console.print(escape(str(e)), soft_wrap=True, highlight=False)
+                        console.print(escape(str(e)), soft_wrap=True, highlight=False, emoji=False)
                         last["id"] = e.id
 
                 wait_done(bg, tick)
@@ -173,13 +174,13 @@ def make_follower(store: Any, run: Any, *, interval: float = 5.0, report_to: lis
 
 
 def _say(message: str) -> None:
-    err_console.print(escape(message), style="dim", highlight=False)
+    err_console.print(escape(message), style="dim", highlight=False, emoji=False)
 
 
 def _last_event_id(store: Any, run_id: str) -> int:
     events = store.events(run_id)
     for e in events[-10:]:
-        console.print(escape(str(e)), soft_wrap=True, highlight=False)
+        console.print(escape(str(e)), soft_wrap=True, highlight=False, emoji=False)
     return events[-1].id if events else 0
 
 
@@ -192,7 +193,7 @@ def _after_job(
         return
     if run.status == "succeeded":
         model = run.config.get("fine_tuned_model")
-        console.print(f"[green]succeeded[/green]: {escape(str(model))}", highlight=False)
+        console.print(f"[green]succeeded[/green]: {escape(str(model))}", highlight=False, emoji=False)
         try:
             if eval_on_finish:
                 _evaluate(store, run, eval_checkpoints)
@@ -200,7 +201,8 @@ def _after_job(
             _notify(store, run.id, notify)
         return
     _notify(store, run.id, notify)
-    err_console.print(f"job {escape(run.status)}" + (f": {escape(run.error)}" if run.error else ""), highlight=False)
+    line = f"job {escape(run.status)}" + (f": {escape(run.error)}" if run.error else "")
+    err_console.print(line, highlight=False, emoji=False)
     raise typer.Exit(1)
 
 
@@ -230,12 +232,12 @@ def _evaluate(store: Any, run: Any, with_checkpoints: bool) -> None:
     from appraiser.hosted.evaluate import evaluate_models, models_to_evaluate
     from appraiser.hosted.jobs import checkpoints
 
-    cps = checkpoints(run) if with_checkpoints else []
+    cps = checkpoints(run, say=_say) if with_checkpoints else []
     test = run.config.get("eval_test") or str(config.default_data_dir() / "validation.jsonl")
     size = run.config.get("eval_size", 250)
     for s in evaluate_models(store, run, models_to_evaluate(run, cps), test=test, size=size or None, say=_say):
         mae = f"${s['mae']:,.2f}" if s["mae"] is not None else "?"
-        console.print(f"{escape(s['model'])} ({escape(s['label'])}): MAE {mae}", highlight=False)
+        console.print(f"{escape(s['model'])} ({escape(s['label'])}): MAE {mae}", highlight=False, emoji=False)
 
 
 @app.command("start")
@@ -368,7 +370,7 @@ def checkpoints_command(run: RunArg) -> None:
     """The job's checkpoints: step, metrics and the model name to use (or evaluate) each one."""
     from appraiser.hosted.jobs import checkpoints
 
-    cps = checkpoints(_store().get(run))
+    cps = checkpoints(_store().get(run), say=_say)
     if not cps:
         console.print("no checkpoints yet")
         return
@@ -376,17 +378,15 @@ def checkpoints_command(run: RunArg) -> None:
     for col in ("step", "train loss", "valid loss", "full valid loss", "model"):
         table.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
 
-    def num(v: float | None) -> str:
-        return "-" if v is None else f"{v:.4f}"
+    def num(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, int | float) else "-"
 
     for c in cps:
         m = c.metrics
         table.add_row(
-            str(c.step_number),
-            num(m.train_loss),
-            num(m.valid_loss),
-            num(m.full_valid_loss),
-            escape(c.fine_tuned_model_checkpoint),
+            Text(str(c.step_number)),
+            *(num(getattr(m, k, None)) for k in ("train_loss", "valid_loss", "full_valid_loss")),
+            Text(str(c.fine_tuned_model_checkpoint)),  # text, not markup: "ft:x:ok:..." is no emoji
         )
     console.print(table)
 
@@ -399,7 +399,7 @@ def cancel_command(run: RunArg) -> None:
     store = _store()
     r = store.get(run)
     job = cancel(store, r)
-    console.print(f"job {escape(job.id)} is {escape(job.status)}", highlight=False)
+    console.print(f"job {escape(job.id)} is {escape(job.status)}", highlight=False, emoji=False)
 
 
 def follow_while_watching(store: Any, run: Any, interval: float) -> Any:

@@ -4,13 +4,16 @@ The summary goes into the item's `summary` field (its raw `text` is kept), which
 is there (`Item.prompt_text`), so summaries feed any pricer and the trainer like raw text does. The work
 is resumable: answers are appended to the output file as they arrive, and a rerun skips every id already
 there. `summarize_batch` sends the same requests through the Batch API (upload, create, poll, download,
-match by `custom_id`), half the price at OpenAI; its batch id is kept beside the output so an interrupted
-run waits for the same batch instead of paying twice.
+match by `custom_id`), half the price at OpenAI; its batch id (and model) is kept beside the output so an
+interrupted run waits for the same batch instead of paying twice. A batch for another model, or one that is
+gone, failed, or whose output could not be read for good, is not reused. An output line that is not an
+answer is reported as a failure with its line number, and the other answers are kept.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -90,11 +93,57 @@ class Report:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
 
 
+def _last_line_start(fh: Any, size: int, chunk: int = 65536) -> int:
+    """Offset where the file's last line begins (read backwards, a chunk at a time)."""
+    pos = size
+    while pos > 0:
+        step = min(chunk, pos)
+        pos -= step
+        fh.seek(pos)
+        i = fh.read(step).rfind(b"\n")
+        if i >= 0:
+            return pos + i + 1
+    return 0
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(rec, dict) and "id" in rec
+
+
+def drop_torn_tail(out: Path) -> None:
+    """Make the output end on a newline before appending to it. A kill mid-write leaves half a record
+    without its newline: appending after it would glue the next record onto it and lose both for good, so
+    it is cut off (`done_ids` already skips it: that item is asked again). A whole record that only lacks
+    its newline (a hand-edited file) keeps its place and gets the newline."""
+    try:
+        fh = open(out, "rb+")
+    except FileNotFoundError:
+        return
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        start = _last_line_start(fh, size)
+        fh.seek(start)
+        if _is_record(fh.read()):
+            fh.write(b"\n")
+        else:
+            fh.truncate(start)
+
+
 class _Writer:
     """Appends finished items to the output, one whole line at a time, from many threads."""
 
     def __init__(self, out: Path):
         out.parent.mkdir(parents=True, exist_ok=True)
+        drop_torn_tail(out)
         self.fh = open(out, "a", encoding="utf-8")
         self.lock = threading.Lock()
 
@@ -178,6 +227,156 @@ def batch_lines(items: Sequence[Item], model: str, seed: int = 42, max_tokens: i
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
+def _api(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """One SDK call; a failure is one ApiError line with the provider's message, never an SDK traceback."""
+    from appraiser.hosted.jobs import call
+
+    return call(fn, *args, **kwargs)
+
+
+def _state_path(out: Path) -> Path:
+    return out.with_name(out.name + ".batch.json")
+
+
+def _saved_batch(sdk: Any, state_path: Path, model: str) -> Any | None:
+    """The batch an earlier run sent for this output, when it can still answer for this model; else None,
+    and its state file is dropped. A state file for another model, an unreadable one, a batch the provider
+    no longer knows (404) or one that ended without answers is not reused; any other error (no connection,
+    a bad key) is raised with the state kept, so the next run still waits for the batch already paid for.
+    A state file from before the model was recorded is trusted (its batch cannot be told apart)."""
+    if not state_path.exists():
+        return None
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        batch_id = state["batch_id"]
+        saved_model = state.get("model", model)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        saved_model, batch_id = None, None
+    if not isinstance(batch_id, str) or saved_model != model:
+        state_path.unlink(missing_ok=True)
+        return None
+    from appraiser.api import ApiError
+
+    try:
+        batch = _api(sdk.batches.retrieve, batch_id)
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        batch = None
+    if batch is None or batch.status in ("failed", "expired", "cancelled"):
+        state_path.unlink(missing_ok=True)
+        return None
+    return batch
+
+
+def _send_batch(sdk: Any, todo: Sequence[Item], model: str, out: Path, seed: int, max_tokens: int) -> Any:
+    """Upload the requests and create the batch; its id and model go to the state file at once."""
+    data = batch_lines(todo, model, seed, max_tokens)
+    f = _api(sdk.files.create, file=(f"{out.stem}-batch.jsonl", data), purpose="batch")
+    batch = _api(
+        sdk.batches.create,
+        input_file_id=f.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"appraiser": "summarize"},
+    )
+    state = {"batch_id": batch.id, "input_file_id": f.id, "model": model}
+    _state_path(out).write_text(json.dumps(state), encoding="utf-8")
+    return batch
+
+
+def _wait(sdk: Any, batch: Any, poll_s: float, timeout_s: float | None, on_poll: Callable[[Any], None] | None) -> Any:
+    """Poll until the batch ends (or `timeout_s` passes: a DataError, the state kept for the next run)."""
+    start = time.monotonic()
+    while batch.status not in TERMINAL:
+        if on_poll is not None:
+            on_poll(batch)
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise DataError(f"batch {batch.id} still {batch.status}; rerun the same command to keep waiting")
+        time.sleep(poll_s)
+        batch = _api(sdk.batches.retrieve, batch.id)
+    if on_poll is not None:
+        on_poll(batch)
+    return batch
+
+
+def _tokens(usage: dict[str, Any], key: str) -> int:
+    n = usage.get(key)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else 0
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _parse_output_line(line: str) -> tuple[str, dict[str, Any]]:
+    """(custom_id, record) of one batch output line; ValueError saying what is wrong with it."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        raise ValueError(f"not JSON: {line[:60]!r}") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("custom_id"), str):
+        raise ValueError(f"no custom_id: {line[:60]!r}")
+    return rec["custom_id"], rec
+
+
+def _answer(rec: dict[str, Any]) -> tuple[str | None, str | None, dict[str, Any] | None]:
+    """(text, why there is none, usage of a paid answer) of one output record, whatever shape it has."""
+    resp = _dict(rec.get("response"))
+    body = _dict(resp.get("body"))
+    if resp.get("status_code") != 200:
+        err = _dict(body.get("error")) or _dict(rec.get("error"))
+        return None, f"the batch answered {resp.get('status_code')}: {err.get('message') or 'no answer'}", None
+    choices = body.get("choices")
+    first = _dict(choices[0]) if isinstance(choices, list) and choices else {}
+    text = _dict(first.get("message")).get("content")
+    return (text if isinstance(text, str) else None), None, _dict(body.get("usage"))
+
+
+Answers = dict[str, tuple[str | None, str | None]]
+
+
+def _read_output(client: Any, model: str, batch: Any, out: Path, report: Report) -> Answers:
+    """{custom_id: (answer text, why there is none)} from the batch's output and error files. A line that is not an
+    answer is a failure of its own (`<file> line N`); the other lines are kept. A file that cannot be read
+    is an ApiError: a passing one (no connection, 5xx) keeps the state so a rerun fetches it again; any
+    other drops it, so a rerun sends a new batch instead of failing on this one again."""
+    from appraiser.api import ApiError
+    from appraiser.hosted.jobs import retryable
+
+    answers: Answers = {}
+    for file_id in (batch.output_file_id, batch.error_file_id):
+        if not file_id:
+            continue
+        try:
+            text = _api(client.sdk.files.content, file_id).text
+        except ApiError as e:
+            again = "fetch its answers again" if retryable(e) else "send a new batch"
+            if not retryable(e):
+                _state_path(out).unlink(missing_ok=True)
+            raise ApiError(
+                f"batch {batch.id}: reading {file_id} failed ({e}); rerun to {again}", e.status, e.code
+            ) from None
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                _take_line(client, model, f"{file_id} line {n}", line, answers, report)
+    return answers
+
+
+def _take_line(client: Any, model: str, where: str, line: str, answers: Answers, report: Report) -> None:
+    """One output line into `answers` (its usage counted), or into the report's failures when unreadable."""
+    try:
+        custom_id, rec = _parse_output_line(line)
+    except ValueError as e:
+        report.failed.append((where, str(e)))
+        return
+    text, why, usage = _answer(rec)
+    if usage is not None:
+        prompt, completion = _tokens(usage, "prompt_tokens"), _tokens(usage, "completion_tokens")
+        client.usage.add(prompt, completion, client.prices.cost(model, prompt, completion, batch=True))
+    answers[custom_id] = (text, why)
+
+
 def summarize_batch(
     items: Sequence[Item],
     client: Any,
@@ -190,9 +389,10 @@ def summarize_batch(
     timeout_s: float | None = None,
     on_poll: Callable[[Any], None] | None = None,
 ) -> Report:
-    """The same through the Batch API. The batch id is kept in `<out>.batch.json` until its answers are in."""
+    """The same through the Batch API. The batch id is kept in `<out>.batch.json` until its answers are in.
+    Every provider error is one ApiError line (a DataError), never an SDK traceback."""
     out = Path(out)
-    state_path = out.with_name(out.name + ".batch.json")
+    state_path = _state_path(out)
     have = done_ids(out)
     todo = [it for it in items if it.id not in have]
     report = Report(skipped=len(items) - len(todo))
@@ -200,67 +400,23 @@ def summarize_batch(
         state_path.unlink(missing_ok=True)
         return report
     sdk = client.sdk
-    batch = None
-    if state_path.exists():
-        try:
-            batch = sdk.batches.retrieve(json.loads(state_path.read_text())["batch_id"])
-        except Exception:  # a stale or foreign id: start a new batch
-            batch = None
-        if batch is not None and batch.status in ("failed", "expired", "cancelled"):
-            batch = None
-    if batch is None:
-        f = sdk.files.create(
-            file=(f"{out.stem}-batch.jsonl", batch_lines(todo, model, seed, max_tokens)), purpose="batch"
-        )
-        batch = sdk.batches.create(
-            input_file_id=f.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata={"appraiser": "summarize"},
-        )
-        state_path.write_text(json.dumps({"batch_id": batch.id, "input_file_id": f.id}))
-    start = time.monotonic()
-    while batch.status not in TERMINAL:
-        if on_poll is not None:
-            on_poll(batch)
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            raise DataError(f"batch {batch.id} still {batch.status}; rerun the same command to keep waiting")
-        time.sleep(poll_s)
-        batch = sdk.batches.retrieve(batch.id)
-    if on_poll is not None:
-        on_poll(batch)
+    batch = _saved_batch(sdk, state_path, model) or _send_batch(sdk, todo, model, out, seed, max_tokens)
+    batch = _wait(sdk, batch, poll_s, timeout_s, on_poll)
     if batch.status != "completed":
         errs = "; ".join(f"line {e.line}: {e.message}" for e in (batch.errors.data if batch.errors else [])[:3])
         state_path.unlink(missing_ok=True)
         raise DataError(f"batch {batch.id} {batch.status}" + (f": {errs}" if errs else ""))
-    answers: dict[str, str | None] = {}
-    for file_id in (batch.output_file_id, batch.error_file_id):
-        if not file_id:
-            continue
-        for line in sdk.files.content(file_id).text.splitlines():
-            rec = json.loads(line)
-            resp = rec.get("response") or {}
-            body = resp.get("body") or {}
-            text = None
-            if resp.get("status_code") == 200 and body.get("choices"):
-                text = body["choices"][0]["message"].get("content")
-                u = body.get("usage") or {}
-                client.usage.add(
-                    u.get("prompt_tokens", 0),
-                    u.get("completion_tokens", 0),
-                    client.prices.cost(model, u.get("prompt_tokens", 0), u.get("completion_tokens", 0), batch=True),
-                )
-            answers[rec["custom_id"]] = text
+    answers = _read_output(client, model, batch, out, report)
     writer = _Writer(out)
     try:
         for it in todo:
-            summary = parse_summary(answers.get(it.id))
+            text, why = answers.get(it.id, (None, "no answer in the batch output"))
+            summary = parse_summary(text)
             if summary:
                 writer.write(it, summary)
                 report.written += 1
             else:
-                why = "no answer in the batch output" if it.id not in answers else "not a five-field summary"
-                report.failed.append((it.id, why))
+                report.failed.append((it.id, why or "not a five-field summary"))
     finally:
         writer.close()
     state_path.unlink(missing_ok=True)

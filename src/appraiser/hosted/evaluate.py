@@ -3,7 +3,10 @@ checkpoint's) through the `api` pricer, and put the result on the leaderboard.
 
 Each model is evaluated once per run and test set (`RunStore.claim`), so a rerun of `hosted watch` after
 the job ended does not pay for the same evaluation again; a failed evaluation is unclaimed, so a rerun
-tries it again. The result (MAE and leaderboard row) is written on the run as an event and in its state.
+tries it again. An evaluation where every item failed (the model is not there, the key cannot reach it) is
+a failed evaluation: no leaderboard row, nothing recorded as done, and a DataError naming the first
+reason once the other models have had their turn. The result (MAE and leaderboard row) is written on the
+run as an event and in its state.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def evaluate_models(
     leaderboard: Any = None,
 ) -> list[dict[str, Any]]:
     """Evaluate each model with the `api` pricer on the run's endpoint; one leaderboard row each."""
-    from appraiser.evaluation.evaluator import evaluate, load_test_items
+    from appraiser.evaluation.evaluator import evaluate, load_test_items, record_result
     from appraiser.hosted.jobs import endpoint_of
     from appraiser.items import fingerprint
     from appraiser.pricers import registry
@@ -50,7 +53,7 @@ def evaluate_models(
     endpoint = endpoint_of(run)
     items = load_test_items(test, size)
     fp = fingerprint(items)
-    done = []
+    done, failures = [], []
     for label, model in models:
         key = f"hosted:evaluated:{model}:{fp}"
         if not store.claim(run.id, key, None):
@@ -59,14 +62,33 @@ def evaluate_models(
         try:
             pricer = registry.create("api", model=model, base_url=endpoint.base_url, key_env=endpoint.key_env)
             say(f"evaluating {model} ({label}) on {len(items)} test items")
-            result = evaluate(pricer, items, show=show, store=leaderboard)
+            result = evaluate(pricer, items, show=show, record=False, store=leaderboard)
+            nothing_priced(result)
+        except DataError as e:
+            store.unclaim(run.id, key)
+            failures.append(f"evaluating {model} ({label}): {e}")
+            continue
         except BaseException:
             store.unclaim(run.id, key)
             raise
+        record_result(result, leaderboard)
+        say(f"recorded as run {result.run_id} on the leaderboard")
         mae = result.metrics.get("mae")
         summary = {"model": model, "label": label, "mae": mae, "leaderboard_id": result.run_id, "fingerprint": fp}
         store.set_state(run.id, key, summary)
         mae_text = f"${mae:,.2f}" if isinstance(mae, int | float) else "?"
         store.add_event(run.id, f"Evaluated {model} ({label}) on {len(items)} test items: MAE {mae_text}")
         done.append(summary)
+    if failures:
+        more = f" (and {len(failures) - 1} more failed evaluations)" if len(failures) > 1 else ""
+        raise DataError(f"{failures[0]}{more}; rerun `appraiser hosted watch {run.id}` to try again")
     return done
+
+
+def nothing_priced(result: Any) -> None:
+    """A DataError with the first reason when no item got a price: an evaluation of nothing is not a
+    result (its MAE would be NaN) and must not count as done."""
+    if any(not r.failed for r in result.results):
+        return
+    first = next((r.raw for r in result.results if r.raw), None) or "no answer"
+    raise DataError(f"every one of the {len(result.results)} test items failed; first: {first}")

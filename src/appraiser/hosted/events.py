@@ -42,11 +42,11 @@ def run_status(job_status: str) -> str:
 
 def metric_values(data: Any) -> tuple[int | None, int | None, dict[str, float]]:
     """(step, total_steps, {name: value}) from a metrics event's `data`; (None, None, {}) when it has none."""
-    if not isinstance(data, dict) or not isinstance(data.get("step"), int | float):
+    if not isinstance(data, dict) or not _number(data.get("step")):
         return None, None, {}
     step = int(data["step"])
     total = data.get("total_steps")
-    total = int(total) if isinstance(total, int | float) else None
+    total = int(total) if _number(total) else None
     values = {k: float(v) for k, v in data.items() if k not in NOT_METRICS and _number(v)}
     if "train_loss" in values:
         values["loss"] = values["train_loss"]
@@ -55,6 +55,21 @@ def metric_values(data: Any) -> tuple[int | None, int | None, dict[str, float]]:
 
 def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def event_time(created_at: Any) -> float | None:
+    """An event's `created_at` as Unix seconds, or None (recorded at the time it is mirrored) when the
+    provider sent something else ("yesterday", null, NaN): one odd field must not stop the follower."""
+    return float(created_at) if _number(created_at) and created_at >= 0 else None
+
+
+def printable(text: Any) -> str:
+    """A provider's message as one line of plain text: control characters (an ANSI colour, a bell, a
+    carriage return that rewrites the terminal line) escaped, anything not a string made one."""
+    if text is None:
+        return ""
+    text = text if isinstance(text, str) else str(text)
+    return "".join(c if c.isprintable() or c in " \t\n" else repr(c)[1:-1] for c in text)
 
 
 def result_rows(content: bytes) -> list[tuple[int, dict[str, float]]]:

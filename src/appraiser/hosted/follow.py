@@ -7,7 +7,12 @@ then moves the cursor. Each event is claimed by id with its line and metrics in 
 (`RunStore.add_event_once`): two followers of one job
 (`hosted start` and a `runs watch` elsewhere) or a rerun after Ctrl-C never record an event twice. 429,
 5xx and lost connections that outlast the SDK's own retries back off (2 s doubling to 60 s) and poll
-again; other errors stop the follower.
+again, up to `max_tries` failures of one call in a row (then the follower stops and says so); other errors
+stop the follower. A 404 for the job itself fails the run with that message (the provider has no such job,
+or not for this key); a later follower that reaches the job again takes the run back. A page that adds
+no new event (a server that always answers `has_more`, or ignores `after`) ends the walk with a warning.
+Events with fields we cannot read (a time that is not a number, no message) are recorded as far as they
+can be: without their time, with a placeholder message.
 
 At the end: the result file (CSV) fills in the steps the events did not carry, the fine-tuned model is
 recorded on the run, and the run takes the job's final status.
@@ -21,8 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from appraiser.api import ApiClient, ApiError
-from appraiser.hosted.events import LEVEL, metric_values, result_rows, run_status
-from appraiser.hosted.jobs import call
+from appraiser.hosted.events import LEVEL, event_time, metric_values, printable, result_rows, run_status
+from appraiser.hosted.jobs import MISSING, call, job_missing, retryable
 
 CURSOR = "hosted:event_cursor"
 TRACKED = "hosted:tracked_step"
@@ -32,11 +37,6 @@ _ABSENT = object()
 
 def _event_key(event_id: str) -> str:
     return f"hosted:event:{event_id}"
-
-
-def retryable(e: ApiError) -> bool:
-    """Worth waiting for: rate limits, server errors, timeouts and lost connections."""
-    return e.status in (408, 409, 429) or (e.status or 0) >= 500 or e.code in ("timeout", "connection_error")
 
 
 class Follower:
@@ -53,11 +53,13 @@ class Follower:
         trackers: Sequence[Any] = (),
         say: Callable[[str], None] | None = None,
         max_backoff: float = 60.0,
+        max_tries: int = 10,
     ):
         self.store, self.run_id, self.client = store, run_id, client
         self.interval, self.page_size, self.trackers = interval, page_size, list(trackers)
         self.say = say or (lambda _msg: None)
-        self.max_backoff = max_backoff
+        self.max_backoff, self.max_tries = max_backoff, max_tries
+        self.warned: set[str] = set()
         self.stop = threading.Event()
         self.job: Any = None
         self.error: BaseException | None = None
@@ -71,17 +73,35 @@ class Follower:
     # ---- one API call, backing off on what is worth waiting for
 
     def _api(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        wait = 2.0
+        """The call, backed off and tried again while it fails in a passing way, at most `max_tries` times in
+        a row: a provider that answers 5xx for hours is reported, not polled forever."""
+        wait, tries = min(2.0, self.max_backoff), 0
         while True:
             try:
                 return call(fn, *args, **kwargs)
             except ApiError as e:
+                tries += 1
                 if not retryable(e) or self.stop.is_set():
                     raise
+                if tries >= self.max_tries:
+                    raise self._gave_up(tries, e) from None
                 self.say(f"{e}; retrying in {wait:.0f} s")
                 if self.stop.wait(wait):
                     raise
                 wait = min(wait * 2, self.max_backoff)
+
+    def _gave_up(self, tries: int, e: ApiError) -> ApiError:
+        return ApiError(
+            f"gave up after {tries} failed tries in a row ({e}); the job itself may be fine: "
+            f"rerun `appraiser hosted watch {self.run_id}` later to continue",
+            e.status,
+            e.code,
+        )
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self.warned:
+            self.warned.add(message)
+            self.say(message)
 
     # ---- events
 
@@ -102,11 +122,13 @@ class Follower:
             data = list(page.data)
             if newest is None and data:
                 newest = data[0].id
-            for ev in data:
-                if ev.id not in seen and not self._mirrored(ev.id):
-                    seen.add(ev.id)
-                    found.append(ev)
+            fresh = [ev for ev in data if ev.id not in seen]
+            seen.update(ev.id for ev in fresh)
+            found.extend(ev for ev in fresh if not self._mirrored(ev.id))
             if not data or not page.has_more or any(ev.id == cursor for ev in data):
+                return found[::-1], newest
+            if not fresh or data[-1].id == after:
+                self._warn_once(f"the event list of job {self.job_id} says has_more but adds nothing new")
                 return found[::-1], newest
             after = data[-1].id
 
@@ -117,10 +139,11 @@ class Follower:
         """Mirror one event (message, metrics, progress, trackers) unless some follower already did."""
         store, run_id = self.store, self.run_id
         step, total, values = metric_values(ev.data) if ev.type in (None, "metrics") else (None, None, {})
-        level = LEVEL.get(ev.level, "info")
-        at = float(ev.created_at)
+        level = LEVEL.get(ev.level, "info") if isinstance(ev.level, str) else "info"
+        message = printable(ev.message) or f"({ev.type or 'an'} event without a message)"
         key = _event_key(ev.id)
-        if not store.add_event_once(run_id, key, ev.message, level=level, step=step, at=at, metrics=values):
+        at = event_time(ev.created_at)
+        if not store.add_event_once(run_id, key, message, level=level, step=step, at=at, metrics=values):
             return False
         if step is not None and values:
             self._progress(step, total, values)
@@ -170,13 +193,30 @@ class Follower:
     # ---- the job
 
     def sync_job(self) -> Any:
-        """Fetch the job and carry its status (not yet a final one) onto the run."""
-        self.job = self._api(self.client.sdk.fine_tuning.jobs.retrieve, self.job_id)
+        """Fetch the job and carry its status (not yet a final one) onto the run. A 404 fails the run (the
+        provider has no such job) and stops the follower; a run failed that way that reaches its job again
+        (the right key this time) takes the job's status back."""
+        try:
+            self.job = self._api(self.client.sdk.fine_tuning.jobs.retrieve, self.job_id)
+        except ApiError as e:
+            if e.status == 404:
+                raise job_missing(self.store, self.store.get(self.run_id), e) from None
+            raise
         status = run_status(self.job.status)
         run = self.store.get(self.run_id)
-        if status not in TERMINAL and status != run.status and not run.finished:
+        if self.store.get_state(self.run_id, MISSING):
+            self._found_again(status)
+        elif status not in TERMINAL and status != run.status and not run.finished:
             self.store.update(self.run_id, status=status)
         return self.job
+
+    def _found_again(self, status: str) -> None:
+        """A run failed by a 404 whose job answers now: an unfinished job takes the run back at once; a
+        finished one does in `finish` (the 404 never claimed the run's end)."""
+        self.store.unclaim(self.run_id, MISSING)
+        if status not in TERMINAL:
+            self.store.update(self.run_id, status=status, error=None)
+            self.store.add_event(self.run_id, f"Job {self.job_id} answers again ({self.job.status})")
 
     def finish(self, job: Any) -> None:
         """The end of a job: the result CSV into metrics, the fine-tuned model and final status onto the run."""

@@ -4,11 +4,15 @@ Everything goes through `appraiser.api.ApiClient.sdk` (the official `openai` cli
 reach OpenAI and `appraiser serve`. The run records where the job lives (provider, base URL, the *name*
 of the key's environment variable — never the key), the uploaded file ids, the hyperparameters and the
 cost estimate, so `appraiser hosted watch RUN` can pick the job up later from the run store alone.
+
+A failure at any step of `start` fails the run with its message (never a run left `queued`); a 404 for the
+job (`job_missing`) fails the run too, saying the provider has no such job for this key.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,10 @@ from appraiser.api import ApiClient, ApiError, Endpoint, resolve_endpoint
 from appraiser.api.client import checked, describe_error
 from appraiser.api.providers import PROVIDERS
 from appraiser.data.io import DataError
+
+#: State key of a run failed because the provider answered 404 for its job (a follower that reaches the
+#: job again takes the run back).
+MISSING = "hosted:job_missing"
 
 
 def endpoint_config(endpoint: Endpoint) -> dict[str, Any]:
@@ -37,6 +45,11 @@ def client_for(endpoint: Endpoint, *, max_retries: int = 3, timeout: float = 120
     return ApiClient(endpoint, concurrency=1, max_retries=max_retries, timeout=timeout)
 
 
+def retryable(e: ApiError) -> bool:
+    """Worth waiting for: rate limits, server errors, timeouts and lost connections."""
+    return e.status in (408, 409, 429) or (e.status or 0) >= 500 or e.code in ("timeout", "connection_error")
+
+
 def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """One SDK call; what fails after the SDK's own retries is an ApiError with the provider's message."""
     try:
@@ -54,15 +67,27 @@ def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def upload(client: ApiClient, path: Path, *, wait_s: float = 600.0, poll_s: float = 1.0) -> Any:
     """Upload a chat JSONL file (`purpose="fine-tune"`) and wait until the provider has processed it."""
     with open(path, "rb") as fh:
-        f = call(client.sdk.files.create, file=(path.name, fh), purpose="fine-tune")
+        f = _file(call(client.sdk.files.create, file=(path.name, fh), purpose="fine-tune"), "the upload")
     deadline = time.monotonic() + wait_s
     while f.status not in ("processed", "error"):
         if time.monotonic() > deadline:
             raise DataError(f"{path}: uploaded as {f.id} but not processed after {wait_s:.0f} s")
         time.sleep(poll_s)
-        f = call(client.sdk.files.retrieve, f.id)
+        f = _file(call(client.sdk.files.retrieve, f.id), "a file's status")
     if f.status == "error":
         raise DataError(f"{path}: the provider could not process the upload ({f.status_details or 'no details'})")
+    return f
+
+
+def _file(f: Any, what: str) -> Any:
+    """A file object as the files API sends it; a JSON answer without its id and status (some other API, a
+    proxy's own JSON) is an ApiError, not an AttributeError later on."""
+    if not isinstance(getattr(f, "id", None), str) or not isinstance(getattr(f, "status", None), str):
+        raise ApiError(
+            f"the server answered {what} without a file id and status, not as the files API does "
+            "(is base_url the API's, ending in /v1?)",
+            code="not_the_api",
+        )
     return f
 
 
@@ -138,11 +163,11 @@ def start(
         if spec.suffix:
             kwargs["suffix"] = spec.suffix
         job = call(client.sdk.fine_tuning.jobs.create, **kwargs)
-    except (DataError, OSError) as e:
-        store.set_status(run.id, "failed", error=str(e))
-        raise
     except KeyboardInterrupt:
         store.set_status(run.id, "failed", error="interrupted before the job was created")
+        raise
+    except Exception as e:  # any failure, even an answer we cannot read, ends the run it left queued
+        store.set_status(run.id, "failed", error=str(e) or type(e).__name__)
         raise
     from appraiser.hosted.events import run_status
 
@@ -157,7 +182,12 @@ def cancel(store: Any, run: Any, client: ApiClient | None = None) -> Any:
 
     job_id = _job_id(run)
     client = client or client_for(endpoint_of(run))
-    job = call(client.sdk.fine_tuning.jobs.cancel, job_id)
+    try:
+        job = call(client.sdk.fine_tuning.jobs.cancel, job_id)
+    except ApiError as e:
+        if e.status == 404:
+            raise job_missing(store, run, e) from None
+        raise
     status = run_status(job.status)
     final = status in ("succeeded", "failed", "cancelled")
     # A final answer ends the run here; the follower then records no second end (same claim as its own).
@@ -166,16 +196,36 @@ def cancel(store: Any, run: Any, client: ApiClient | None = None) -> Any:
     return job
 
 
-def checkpoints(run: Any, client: ApiClient | None = None) -> list[Any]:
-    """The job's checkpoints (`fine_tuning.job.checkpoint`), oldest step first, every page."""
+def job_missing(store: Any, run: Any, e: ApiError) -> DataError:
+    """The error for a 404 on the run's job, after failing the run with it (unless it already ended). The
+    end is not claimed: a follower that reaches the job later (the key that made it) still records it."""
+    cfg = run.config.get("endpoint") or {}
+    where = cfg.get("base_url") or "the provider"
+    key = f"${cfg['key_env']}" if cfg.get("key_env") else "this key"
+    message = f"{where} has no job {run.external_id} ({e}): it was deleted, or {key} is not the key that made it"
+    if not store.get(run.id).finished:
+        store.set_state(run.id, MISSING, True)
+        store.set_status(run.id, "failed", error=message)
+    return DataError(message)
+
+
+def checkpoints(run: Any, client: ApiClient | None = None, say: Callable[[str], None] | None = None) -> list[Any]:
+    """The job's checkpoints (`fine_tuning.job.checkpoint`), oldest step first, every page. A page that adds
+    no new checkpoint (a server that always answers `has_more`, or ignores `after`) ends the walk, with a
+    warning to `say`."""
     job_id = _job_id(run)
     client = client or client_for(endpoint_of(run))
     page = call(client.sdk.fine_tuning.jobs.checkpoints.list, job_id, limit=100)
-    out = list(page.data)
+    out = {c.id: c for c in page.data}
     while page.has_more and page.data:
-        page = call(client.sdk.fine_tuning.jobs.checkpoints.list, job_id, limit=100, after=page.data[-1].id)
-        out.extend(page.data)
-    return sorted(out, key=lambda c: c.step_number)
+        after = page.data[-1].id
+        page = call(client.sdk.fine_tuning.jobs.checkpoints.list, job_id, limit=100, after=after)
+        fresh = [c for c in page.data if c.id not in out]
+        out.update((c.id, c) for c in fresh)
+        if page.has_more and (not fresh or page.data[-1].id == after):
+            (say or (lambda _msg: None))(f"the checkpoint list of job {job_id} says has_more but adds nothing new")
+            break
+    return sorted(out.values(), key=lambda c: c.step_number if isinstance(c.step_number, int) else 0)
 
 
 def _job_id(run: Any) -> str:
