@@ -360,22 +360,46 @@ def intervals(pool, test, y, members: str, folds: int, whole) -> None:
     from appraiser.retrieval.index import dedupe_key, embed_items
 
     vectors, keys = embed_items(pool), np.array([dedupe_key(it) for it in pool])
+    pool_log = np.log([it.price for it in pool])
 
-    def nearest(queries, own=None):
+    def nearest(queries, own=None, k=10):
+        """Each query's nearest pool item's similarity, and the spread (sd) of its k nearest items' log prices."""
         sims = embed_items(queries) @ vectors.T
         for i, it in enumerate(queries):
             sims[i, keys == dedupe_key(it)] = -1
             if own is not None:
                 sims[i, own[i]] = -1
-        return sims.max(axis=1)
+        top = np.argsort(-sims, axis=1)[:, :k]
+        return sims.max(axis=1), pool_log[top].std(axis=1)
 
-    near, near_a = nearest(items, np.where(keep)[0]), nearest(whole)
+    (near, spread_nb), (near_a, spread_nb_a) = nearest(items, np.where(keep)[0]), nearest(whole)
     print(
         f"nearest pool item's cosine similarity: out of fold {near.mean():.3f}, validation's first 400 "
         f"{near_a[:400].mean():.3f}, its other {len(whole) - 400} {near_a[400:].mean():.3f}; mean |log error| by "
         "quarter of that similarity (out of fold → first 400): "
         + ", ".join(f"{r[q].mean():.3f} → {ra[:400][qa].mean():.3f}" for q, qa in _quarters(near, near_a[:400]))
     )
+    # One more input for the ensemble's difficulty model: how much the prices of its 10 nearest pool items
+    # disagree. Chosen by its out-of-fold fit (|error − σ|), then read on validation.
+    from appraiser.pricers.conformal import Difficulty
+
+    for label, extra, extra_a in (
+        ("members' spread", None, None),
+        ("+ neighbours' price spread", spread_nb, spread_nb_a),
+    ):
+        s_oof = x.std(1) if extra is None else np.column_stack([x.std(1), extra])
+        s_all = xa.std(1) if extra is None else np.column_stack([xa.std(1), extra_a])
+        sig = cross_fitted_difficulty(items, z, r, ones, s_oof)
+        q = weighted_quantile(r / sig, ones, 0.8)
+        sig_a = Difficulty().fit(items, z, r, ones, s_oof).predict(whole, za, s_all)
+        inside = ra <= q * sig_a
+        width = np.mean(np.exp(za[:400]) * (np.exp(q * sig_a[:400]) - np.exp(-q * sig_a[:400])))
+        print(
+            f"difficulty model with {label}: out-of-fold |error − σ| {np.mean(np.abs(r - sig)):.4f}, corr(σ, error) "
+            f"{np.corrcoef(sig, r)[0, 1]:.3f}; covers {np.mean(r <= q * sig):.1%} out of fold, "
+            f"{inside[:400].mean():.1%} of validation's first 400 (σ expected {sig_a[:400].mean():.3f}, error "
+            f"{ra[:400].mean():.3f}), {inside[400:].mean():.1%} of the other {len(whole) - 400}; width ${width:,.0f}"
+        )
 
 
 def _quarters(ref: np.ndarray, other: np.ndarray):

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -21,6 +22,7 @@ class Hostile(BaseHTTPRequestHandler):
     """POST /<mode>/v1/chat/completions answers as `mode` says; every request is counted per mode."""
 
     hits: dict[str, int] = {}
+    arrived, release = threading.Event(), threading.Event()
 
     def do_POST(self):  # noqa: N802 (http.server's name)
         mode = self.path.strip("/").split("/")[0]
@@ -33,8 +35,14 @@ class Hostile(BaseHTTPRequestHandler):
             body = {"error": {"message": f"Incorrect API key provided: {key}.", "type": "invalid_request_error",
                               "code": "invalid_api_key"}}  # fmt: skip
             self._send(401, json.dumps(body).encode())
+        elif mode == "once403" and Hostile.hits[mode] == 2:  # a guardrail that blocks one prompt
+            self._send(403, b'{"error": {"message": "blocked by policy", "code": "forbidden"}}')
+        elif mode == "hang":  # holds every call until the test lets go
+            Hostile.arrived.set()
+            Hostile.release.wait(120)
+            self._send(500, b'{"error": {"message": "released"}}')
         else:
-            content = {"empty": None, "nousage": "Price is $12.50"}[mode]
+            content = {"empty": None, "nousage": "Price is $12.50", "once403": "Price is $20"}[mode]
             body = {
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
@@ -87,9 +95,15 @@ def test_a_refused_key_stops_the_run_and_never_shows_the_key(hostile, home, tmp_
     got = _eval(hostile, "echo401", home, "--size", "12")
     assert got.exit_code == 2 and "401 invalid_api_key" in got.output, got.output
     assert SECRET not in got.output and "[the API key]" in got.output
-    assert Hostile.hits["echo401"] - before <= 3  # two in flight and perhaps one more: not one failure per item
+    assert Hostile.hits["echo401"] - before < 8  # what was in flight when it stopped, not one failure per item
     stored = b"".join(p.read_bytes() for p in (tmp_path / "home").rglob("*") if p.is_file())
     assert SECRET.encode() not in stored
+
+
+def test_one_refused_prompt_between_answers_is_that_items_failure(hostile, home):
+    got = _eval(hostile, "once403", home, "-o", "concurrency=1")
+    assert got.exit_code == 0, got.output
+    assert "403 forbidden: blocked by policy" in got.output and Hostile.hits["once403"] == 4
 
 
 def test_an_empty_answer_is_a_failure_that_the_next_run_asks_again(hostile, home):
@@ -119,7 +133,9 @@ def test_a_megabyte_of_digits_is_read_at_once():
 
 
 def test_loopback_means_this_machine_and_a_key_over_plain_http_elsewhere_is_warned(monkeypatch, caplog):
-    from appraiser.api.providers import _is_loopback, resolve_endpoint
+    from appraiser.api.providers import _is_loopback, _warn_cleartext, resolve_endpoint
+
+    _warn_cleartext.cache_clear()  # once per endpoint and process: another test may have warned already
 
     assert _is_loopback("http://127.0.0.1:8000/v1") and _is_loopback("http://localhost/v1")
     assert not _is_loopback("http://127.evil.example/v1") and not _is_loopback("http://10.0.0.1/v1")
@@ -131,3 +147,31 @@ def test_loopback_means_this_machine_and_a_key_over_plain_http_elsewhere_is_warn
     resolve_endpoint(base_url="https://192.0.2.1/v1").api_key()
     resolve_endpoint(base_url="http://127.0.0.1:9/v1").api_key()
     assert "unencrypted" not in caplog.text
+
+
+def test_ctrl_c_leaves_without_waiting_for_calls_in_flight(hostile, home, tmp_path):
+    """A probe found Ctrl-C waited for every call in flight to come back (and the SDK retries them): against a
+    server that hangs, minutes. The server here answers only once the test lets it, and the test lets it only
+    after the process has exited: had the process waited for its calls, it would still be running."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    exe = shutil.which("appraiser") or str(Path(sys.executable).with_name("appraiser"))
+    env = {**os.environ, "APPRAISER_HOME": str(tmp_path / "home"), "OPENAI_API_KEY": SECRET}
+    args = [exe, "eval", "api", "-o", f"base_url={hostile}/hang/v1", "-o", "concurrency=2", "--test", str(home)]
+    Hostile.arrived.clear()
+    Hostile.release.clear()
+    proc = subprocess.Popen([*args, "--size", "6"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert Hostile.arrived.wait(120), "no call reached the server"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)  # the calls are still held: only leaving at once gets here
+    finally:
+        Hostile.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert b"interrupted" in out and b"Traceback" not in out

@@ -434,7 +434,7 @@ def test_checkpoints_are_listed_as_training_lists_them(tmp_path):
 
 def _board(tmp_path):
     """A leaderboard with a good pricer, one that failed on every item (MAE NaN) and a worse one, newest
-    last, and an evaluation with two guesses of 1e308 (its running error overflows to inf)."""
+    last, and an evaluation with two guesses of 1e308 (once an infinite running error, a 500)."""
     from appraiser.evaluation.evaluator import record_result, score
     from appraiser.evaluation.store import LeaderboardStore
     from appraiser.items import Item
@@ -469,7 +469,7 @@ def test_a_pricer_that_failed_every_item_ranks_last_everywhere(tmp_path):
     assert "lora-y" in line and "lora-x" not in line and "nan" not in line
 
 
-def test_eval_ids_that_do_not_exist_are_404_and_infinite_errors_are_gaps(tmp_path):
+def test_eval_ids_that_do_not_exist_are_404_and_absurd_guesses_are_failures(tmp_path):
     from fastapi.testclient import TestClient
 
     from appraiser.server.dashboard import create_dashboard_app
@@ -478,7 +478,12 @@ def test_eval_ids_that_do_not_exist_are_404_and_infinite_errors_are_gaps(tmp_pat
     _, ids, huge_id = _board(tmp_path)
     with TestClient(create_dashboard_app(Paths(tmp_path / "runs.db", tmp_path / "leaderboard.db"))) as client:
         assert client.get(f"/dashboard/evals/{ids[0]}").status_code == 200
-        assert client.get(f"/dashboard/evals/{ids[0]}").headers["cache-control"] == "no-store"
+        page = client.get(f"/dashboard/evals/{ids[0]}")
+        assert (
+            page.headers["cache-control"] == "no-store"
+            and "script-src 'self'" in page.headers["content-security-policy"]
+        )
+        assert "http://" not in page.text and "https://" not in page.text  # no CDN
         for bad in ("999", "abc", "99999999999999999999", "-1", "١"):
             assert client.get(f"/dashboard/evals/{bad}").status_code == 404, bad
             assert client.get(f"/dashboard/api/evals/{bad}").status_code == 404, bad
@@ -487,8 +492,7 @@ def test_eval_ids_that_do_not_exist_are_404_and_infinite_errors_are_gaps(tmp_pat
     with TestClient(create_dashboard_app(Paths(tmp_path / "runs.db", tmp_path / "other.db"))) as client:
         got = client.get(f"/dashboard/api/evals/{huge_id}")
         assert got.status_code == 200, got.text
-        running = got.json()["running"]
-        assert running["mae"][0] == 1e308 and running["mae"][1] is None  # inf: a gap, not a 500
+        assert got.json()["metrics"]["failures"] == 2  # 1e308 is no price: a failure, never an infinite MAE
 
 
 def test_another_keys_newer_runs_do_not_push_a_keys_own_off_its_list(tmp_path):

@@ -15,7 +15,7 @@ from appraiser.data.io import DataError, read_items, write_items
 from appraiser.models import load_tokenizer
 from appraiser.pricers.llm import LLMPricer
 from appraiser.pricers.rag import local_context
-from appraiser.retrieval.index import RetrievalIndex, dedupe_key
+from appraiser.retrieval.index import RetrievalIndex, copy_keys
 from appraiser.runs.store import RunStore
 from appraiser.training import TrainConfig, start
 from appraiser.training.dataset import IGNORE_INDEX, full_prompt
@@ -82,14 +82,14 @@ def run(setup, one_thread_module):
 def test_training_examples_show_the_neighbours_prices_never_the_items_own(setup, prepared):
     tok, index = setup["tok"], setup["index"]
     original = setup["pool"][1]
-    assert dedupe_key(original) == dedupe_key(setup["pool"][0])
+    assert copy_keys(original) & copy_keys(setup["pool"][0])
     indexed = {r["id"] for r in index.records}
     assert setup["pool"][0].id in indexed  # the copy (first in the file) is indexed: the trap is armed
     assert len(prepared.examples) == len(setup["pool"])
     for it, ex in zip(prepared.train_items, prepared.examples, strict=True):
         neighbours = index.search([it], K)[0]
         assert len(neighbours) == K
-        assert all(n.id != it.id and dedupe_key_of(n) != dedupe_key(it) for n in neighbours)
+        assert all(n.id != it.id and not copy_keys(as_item(n)) & copy_keys(it) for n in neighbours)
         prompt = tok.decode(ex.input_ids[: ex.prompt_len])
         assert prompt.startswith(local_context(neighbours, tok))  # their titles and prices, first
         assert all(f"${n.price:.2f}" in prompt for n in neighbours)
@@ -102,10 +102,10 @@ def test_training_examples_show_the_neighbours_prices_never_the_items_own(setup,
         assert f"${other:.2f}" not in tok.decode(by_id[it.id].input_ids[: by_id[it.id].prompt_len])
 
 
-def dedupe_key_of(n) -> str:
+def as_item(n):
     from appraiser.items import Item
 
-    return dedupe_key(Item(id=n.id, text=n.text, price=n.price, title=n.title))
+    return Item(id=n.id, text=n.text, price=n.price, title=n.title)
 
 
 def test_the_audit_passes_and_the_context_is_never_trained(prepared, setup):
@@ -129,7 +129,7 @@ def test_the_run_records_its_index_and_is_read_with_the_same_context(setup, prep
     folder = run.folder
     saved = TrainConfig.load(folder / "config.json")
     assert saved.rag == K and saved.index == (setup["root"] / "index").resolve()
-    assert saved.index_pool == setup["index"].pool_fingerprint
+    assert saved.index_pool == setup["index"].pool_identity  # ids, prices and texts
     info = json.loads((folder / "final" / "appraiser.json").read_text())
     assert info["rag"] == {"k": K, "index": str(saved.index), "pool": saved.index_pool, "title_tokens": 24}
 

@@ -69,7 +69,7 @@ def test_index_never_holds_a_held_out_item_nor_its_copy(pool_and_held, emb_dir):
 
 
 def test_an_item_never_retrieves_itself_or_a_duplicate(pool_and_held, emb_dir):
-    from appraiser.retrieval.index import dedupe_key
+    from appraiser.retrieval.index import copy_keys
 
     pool, held = pool_and_held
     idx = _index(pool, held, emb_dir)
@@ -78,7 +78,7 @@ def test_an_item_never_retrieves_itself_or_a_duplicate(pool_and_held, emb_dir):
     for q, found in zip(queries + twins, idx.search(queries + twins, k=5), strict=True):
         assert len(found) == 5
         assert all(n.id != q.id for n in found)
-        own = {r["id"] for r in idx.records if r["key"] == dedupe_key(q)}
+        own = {r["id"] for r, keys in zip(idx.records, idx.record_keys, strict=True) if keys & copy_keys(q)}
         assert not own & {n.id for n in found}
     # without the exclusion an item's nearest neighbour is itself: the rule is what keeps it out
     scores, rows = idx.searcher.search(idx.vectors[:5], 1)
@@ -101,6 +101,10 @@ def test_index_refuses_another_pool(pool_and_held, emb_dir):
     rewritten = [it.model_copy(update={"text": f"summary: {it.title}"}) for it in pool]  # same ids and prices
     with pytest.raises(DataError, match="other texts"):
         idx.check_pool(rewritten)
+    # a RAG fine-tune records its index's pool; an index rebuilt from the summaries is another one
+    summaries = _index(rewritten, held, emb_dir)
+    assert summaries.pool_fingerprint == idx.pool_fingerprint and not summaries.same_pool(idx.pool_identity)
+    assert idx.same_pool(idx.pool_identity) and idx.same_pool(idx.pool_fingerprint)  # a run from before texts
 
 
 def test_saved_and_reloaded_index_searches_the_same(pool_and_held, emb_dir, tmp_path):
@@ -239,9 +243,11 @@ def test_a_copy_without_a_title_is_still_a_copy(pool_and_held, emb_dir):
     for i, found in enumerate(idx.search(held[:5], k=3)):
         assert f"untitled-{i}" not in {n.id for n in found}
     assert _index([*pool, *copies], held, emb_dir).info["dropped_held_out"] == 5
-    # the same description under another title is another product (validation's Power Stop brake kit
-    # K6998-26 and the pool's K131-26 share their first 200 characters): a neighbour, not a copy
-    sibling = held[0].model_copy(update={"id": "sibling", "title": held[0].title + " (larger size)"})
+    # a description that starts the same under another title is another product (validation's Power Stop
+    # brake kit K6998-26 and the pool's K131-26 share their first 200 characters): a neighbour, not a copy
+    sibling = held[0].model_copy(
+        update={"id": "sibling", "title": held[0].title + " (larger size)", "text": held[0].text + " Size: XL."}
+    )
     found = _index([*pool, sibling], held, emb_dir).search(held[:1], k=3)[0]
     assert "sibling" in {n.id for n in found}
 

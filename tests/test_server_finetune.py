@@ -24,6 +24,7 @@ from conftest import KEY, OTHER_KEY, _free_port, start_serve
 
 from appraiser.data.io import read_items
 from appraiser.runs.store import RunStore
+from appraiser.server.security import default_owner, hash_key
 from appraiser.server.webhooks import new_secret
 
 SECRET = new_secret()
@@ -196,7 +197,8 @@ def test_course_flow_upload_train_events_checkpoints_chat_price_webhook(ft, file
 
     done = wait_status(c, job.id, FINISHED)
     assert done.status == "succeeded", done.error
-    assert done.fine_tuned_model == f"ft:smollm2-135m:key1:pricer:{job.id.removeprefix('ftjob-')[:8]}"
+    owner = default_owner(hash_key(KEY))  # "key-" and the key's digest: the org part of the model name
+    assert done.fine_tuned_model == f"ft:smollm2-135m:{owner}:pricer:{job.id.removeprefix('ftjob-')[:8]}"
     assert done.hyperparameters.n_epochs == 1 and done.hyperparameters.batch_size == 4
     assert done.hyperparameters.learning_rate_multiplier == 1.0
     assert done.trained_tokens and done.trained_tokens > 0 and done.finished_at >= done.created_at
@@ -367,7 +369,7 @@ def test_bad_requests_are_openai_errors(ft, files):
     with pytest.raises(openai.NotFoundError):
         c.fine_tuning.jobs.retrieve("ftjob-nope")
     with pytest.raises(openai.NotFoundError):
-        c.chat.completions.create(model="ft:smollm2-135m:key1::nope", messages=[{"role": "user", "content": "x"}])
+        c.chat.completions.create(model="ft:smollm2-135m:key-0::nope", messages=[{"role": "user", "content": "x"}])
 
 
 # ---------------------------------------------------------------- control

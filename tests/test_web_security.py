@@ -37,7 +37,7 @@ def test_a_keys_file_line_without_an_owner_never_lands_on_a_plain_keys_data(tmp_
     f = tmp_path / "keys"
     f.write_text(f"{hash_key('sk-third')}\n")
     keys = key_table([KEY, OTHER_KEY], f)
-    assert sorted(keys.values()) == sorted(["key1", "key2", default_owner(hash_key("sk-third"))])
+    assert sorted(keys.values()) == sorted(default_owner(hash_key(k)) for k in (KEY, OTHER_KEY, "sk-third"))
     with _client(tmp_path, keys) as client:
         up = client.post(
             "/v1/files",
@@ -53,6 +53,14 @@ def test_a_keys_file_line_without_an_owner_never_lands_on_a_plain_keys_data(tmp_
         assert client.get(f"/v1/files/{up.json()['id']}", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
 
 
+def test_a_keys_owner_does_not_depend_on_the_other_keys():
+    """A review found owners by position: restarted with `--api-key B` alone, B became `key1` and read the files
+    A had made as `key1`."""
+    assert key_table([KEY, OTHER_KEY])[hash_key(OTHER_KEY)] == key_table([OTHER_KEY])[hash_key(OTHER_KEY)]
+    with pytest.raises(DataError, match="given twice"):
+        key_table([KEY, KEY])
+
+
 def test_owner_names_that_could_collide_are_refused_and_a_shared_one_is_shared_on_purpose(tmp_path):
     f = tmp_path / "keys"
     one, two = hash_key("sk-c"), hash_key("sk-d")
@@ -60,10 +68,15 @@ def test_owner_names_that_could_collide_are_refused_and_a_shared_one_is_shared_o
     assert read_keys_file(f) == {one: "alice", two: "alice"}
     f.write_text(f"{one}\n{two}\n")
     assert len(set(read_keys_file(f).values())) == 2  # no owner written: each its own
-    for taken in ("key1", "key7", f"key-{one[:12]}", "owner-name"):
+    for taken in (f"key-{one[:12]}", "key-0123", "owner-name"):
         f.write_text(f"{one} {taken}\n")
         with pytest.raises(DataError, match=r"keys:1: .* cannot be an owner name"):
             key_table([KEY], f)
+    f.write_text(f"{one} key1\n")  # how data made by the first --api-key before owners were digests is kept
+    assert read_keys_file(f) == {one: "key1"}
+    f.write_text(f"{one} alice\n{one} bob\n")
+    with pytest.raises(DataError, match="keys:2: this key is on an earlier line"):
+        read_keys_file(f)
     f.write_text(f"{hash_key(KEY)} bob\n")
     with pytest.raises(DataError, match="give it once"):
         key_table([KEY], f)
@@ -97,6 +110,25 @@ def test_a_page_on_another_site_cannot_log_a_browser_in_or_out(tmp_path):
         assert client.post("/dashboard/login", data={"key": KEY}).status_code == 303  # no Origin: not a browser page
 
 
+def test_behind_a_reverse_proxy_the_dashboards_own_login_still_works(tmp_path):
+    """nginx's default proxy_pass sends `Host: 127.0.0.1:PORT` while the page is https://public.example: the
+    browser's Sec-Fetch-Site (which no page can set) says same-origin, and an Origin named by --allow-host is
+    the server's own."""
+    proxied = {"Host": "127.0.0.1:8321", "Origin": "https://appraiser.example"}
+    with _client(tmp_path, key_table([KEY]), [*LOOPBACK, "appraiser.example"]) as client:
+        fetch = {**proxied, "Sec-Fetch-Site": "same-origin"}
+        assert client.post("/dashboard/login", data={"key": KEY}, headers=fetch).status_code == 303
+        assert client.post("/dashboard/login", data={"key": KEY}, headers=proxied).status_code == 303  # no Sec-Fetch
+        evil = {"Host": "127.0.0.1:8321", "Origin": "https://evil.example"}
+        assert client.post("/dashboard/login", data={"key": KEY}, headers=evil).status_code == 403
+        assert (
+            client.post(
+                "/dashboard/login", data={"key": KEY}, headers={**fetch, "Sec-Fetch-Site": "same-site"}
+            ).status_code
+            == 403
+        )
+
+
 def test_a_keyless_server_takes_no_upload_from_another_site_but_the_sdk_is_unaffected(tmp_path):
     with _client(tmp_path, None, LOOPBACK) as client:
         files = {"file": ("x.jsonl", b'{"a": 1}\n')}
@@ -127,3 +159,6 @@ def test_the_cli_decides_the_names_a_server_answers():
     assert "proxy.example" in allowed_hosts("::1", ["proxy.example"])
     assert allowed_hosts("0.0.0.0") is None  # a public bind needs keys, which guard it; any name may reach it
     assert allowed_hosts("0.0.0.0", ["appraiser.example"]) == ["0.0.0.0", "appraiser.example"]
+    for url in ("https://proxy.example", "proxy.example/x", "proxy.example:443", ""):
+        with pytest.raises(DataError, match="--allow-host takes a host name"):
+            allowed_hosts("127.0.0.1", [url])

@@ -86,11 +86,19 @@ def _warn_cleartext(url: str, key_env: str) -> None:
 
 
 def _is_loopback(url: str) -> bool:
-    """Whether `url` points at this machine: localhost or a loopback address (not a name like 127.evil.com)."""
-    import ipaddress
+    """Whether `url` points at this machine."""
     from urllib.parse import urlparse
 
-    host = (urlparse(url).hostname or "").lower().rstrip(".")
+    return is_loopback_host(urlparse(url).hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a host name or address is this machine: localhost or a loopback address (127.0.0.0/8, ::1; not
+    a name like 127.evil.example). The one test for clients (is a key leaving the machine?) and servers (may
+    this address be bound without keys?)."""
+    import ipaddress
+
+    host = host.strip().lower().strip("[]").rstrip(".")
     if host == "localhost":
         return True
     try:

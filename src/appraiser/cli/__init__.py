@@ -64,7 +64,18 @@ def user_errors() -> Iterator[None]:
         raise fail(os_error_message(e)) from None
     except KeyboardInterrupt:
         err_console.print("interrupted", highlight=False)
+        if _LEAVE_ON_INTERRUPT:  # on its way to main(), closing every `with` block it passes
+            raise _Interrupted from None
         raise typer.Exit(130) from None
+
+
+#: Set by `main()`: a Ctrl-C leaves the process at once once the command has unwound (see `main`). Typer's test
+#: runner does not go through main(), so in tests a Ctrl-C is still `typer.Exit(130)`.
+_LEAVE_ON_INTERRUPT = False
+
+
+class _Interrupted(Exception):
+    """Ctrl-C, carried out of a command to `main()` (click would turn a KeyboardInterrupt into "Aborted!")."""
 
 
 def os_error_message(e: OSError) -> str:
@@ -174,10 +185,14 @@ def main() -> None:
     """Entry point: run the app; a user error that escapes a command is still one clear line and exit code 2."""
     from pydantic import ValidationError
 
+    global _LEAVE_ON_INTERRUPT
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     _stacks_on_sigusr1()
+    _LEAVE_ON_INTERRUPT = True
     try:
         app()
+    except _Interrupted:
+        _leave(130)
     except DataError as e:
         error_line(str(e))
         raise SystemExit(2) from None
@@ -191,8 +206,13 @@ def main() -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         err_console.print("interrupted", highlight=False)
-        # Every `with` block has closed on the way here (files, caches, the run store); what is left are worker
-        # threads still inside API calls and their retries, which a normal exit would wait for. Leave now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
+        _leave(130)
+
+
+def _leave(code: int) -> None:
+    """Exit now, without joining threads. Every `with` block has closed on the way here (files, caches, the run
+    store); what is left are worker threads inside API calls and their retries, which a normal exit would wait
+    for (minutes, against a server that hangs)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -7,7 +7,6 @@ file of SHA-256 digests (`--keys-file`; `--hash-key K` prints the digest line to
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from pathlib import Path
@@ -20,12 +19,9 @@ from appraiser.data.io import DataError
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from appraiser.api.providers import is_loopback_host
+
+    return is_loopback_host(host)
 
 
 def allowed_hosts(host: str, extra: list[str] | None = None) -> list[str] | None:
@@ -33,6 +29,9 @@ def allowed_hosts(host: str, extra: list[str] | None = None) -> list[str] | None
     names, so a rebound DNS name reads nothing; elsewhere any (keys guard it), unless `extra` names them."""
     from appraiser.server.security import LOOPBACK_NAMES
 
+    for name in extra or []:
+        if not name or any(c in name for c in "/:@ ") and not name.startswith("["):
+            raise DataError(f"--allow-host takes a host name (proxy.example), not {name!r}")
     if _is_loopback(host):
         return [*LOOPBACK_NAMES, host, *(extra or [])]
     return [host, *extra] if extra else None

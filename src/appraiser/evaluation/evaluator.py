@@ -27,7 +27,7 @@ from rich.table import Table
 from appraiser.data.io import DataError, describe_sources, find_split_file, read_items, read_pool
 from appraiser.evaluation.metrics import FAILED, colour, compute_metrics, squared_log_error
 from appraiser.evaluation.store import LeaderboardStore, PredictionCache
-from appraiser.items import Item, fingerprint
+from appraiser.items import MAX_SANE_PRICE, Item, fingerprint
 from appraiser.pricers.base import Prediction, Pricer
 
 DEFAULT_TEST_SIZE = 250
@@ -138,11 +138,13 @@ def item_hash(item: Item) -> str:
 
 
 def _clean(pred: Any) -> Prediction:
-    """Accept a Prediction or a bare number/None; a NaN or infinite price is a failure."""
+    """Accept a Prediction or a bare number/None; a NaN or infinite price is a failure, and so is one beyond any
+    product's (`MAX_SANE_PRICE`): one guess of 1e308 would make the MAE astronomical and the charts unreadable."""
     if not isinstance(pred, Prediction):
         pred = Prediction(price=None if pred is None else float(pred))
-    if pred.price is not None and not math.isfinite(pred.price):
-        pred = pred.model_copy(update={"price": None})
+    if pred.price is not None and not (math.isfinite(pred.price) and pred.price <= MAX_SANE_PRICE):
+        raw = pred.raw or f"not a price: {pred.price!r}"
+        pred = pred.model_copy(update={"price": None, "low": None, "high": None, "raw": raw})
     return pred
 
 

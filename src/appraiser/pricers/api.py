@@ -5,13 +5,16 @@ cost?\n\n{text}", and the assistant turn started with "Price is $" where the pro
 temperature 0 and a seed, a few output tokens, the number read by `parse_price_text`. One item per call
 (`batch_size = 1`): the evaluator's worker pool supplies the concurrency, its cache means a repeated or
 interrupted evaluation pays only for items it has not priced, and a failed call is a failed prediction
-with its reason — never a $0 guess — unless no other item could fare better (a refused key, an unknown model,
-a server that cannot be reached or is not the API: `api.client.is_fatal`): then the run stops with that error,
-and what it priced stays in the cache. An empty answer (a refusal, a content filter) is a failure that is not
-cached either, so the next run asks again. With `logprobs=true` the guess is the expected price over the first
-number token's alternatives (see `expected_from_logprobs`). With `rag=K` the user turn starts with the course's
-frontier-agent context: the item's K most similar training items (from `appraiser index build`'s index, or
-`index=FOLDER`) and their prices (see `pricers.rag`).
+with its reason — never a $0 guess. An error no other item could get past (a refused key, an unknown model, a
+server that cannot be reached or is not the API: `api.client.is_fatal`) stops the run instead, when no call
+has succeeded yet or it comes twice in a row; what was priced stays in the cache. Once between successes it is
+that item's failure: a guardrail that blocks one prompt must not stop every run at that item. An empty answer
+(a refusal, a content filter) is a failure that is not cached either, so the next run asks again.
+
+With `logprobs=true` the guess is the expected price over the first number token's alternatives (see
+`expected_from_logprobs`). With `rag=K` the user turn starts with the course's frontier-agent context: the
+item's K most similar training items (from `appraiser index build`'s index, or `index=FOLDER`) and their
+prices (see `pricers.rag`).
 """
 
 from __future__ import annotations
@@ -137,6 +140,7 @@ class ApiPricer(Pricer):
         self.retriever = Retriever(index) if self.rag else None
         self._client: ApiClient | None = None
         self._lock = threading.Lock()
+        self._fatal_streak, self._answered = 0, False  # see _stop_at
 
     def config(self) -> dict[str, Any]:
         """What makes two evaluations the same (cache key): endpoint and model, prompt, sampling. No key."""
@@ -191,9 +195,11 @@ class ApiPricer(Pricer):
         try:
             resp = self.client.chat(self.model, messages_for(item, self.prefill, context), **params)
         except ApiError as e:
-            if is_fatal(e):  # every other item would fail the same way: stop, and say why
+            if is_fatal(e) and self._stop_at(e):  # every other item would fail the same way: stop, and say why
                 raise ApiError(f"{self.endpoint.base_url}: {e}", status=e.status, code=e.code) from None
             return Prediction(price=None, raw=f"error: {e}")
+        with self._lock:
+            self._fatal_streak, self._answered = 0, True
         if not resp.choices:
             return Prediction(price=None, raw="error: no choices in the response")
         choice = resp.choices[0]
@@ -204,6 +210,13 @@ class ApiPricer(Pricer):
         if price is not None and self.logprobs and choice.logprobs is not None and choice.logprobs.content:
             price = expected_from_logprobs(text, choice.logprobs.content[0]) or price
         return Prediction(price=price, raw=text if price is not None else f"no number: {text[:80]!r}")
+
+    def _stop_at(self, e: ApiError) -> bool:
+        """Whether a fatal-looking error stops the run: before any answer, or after another one (see the module
+        doc); otherwise it is one item's failure."""
+        with self._lock:
+            self._fatal_streak = getattr(self, "_fatal_streak", 0) + 1
+            return not getattr(self, "_answered", False) or self._fatal_streak >= 2
 
     def predict(self, items: Sequence[Item]) -> list[Prediction]:
         return [self.predict_one(it) for it in items]

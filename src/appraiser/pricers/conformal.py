@@ -108,13 +108,13 @@ def trained_keys(pricer: Pricer) -> set[str]:
 
 
 def unseen(pricer: Pricer, items: Sequence[Item]) -> list[Item]:
-    """`items` minus those the pricer's fine-tune trained on and their copies (`retrieval.index.copy_probes`)."""
+    """`items` minus those the pricer's fine-tune trained on and their copies (`retrieval.index.copy_keys`)."""
     keys = trained_keys(pricer)
     if not keys:
         return list(items)
-    from appraiser.retrieval.index import copy_probes
+    from appraiser.retrieval.index import copy_keys
 
-    return [it for it in items if it.id not in keys and not copy_probes(it) & keys]
+    return [it for it in items if it.id not in keys and not copy_keys(it) & keys]
 
 
 def calibration_split(

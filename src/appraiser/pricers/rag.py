@@ -79,10 +79,10 @@ class Retriever:
         with self._lock:
             if self._index is None:
                 idx = RetrievalIndex.load(self.folder)
-                if self.pool is not None and idx.pool_fingerprint != self.pool:
+                if self.pool is not None and not idx.same_pool(self.pool):
                     raise DataError(
                         f"{self.folder}: this index was built from another training pool (fingerprint "
-                        f"{idx.pool_fingerprint}) than the one the model was trained with ({self.pool}); "
+                        f"{idx.pool_identity}) than the one the model was trained with ({self.pool}); "
                         "read the run with its own index, or rebuild that one with `appraiser index build` "
                         "on the training files"
                     )
@@ -95,8 +95,8 @@ class Retriever:
             return index.search(items, k)
 
     def describe(self) -> dict[str, Any]:
-        """What identifies the neighbours (cache key): the index's folder and its pool's fingerprint."""
-        return {"index": str(self.folder), "pool": self.index.pool_fingerprint}
+        """What identifies the neighbours (cache key): the index's folder and its pool (ids, prices, texts)."""
+        return {"index": str(self.folder), "pool": self.index.pool_identity}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"folder": self.folder, "pool": self.pool}

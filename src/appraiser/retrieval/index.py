@@ -3,8 +3,8 @@
 What retrieval may never do is leak: a neighbour list that holds the item itself (or a copy of it under
 another id) turns "similar items and their prices" into "the answer". So
 
-* every search drops neighbours with the query's id, its normalised title or, where one of the two has no
-  title, the normalised start of its text (`copy_probes`: a copy whose source dropped the title);
+* every search drops neighbours with the query's id, its normalised title, or its whole text (`copy_keys`: a
+  copy whose source dropped the title has only its text in common with the original);
 * `build` drops pool items that match a held-out item (validation, test) the same way, so a held-out split
   is never in the index, whatever files `--train` named;
 * the index remembers the fingerprint of the pool it was built from, and `check_pool` refuses a different
@@ -61,26 +61,23 @@ def texts_fingerprint(items: Sequence[Item]) -> str:
 
 
 def copy_keys(item: Item) -> frozenset[str]:
-    """What `item` is known by as a copy: its normalised title, and the normalised start of its text marked
-    by whether it has a title. A copy is found by `copy_probes` (see there)."""
-    text = _normalised(item.text[:400])
-    if item.title and item.title.strip():
-        return frozenset(k for k in ("title:" + _normalised(item.title), "titled-text:" + text) if k[-1] != ":")
-    return frozenset(k for k in ("untitled-text:" + text,) if k[-1] != ":")
+    """Keys a copy of `item` under another id shares with it; two items are copies when their keys intersect.
+
+    * the normalised title (titled items), or the normalised start of the text (untitled ones: `dedupe_key`);
+    * a hash of the whole normalised text, whatever the titles: a copy whose source dropped the title has
+      nothing else in common with the original. The whole text, not its start: on the real pool, items that
+      share the first 200 characters under different titles are different products (one part number in two
+      sizes, at different prices), while identical whole texts are copies.
+    """
+    import hashlib
+
+    whole = hashlib.sha1(_normalised_all(item.text).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    first = "title:" if item.title and item.title.strip() else "untitled:"
+    return frozenset(k for k in (first + dedupe_key(item), "text:" + whole) if not k.endswith(":"))
 
 
-def copy_probes(item: Item) -> frozenset[str]:
-    """The keys a copy of `item` under another id is known by (`copy_keys`): an item `c` is a copy when
-    `copy_probes(item) & copy_keys(c)` (a symmetric test). Copies share a normalised title, or share the start
-    of their text when one of them has no title (sources differ in whether they kept one, so a copy without a
-    title has only its text in common with the original). Two titled items with the same text and different
-    titles are different products (the same brake kit in two sizes), not copies."""
-    text = _normalised(item.text[:400])
-    if item.title and item.title.strip():
-        keys = ("title:" + _normalised(item.title), "untitled-text:" + text)
-    else:
-        keys = ("untitled-text:" + text, "titled-text:" + text)
-    return frozenset(k for k in keys if k[-1] != ":")
+def _normalised_all(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
 @dataclass
@@ -157,7 +154,7 @@ class RetrievalIndex:
     # ------------------------------------------------------------ building
 
     def build(self, pool: Sequence[Item], held_out: Sequence[Item] = (), progress: bool = False) -> RetrievalIndex:
-        """Index `pool`, minus every item that is a `held_out` item or a copy of one (same id, `copy_probes`),
+        """Index `pool`, minus every item that is a `held_out` item or a copy of one (same id, `copy_keys`),
         and minus copies within the pool (the first one is kept)."""
         if not pool:
             raise DataError("no items to index")
@@ -169,15 +166,15 @@ class RetrievalIndex:
         seen_keys: set[str] = set()
         dropped_held = dropped_dupes = 0
         for it in pool:
-            probes = copy_probes(it)
-            if it.id in banned_ids or probes & banned_keys:
+            keys = copy_keys(it)
+            if it.id in banned_ids or keys & banned_keys:
                 dropped_held += 1
                 continue
-            if it.id in seen_ids or probes & seen_keys:
+            if it.id in seen_ids or keys & seen_keys:
                 dropped_dupes += 1
                 continue
             seen_ids.add(it.id)
-            seen_keys |= copy_keys(it)
+            seen_keys |= keys
             kept.append(it)
         if not kept:
             raise DataError("every pool item matches a held-out item: nothing left to index")
@@ -208,6 +205,20 @@ class RetrievalIndex:
                 raise RuntimeError("the index is empty: build() or load() it first")
             self._searcher = Searcher(self.vectors, self.backend)
         return self._searcher
+
+    @property
+    def pool_identity(self) -> str | None:
+        """The pool this index was built from, as runs record it and caches key it: ids and prices, and its
+        texts once indexes kept them (`<fingerprint>/<texts>`); an older index's is the fingerprint alone."""
+        if self.pool_fingerprint is None:
+            return None
+        return self.pool_fingerprint + (f"/{self.pool_texts}" if self.pool_texts else "")
+
+    def same_pool(self, identity: str) -> bool:
+        """Whether `identity` (a `pool_identity` recorded elsewhere: a run's index_pool) names this index's pool;
+        one recorded before texts were, by its ids and prices alone."""
+        mine = self.pool_identity or ""
+        return identity == mine if "/" in identity else identity == self.pool_fingerprint
 
     @property
     def record_keys(self) -> list[frozenset[str]]:
@@ -243,7 +254,7 @@ class RetrievalIndex:
             raise ValueError(f"k must be at least 1, not {k}")
         q = vectors if vectors is not None else embed_items(items, self.max_tokens, self.cache_dir)
         ids = [it.id for it in items]
-        keys = [copy_probes(it) for it in items]
+        keys = [copy_keys(it) for it in items]
         record_keys = self.record_keys
         out: list[list[Neighbour] | None] = [None] * len(items)
         todo = list(range(len(items)))

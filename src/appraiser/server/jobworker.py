@@ -71,7 +71,7 @@ def chat_examples(path: Path, tokenizer: Any) -> tuple[list[Any], list[Any], lis
     prompt + the answer's text before the number, as the model is asked at inference.
     """
     from appraiser.hosted.validate import price_target, read_examples, to_prompt_completion
-    from appraiser.items import Item
+    from appraiser.items import MAX_SANE_PRICE, Item
     from appraiser.training.dataset import IGNORE_INDEX, Example
 
     eos = tokenizer.eos_token_id
@@ -87,7 +87,7 @@ def chat_examples(path: Path, tokenizer: Any) -> tuple[list[Any], list[Any], lis
             f"line-{line}", full, [IGNORE_INDEX] * len(p_ids) + c_ids + [eos], len(p_ids), completion, price
         )
         examples.append(example)
-        if target is not None and target[1] > 0:
+        if target is not None and 0 < target[1] <= MAX_SANE_PRICE:  # a probe item is an Item: a price it takes
             user = next((m["content"] for m in reversed(ex["messages"]) if m.get("role") == "user"), "") or "-"
             items.append(Item(id=f"line-{line}", text=user, price=target[1]))
             prompts.append(prompt + target[0])

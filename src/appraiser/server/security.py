@@ -1,11 +1,13 @@
 """API keys, request-size caps and request ids, as ASGI middleware so they run before any route.
 
-Keys: `--api-key K` (repeatable; owners key1, key2, … in order) or a keys file of SHA-256 hex digests
-(`appraiser serve --hash-key K` prints one), one per line with an optional owner name (`<digest> <owner>`;
-without one the owner is `key-` and the digest's first 12 hex digits); only digests are kept in memory,
-compared in constant time. Owners are what keeps one key's data from another's, so a name is never given
-twice by accident: a keys-file owner that is another key's default name (`key2`, `key-…`) or the placeholder
-older `--hash-key` printed is refused at startup. Two lines naming the same owner share it on purpose.
+Keys: `--api-key K` (repeatable) or a keys file of SHA-256 hex digests (`appraiser serve --hash-key K` prints
+one), one per line with an optional owner name (`<digest> <owner>`); only digests are kept in memory, compared
+in constant time. Owners are what keeps one key's data from another's, so a name is never given twice by
+accident: a key with no name owns its data alone (`key-` and its digest's first 12 hex digits, whatever its
+position or the other keys), a keys-file owner shaped like such a name, the placeholder older `--hash-key`
+printed, or a key given twice is refused at startup. Two lines naming the same owner share it on purpose.
+(Before 2026-12-07 plain `--api-key`s were owners `key1`, `key2`, … by position; to keep the data they made,
+put their digests in a keys file with those names.)
 
 With keys configured every route but `/health` needs `Authorization: Bearer K`; the owner a key maps to is
 `request.state.owner`, which is how later routes keep one key's files and jobs from another's. Logs carry a
@@ -70,6 +72,8 @@ def read_keys_file(path: str | Path) -> dict[str, str]:
                 f"{p}:{n}: {parts[1]!r} cannot be an owner name ({_why_reserved(parts[1])}): "
                 "write who the key belongs to, or nothing for an owner of its own"
             )
+        if digest in out:
+            raise DataError(f"{p}:{n}: this key is on an earlier line too; give each key once")
         out[digest] = parts[1] if len(parts) > 1 else default_owner(digest)
     if not out:
         raise DataError(f"{p}: no keys in the keys file")
@@ -81,30 +85,31 @@ PLACEHOLDER_OWNER = "owner-name"
 
 
 def default_owner(digest: str) -> str:
-    """The owner of a keys-file line that names none: its own, from the digest (never `keyN`, which plain
-    `--api-key`s are called, so a keys file cannot land on a plain key's data by its line number)."""
+    """The owner of a key that names none: its own, from its digest. Never from its position (`key1`, as
+    `--api-key`s once were): a restart with one key fewer would hand the next key the data of the one removed."""
     return f"key-{digest[:12]}"
 
 
 def _default_name(name: str) -> bool:
-    """Whether `name` has the shape of a name given by default: `key1`, `key2`, … or `key-<hex>`."""
-    rest = name[3:] if name.startswith("key") else None
-    if rest is None:
-        return False
-    return (rest.isascii() and rest.isdigit()) or (
-        rest.startswith("-") and all(c in "0123456789abcdef" for c in rest[1:])
-    )
+    """Whether `name` has the shape of a name given by default (`key-<hex>`), which another key may hold."""
+    return name.startswith("key-") and all(c in "0123456789abcdef" for c in name[4:])
 
 
 def _why_reserved(name: str) -> str:
     if name == PLACEHOLDER_OWNER:
         return "it is the placeholder older `appraiser serve --hash-key` printed"
-    return "names like key1 and key-<hex> are given to keys by default, and another key may already have it"
+    return "key-<hex> names are given to keys by default, and another key may already have it"
 
 
 def key_table(keys: Iterable[str] = (), keys_file: str | Path | None = None) -> dict[str, str]:
-    """digest → owner for plain keys (owners key1, key2, … in order) and a keys file (see the module doc)."""
-    table = {hash_key(k): f"key{i}" for i, k in enumerate(keys, 1) if k}
+    """digest → owner for plain keys (each its own owner, `default_owner`) and a keys file (see the module doc)."""
+    table: dict[str, str] = {}
+    for k in keys:
+        if not k:
+            continue
+        if hash_key(k) in table:
+            raise DataError("the same --api-key is given twice; give each key once")
+        table[hash_key(k)] = default_owner(hash_key(k))
     if keys_file is not None:
         from_file = read_keys_file(keys_file)
         both = sorted(set(table) & set(from_file))
@@ -249,7 +254,7 @@ class SameOrigin:
                 "(appraiser serve --allow-host NAME adds one).",
                 code="invalid_host",
             )
-        elif scope.get("method") not in SAFE_METHODS and _cross_site(headers, host):
+        elif scope.get("method") not in SAFE_METHODS and _cross_site(headers, host, self.allowed):
             resp = error_response(
                 403,
                 "Cross-site request refused: a page on another site cannot change anything here.",
@@ -277,9 +282,18 @@ def _port(host: str) -> str | None:
     return tail.rsplit(":", 1)[1] if tail.count(":") == 1 else None
 
 
-def _cross_site(headers: dict[bytes, bytes], host: str) -> bool:
+def _cross_site(headers: dict[bytes, bytes], host: str, allowed: frozenset[str] | None = None) -> bool:
+    """Whether a browser says the request comes from a page of another origin.
+
+    `Sec-Fetch-Site` first: the browser computes it from the page and no page can set it, and it stays right
+    behind a reverse proxy that rewrites `Host` (nginx sends `Host: 127.0.0.1:PORT` by default, while the page
+    is https://public.example). Browsers without it: `Origin` against `Host`, where an `Origin` naming an
+    allowed host (`--allow-host`, the proxy's public name) is this server's own."""
     from urllib.parse import urlsplit
 
+    fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
+    if fetch_site:
+        return fetch_site not in ("same-origin", "none")
     origin = headers.get(b"origin", b"").decode("latin-1").strip()
     if origin:
         if origin == "null":  # a sandboxed frame or a local file: never this server's own page
@@ -289,13 +303,15 @@ def _cross_site(headers: dict[bytes, bytes], host: str) -> bool:
             o_port = o.port
         except ValueError:
             return True
-        if (o.hostname or "").rstrip(".") != _hostname(host):
+        o_host = (o.hostname or "").rstrip(".")
+        if allowed is not None and o_host in allowed and o_host not in LOOPBACK_NAMES:
+            return False  # the proxy's public name, named by --allow-host
+        if o_host != _hostname(host):
             return True
         written = _port(host)
         default = {"http": 80, "https": 443}.get(o.scheme)
         return written is not None and str(o_port if o_port is not None else default) != written
-    fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
-    return fetch_site in ("cross-site", "same-site")
+    return False
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

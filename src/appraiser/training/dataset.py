@@ -439,4 +439,4 @@ def rag_contexts(
     retriever.index.check_pool(pool)
     distinct = list({it.id: it for it in [*items, *probe_items]}.values())
     found = local_contexts(distinct, tokenizer, retriever, cfg.rag, cfg.rag_title_tokens)
-    return RagContexts({it.id: c for it, c in zip(distinct, found, strict=True)}, retriever.index.pool_fingerprint)
+    return RagContexts({it.id: c for it, c in zip(distinct, found, strict=True)}, retriever.index.pool_identity)
