@@ -329,35 +329,40 @@ def test_api_pricer_evaluates_and_reuses_its_cache(server, data_dir, monkeypatch
 
 
 def test_failed_calls_are_not_cached(server, data_dir, monkeypatch, tmp_path):
+    """A refused key stops the run at its first answer (every item would be refused), and nothing of it is
+    cached: with the right key the same items are all asked."""
     from appraiser.evaluation.evaluator import evaluate
     from appraiser.evaluation.store import LeaderboardStore
 
     items = read_items(data_dir / "validation.jsonl", limit=2)
     with LeaderboardStore(tmp_path / "lb.db") as store:
         monkeypatch.setenv("TEST_SERVE_KEY", "wrong")
-        bad = evaluate(
-            ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0),
-            items,
-            show=False,
-            store=store,
-            record=False,
-        )
-        assert bad.metrics["failures"] == 2
+        refused = ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0, concurrency=1)
+        with pytest.raises(ApiError, match="401 invalid_api_key"):
+            evaluate(refused, items, show=False, store=store, record=False)
+        assert refused.usage()["requests"] == 1 and refused.usage()["failures"] == 1  # stopped at once
         monkeypatch.setenv("TEST_SERVE_KEY", KEY)
         p = ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0)
         evaluate(p, items, show=False, store=store, record=False)
-        assert p.usage()["requests"] == 2  # the 401s were not kept as answers
+        assert p.usage()["requests"] == 2  # the 401 was not kept as an answer
 
 
 def test_a_failed_call_is_a_failed_prediction_with_its_reason(server, data_dir, monkeypatch):
+    """One item the server refuses (a body past its --max-body) is that item's failure, with the server's reason;
+    a refused key or an unknown model is every item's, so it stops the run with that reason instead."""
     monkeypatch.setenv("TEST_SERVE_KEY", KEY)
     item = read_items(data_dir / "validation.jsonl", limit=1)[0]
-    p = ApiPricer(model="no-such-model", base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0)
-    pred = p.predict([item])[0]
-    assert pred.price is None and "404" in pred.raw and "model_not_found" in pred.raw
+    p = ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0)
+    assert p.predict([item])[0].price is not None  # an answer first: what follows is one item's trouble
+    huge = item.model_copy(update={"id": "huge", "text": "word " * 20_000})
+    pred = p.predict([huge])[0]
+    assert pred.price is None and "413" in pred.raw and "request_too_large" in pred.raw
+    with pytest.raises(ApiError, match="404 model_not_found"):
+        ApiPricer(model="no-such-model", base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0).predict([item])
     monkeypatch.setenv("TEST_SERVE_KEY", "wrong")
-    pred = ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0).predict([item])[0]
-    assert pred.price is None and "401" in pred.raw and "wrong" not in pred.raw
+    with pytest.raises(ApiError, match="401") as refused:
+        ApiPricer(model=MODEL, base_url=server[0], key_env="TEST_SERVE_KEY", max_retries=0).predict([item])
+    assert "wrong" not in str(refused.value)
 
 
 def test_client_counts_tokens_and_raises_api_errors(server, monkeypatch):
