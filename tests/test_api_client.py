@@ -35,14 +35,16 @@ class Hostile(BaseHTTPRequestHandler):
             body = {"error": {"message": f"Incorrect API key provided: {key}.", "type": "invalid_request_error",
                               "code": "invalid_api_key"}}  # fmt: skip
             self._send(401, json.dumps(body).encode())
-        elif mode == "once403" and Hostile.hits[mode] == 2:  # a guardrail that blocks one prompt
+        elif (mode, Hostile.hits[mode]) in (("once403", 2), ("first403", 1)):  # a guardrail blocks one prompt
             self._send(403, b'{"error": {"message": "blocked by policy", "code": "forbidden"}}')
         elif mode == "hang":  # holds every call until the test lets go
             Hostile.arrived.set()
             Hostile.release.wait(120)
             self._send(500, b'{"error": {"message": "released"}}')
         else:
-            content = {"empty": None, "nousage": "Price is $12.50", "once403": "Price is $20"}[mode]
+            key = self.headers.get("authorization", "").partition(" ")[2]
+            answers = {"empty": None, "nousage": "Price is $12.50", "echo": f"Price is $7 ({key})"}
+            content = answers.get(mode, "Price is $20")
             body = {
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
@@ -100,10 +102,20 @@ def test_a_refused_key_stops_the_run_and_never_shows_the_key(hostile, home, tmp_
     assert SECRET.encode() not in stored
 
 
-def test_one_refused_prompt_between_answers_is_that_items_failure(hostile, home):
-    got = _eval(hostile, "once403", home, "-o", "concurrency=1")
+@pytest.mark.parametrize("mode", ["once403", "first403"])
+def test_one_refused_prompt_is_that_items_failure(hostile, home, mode):
+    """A 403 is a blocked prompt as often as a blocked key: it never stops the run, first or not (a re-probe
+    found a run whose first item was refused could never finish)."""
+    got = _eval(hostile, mode, home, "-o", "concurrency=1")
     assert got.exit_code == 0, got.output
-    assert "403 forbidden: blocked by policy" in got.output and Hostile.hits["once403"] == 4
+    assert "403 forbidden: blocked by policy" in got.output and Hostile.hits[mode] == 4
+
+
+def test_a_key_a_server_echoes_in_an_answer_is_not_kept(hostile, home, tmp_path):
+    got = _eval(hostile, "echo", home, "--predictions", str(tmp_path / "p.jsonl"))
+    assert got.exit_code == 0, got.output
+    stored = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert SECRET.encode() not in stored and b"[the API key]" in stored
 
 
 def test_an_empty_answer_is_a_failure_that_the_next_run_asks_again(hostile, home):

@@ -533,6 +533,7 @@ def test_a_run_deleted_while_its_page_watches_ends_the_stream(tmp_path):
     with ThreadPoolExecutor(1) as pool:  # its own event loop: Playwright's may be running in this thread
         seen = pool.submit(asyncio.run, asyncio.wait_for(follow(), 30)).result()
     assert seen[-1]["event"] == "end" and json.loads(seen[-1]["data"]) == {"deleted": True}
+    assert "reset" not in [m["event"] for m in seen]  # a reset makes the page reload into a 404 instead
 
 
 def test_a_real_dashboard_answers_only_to_this_machines_names(dashboard):

@@ -375,6 +375,7 @@ class HostedProvider:
         import threading
 
         self.upload, self.job, self.events, self.checkpoints = "ok", "running", "ok", "ok"
+        self.fresh = 0
         self.calls: dict[str, int] = {}
         self.lock = threading.Lock()
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -444,6 +445,8 @@ class HostedProvider:
 
         if self.events == "loop":
             return {"object": "list", "has_more": True, "data": [event(1)]}
+        if self.events == "null":
+            return {"object": "list", "has_more": False, "data": None}
         if self.events == "badfields":
             odd = [event(2, created_at="yesterday", message="odd \x1b[31mred"), event(1, created_at=None, message=None)]
             return {"object": "list", "has_more": False, "data": odd}
@@ -453,7 +456,13 @@ class HostedProvider:
         cp = {"id": "cp-1", "object": "fine_tuning.job.checkpoint", "created_at": 0, "step_number": 1,
               "fine_tuning_job_id": "ftjob-1", "fine_tuned_model_checkpoint": CHECKPOINT_MODEL,
               "metrics": {"train_loss": 0.5}}  # fmt: skip
-        return {"object": "list", "has_more": self.checkpoints == "loop", "data": [cp]}
+        if self.checkpoints == "null":
+            return {"object": "list", "has_more": False, "data": None}
+        if self.checkpoints == "fresh":  # has_more for ever, a new id on every page
+            with self.lock:
+                self.fresh += 1
+            cp = {**cp, "id": f"cp-{self.fresh}"}
+        return {"object": "list", "has_more": self.checkpoints in ("loop", "fresh"), "data": [cp]}
 
     def _handler(self) -> type:
         import http.server
@@ -524,6 +533,22 @@ def test_events_and_checkpoints_that_always_have_more_are_cut_short(hostile, pre
     assert cps.returncode == 0, cps.stderr
     assert "says has_more but adds nothing new" in cps.stderr and hostile.calls["checkpoints"] == 2
     assert CHECKPOINT_MODEL in cps.stdout and "0.5000" in cps.stdout
+
+
+def test_lists_without_data_or_without_end_do_not_stop_the_follower(hostile, prepared: Path):
+    """A re-probe: `"data": null` crashed the follower and `hosted checkpoints` with a traceback, and a list that
+    says `has_more` for ever with new ids on every page was walked for ever."""
+    from appraiser.hosted.jobs import MAX_PAGES
+
+    hostile.job, hostile.events, hostile.checkpoints = "succeeded", "null", "null"
+    r = _start_at(hostile, prepared)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    cps = cli("hosted", "checkpoints", "last", env=STUB_ENV, timeout=300)
+    assert cps.returncode == 0 and "Traceback" not in cps.stderr, cps.stderr
+    hostile.checkpoints = "fresh"
+    cps = cli("hosted", "checkpoints", "last", env=STUB_ENV, timeout=300)
+    assert cps.returncode == 0 and f"goes on past {MAX_PAGES} pages" in cps.stderr, cps.stderr
+    assert hostile.fresh == MAX_PAGES
 
 
 def test_events_with_fields_that_cannot_be_read_are_recorded_without_them(hostile, prepared: Path):

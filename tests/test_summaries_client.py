@@ -246,13 +246,21 @@ def test_a_whole_last_record_without_its_newline_is_kept(provider, items, monkey
     assert len(read_items(out)) == 3
 
 
-@pytest.mark.parametrize("chat", ["401", "null"])
-def test_a_run_where_nothing_was_summarised_exits_non_zero(provider, data_dir, tmp_path, chat):
-    provider.chat = chat
+def test_a_run_where_nothing_was_summarised_exits_non_zero(provider, data_dir, tmp_path):
+    provider.chat = "null"
     r = _summarize_cli(provider, data_dir, tmp_path / "s.jsonl")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stderr and "error: nothing was summarised (3 failed)" in r.stderr
-    assert ("401 invalid_api_key: refused" if chat == "401" else "not a five-field summary") in r.stderr
+    assert "not a five-field summary" in r.stderr
+
+
+def test_a_refused_key_stops_the_summaries_at_once(provider, data_dir, tmp_path):
+    """A refused key fails every item the same way: one error line (exit 2), not a refused call per item."""
+    provider.chat = "401"
+    r = _summarize_cli(provider, data_dir, tmp_path / "s.jsonl", "--limit", "12", "--concurrency", "2")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "401 invalid_api_key: refused" in r.stderr
+    assert provider.chat_calls <= 4  # what was in flight when it stopped, not all 12
 
 
 def test_a_run_with_some_summaries_keeps_them_and_says_how_many_failed(provider, data_dir, tmp_path):

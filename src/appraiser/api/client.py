@@ -95,9 +95,20 @@ def _sent_key(e: Exception) -> str | None:
     return token if len(token) >= 8 else None
 
 
+def _blank_key(resp: Any, key: str) -> None:
+    """The key, should a server echo it in an answer, never reaches a prediction, the cache or the leaderboard."""
+    if len(key) < 8:  # the placeholder sent to key-less local servers
+        return
+    for choice in getattr(resp, "choices", None) or []:
+        message = getattr(choice, "message", None)
+        content = getattr(message, "content", None)
+        if isinstance(content, str) and key in content:
+            message.content = content.replace(key, "[the API key]")
+
+
 #: Errors no retry of another item will get past: the key, the model, the server itself. A run that meets one
 #: stops (what it priced is kept in the cache) instead of recording a failure for every item.
-FATAL_STATUSES = (401, 403, 404)
+FATAL_STATUSES = (401, 404)  # not 403: providers answer it for one blocked prompt (a content policy) too
 FATAL_CODES = ("connection_error", "not_the_api")
 
 
@@ -161,6 +172,7 @@ class ApiClient:
             except Exception as e:  # the SDK's errors, after its own retries
                 self.usage.fail()
                 raise describe_error(e) from None
+        _blank_key(resp, self.endpoint.api_key())
         u = getattr(resp, "usage", None)
         prompt, completion = (getattr(u, "prompt_tokens", None), getattr(u, "completion_tokens", None))
         if not all(isinstance(t, int) and t >= 0 for t in (prompt, completion)):  # absent or nonsense: unknown

@@ -174,16 +174,25 @@ def summarize(
     report = Report(skipped=len(items) - len(todo))
     writer = _Writer(out)
     lock = threading.Lock()
+    stopped: list[Exception] = []  # an error every other item would meet too (api.client.is_fatal)
+    answered = threading.Event()
 
     def one(item: Item) -> None:
         from appraiser.api import ApiError
+        from appraiser.api.client import is_fatal
 
+        if stopped:
+            return
         try:
             resp = client.chat(model, messages_for(item), max_tokens=max_tokens, temperature=0, seed=seed)
+            answered.set()
             text = resp.choices[0].message.content if resp.choices else None
             summary = parse_summary(text)
             reason = None if summary else f"not a five-field summary: {(text or '')[:60]!r}"
         except ApiError as e:
+            if is_fatal(e) and not answered.is_set():  # a refused key, an unknown model: stop, not N failures
+                stopped.append(e)
+                return
             summary, reason = None, str(e)
         with lock:
             if summary:
@@ -194,11 +203,19 @@ def summarize(
         if on_done is not None:
             on_done(item, summary)
 
+    pool = ThreadPoolExecutor(max_workers=client.limiter.concurrency)
+    interrupted = False
     try:
-        with ThreadPoolExecutor(max_workers=client.limiter.concurrency) as pool:
-            list(pool.map(one, todo))
+        list(pool.map(one, todo))
+    except BaseException:
+        interrupted = True
+        raise
     finally:
+        # Ctrl-C: no waiting for calls in flight (a hung server holds them for minutes); what was written stays
+        pool.shutdown(wait=not interrupted, cancel_futures=True)
         writer.close()
+    if stopped:
+        raise stopped[0]
     return report
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from appraiser.api import ApiClient, ApiError
 from appraiser.hosted.events import LEVEL, event_time, metric_values, printable, result_rows, run_status
-from appraiser.hosted.jobs import MISSING, call, job_missing, retryable
+from appraiser.hosted.jobs import MAX_PAGES, MISSING, call, job_missing, retryable
 
 CURSOR = "hosted:event_cursor"
 TRACKED = "hosted:tracked_step"
@@ -114,12 +114,12 @@ class Follower:
         seen: set[str] = set()
         newest: str | None = None
         after: str | None = None
-        while True:
+        for _ in range(MAX_PAGES):
             kwargs: dict[str, Any] = {"limit": self.page_size}
             if after is not None:
                 kwargs["after"] = after
             page = self._api(self.client.sdk.fine_tuning.jobs.list_events, self.job_id, **kwargs)
-            data = list(page.data)
+            data = list(getattr(page, "data", None) or [])  # `"data": null` from a broken server: no events
             if newest is None and data:
                 newest = data[0].id
             fresh = [ev for ev in data if ev.id not in seen]
@@ -131,6 +131,8 @@ class Follower:
                 self._warn_once(f"the event list of job {self.job_id} says has_more but adds nothing new")
                 return found[::-1], newest
             after = data[-1].id
+        self._warn_once(f"the event list of job {self.job_id} goes on past {MAX_PAGES} pages; read in part")
+        return found[::-1], newest
 
     def _mirrored(self, event_id: str) -> bool:
         return self.store.get_state(self.run_id, _event_key(event_id), _ABSENT) is not _ABSENT

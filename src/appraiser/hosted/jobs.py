@@ -209,21 +209,33 @@ def job_missing(store: Any, run: Any, e: ApiError) -> DataError:
     return DataError(message)
 
 
+#: Pages one walk of a job's events or checkpoints reads at most (100 each): more than any real job has, and a
+#: server that says `has_more` for ever, with new ids on every page, is stopped there.
+MAX_PAGES = 1000
+
+
 def checkpoints(run: Any, client: ApiClient | None = None, say: Callable[[str], None] | None = None) -> list[Any]:
     """The job's checkpoints (`fine_tuning.job.checkpoint`), oldest step first, every page. A page that adds
     no new checkpoint (a server that always answers `has_more`, or ignores `after`) ends the walk, with a
     warning to `say`."""
     job_id = _job_id(run)
     client = client or client_for(endpoint_of(run))
+    say = say or (lambda _msg: None)
     page = call(client.sdk.fine_tuning.jobs.checkpoints.list, job_id, limit=100)
-    out = {c.id: c for c in page.data}
-    while page.has_more and page.data:
-        after = page.data[-1].id
+    data = list(getattr(page, "data", None) or [])  # `"data": null` from a broken server: none
+    out = {c.id: c for c in data}
+    pages = 1
+    while page.has_more and data:
+        if pages >= MAX_PAGES:
+            say(f"the checkpoint list of job {job_id} goes on past {MAX_PAGES} pages; shown in part")
+            break
+        after = data[-1].id
         page = call(client.sdk.fine_tuning.jobs.checkpoints.list, job_id, limit=100, after=after)
-        fresh = [c for c in page.data if c.id not in out]
+        data, pages = list(getattr(page, "data", None) or []), pages + 1
+        fresh = [c for c in data if c.id not in out]
         out.update((c.id, c) for c in fresh)
-        if page.has_more and (not fresh or page.data[-1].id == after):
-            (say or (lambda _msg: None))(f"the checkpoint list of job {job_id} says has_more but adds nothing new")
+        if page.has_more and (not fresh or data[-1].id == after):
+            say(f"the checkpoint list of job {job_id} says has_more but adds nothing new")
             break
     return sorted(out.values(), key=lambda c: c.step_number if isinstance(c.step_number, int) else 0)
 

@@ -79,6 +79,7 @@ class LiveRun:
                 (self.run_id, self.event_id, BATCH),
             ).fetchall()
         if top < self.metric_id or self._went_back(rows):
+            self.store.get(self.run_id)  # a run deleted with its metrics is gone (RunNotFound), not resumed
             return self._reset()
         points = self._points(rows)
         if rows:
@@ -143,7 +144,11 @@ async def stream(live: LiveRun, is_disconnected: Any) -> AsyncIterator[dict[str,
     quiet_after_end = 0  # summaries that saw the run ended and nothing new: two, so its last lines are in
     sent_since_summary = False
     while not await is_disconnected():
-        messages = await anyio.to_thread.run_sync(live.poll)
+        try:
+            messages = await anyio.to_thread.run_sync(live.poll)
+        except RunNotFound:  # deleted while watched: say so and close, as for a run that ended
+            yield {"event": "end", "id": live.cursor(), "data": json.dumps({"deleted": True})}
+            return
         for m in messages:
             yield m
         sent_since_summary = sent_since_summary or bool(messages)
