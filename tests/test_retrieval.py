@@ -250,6 +250,11 @@ def test_a_copy_without_a_title_is_still_a_copy(pool_and_held, emb_dir):
     )
     found = _index([*pool, sibling], held, emb_dir).search(held[:1], k=3)[0]
     assert "sibling" in {n.id for n in found}
+    # the same without titles (the pool's GE fan motors for two fridges, $85 and $104.85)
+    untitled = held[0].model_copy(update={"id": "untitled", "title": None})
+    brother = sibling.model_copy(update={"id": "brother", "title": None})
+    found = _index([*pool, brother], held, emb_dir).search([untitled], k=3)[0]
+    assert "brother" in {n.id for n in found}
 
 
 def test_a_damaged_index_is_one_clear_error(pool_and_held, emb_dir, tmp_path):

@@ -61,19 +61,21 @@ def texts_fingerprint(items: Sequence[Item]) -> str:
 
 
 def copy_keys(item: Item) -> frozenset[str]:
-    """Keys a copy of `item` under another id shares with it; two items are copies when their keys intersect.
+    """Keys a copy of `item` under another id shares with it; two items are copies when their keys intersect:
+    the normalised title (titled items), and a hash of the whole normalised text, whatever the titles (a copy
+    whose source dropped the title has nothing else in common with the original).
 
-    * the normalised title (titled items), or the normalised start of the text (untitled ones: `dedupe_key`);
-    * a hash of the whole normalised text, whatever the titles: a copy whose source dropped the title has
-      nothing else in common with the original. The whole text, not its start: on the real pool, items that
-      share the first 200 characters under different titles are different products (one part number in two
-      sizes, at different prices), while identical whole texts are copies.
+    The whole text, not its start: on the real pool, items whose texts share their first 200 characters are
+    different products (one part number in two sizes, a fan motor for two fridges) at different prices, while
+    identical whole texts are copies.
     """
     import hashlib
 
     whole = hashlib.sha1(_normalised_all(item.text).encode("utf-8", "surrogatepass")).hexdigest()[:20]
-    first = "title:" if item.title and item.title.strip() else "untitled:"
-    return frozenset(k for k in (first + dedupe_key(item), "text:" + whole) if not k.endswith(":"))
+    keys = {"text:" + whole}
+    if item.title and item.title.strip() and _normalised(item.title):
+        keys.add("title:" + _normalised(item.title))
+    return frozenset(keys)
 
 
 def _normalised_all(text: str) -> str:
