@@ -199,3 +199,24 @@ def test_shared_files_are_never_written(data_dir, tmp_path):
     shutil.copy(data_dir / "validation.jsonl", copy)
     write_items(read_items(copy, limit=5), copy)
     assert len(read_items(copy)) == 5
+
+
+def test_an_appended_file_ends_on_a_whole_line_before_the_next_append(tmp_path):
+    """Summaries and the server's batch answers append JSON lines; after a kill mid-write the half record is cut
+    off (it is written again) and a whole record that only lacks its newline gets one."""
+    from appraiser.atomic import end_on_whole_line
+
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text('{"id": "a"}\n{"id": "b", "te')
+    end_on_whole_line(torn)
+    assert torn.read_text() == '{"id": "a"}\n'
+    whole = tmp_path / "whole.jsonl"
+    whole.write_text('{"id": "a"}\n{"id": "b"}')
+    end_on_whole_line(whole)
+    assert whole.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"id": "a", "te')  # no newline at all: the only line is torn
+    end_on_whole_line(one)
+    assert one.read_text() == ""
+    end_on_whole_line(tmp_path / "missing.jsonl")  # nothing to do
+    assert not (tmp_path / "missing.jsonl").exists()

@@ -43,3 +43,46 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     with replacing(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def end_on_whole_line(path: str | Path) -> None:
+    """Make a JSON-lines file that is appended to end on a whole line. A kill mid-write leaves half a record
+    without its newline; the next append would glue a record onto it and lose both for good, so it is cut off
+    (whoever appends sees that record missing and writes it again). A whole JSON object that only lacks its
+    newline (a hand-edited file) keeps its place and gets one."""
+    import json
+
+    try:
+        fh = open(path, "rb+")
+    except FileNotFoundError:
+        return
+    with fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        start = _last_line_start(fh, size)
+        fh.seek(start)
+        try:
+            whole = isinstance(json.loads(fh.read().decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            whole = False
+        if whole:
+            fh.write(b"\n")
+        else:
+            fh.truncate(start)
+
+
+def _last_line_start(fh, size: int, chunk: int = 65536) -> int:
+    """Offset where the file's last line begins (read backwards, a chunk at a time)."""
+    pos = size
+    while pos > 0:
+        step = min(chunk, pos)
+        pos -= step
+        fh.seek(pos)
+        i = fh.read(step).rfind(b"\n")
+        if i >= 0:
+            return pos + i + 1
+    return 0

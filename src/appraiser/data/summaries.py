@@ -13,7 +13,6 @@ answer is reported as a failure with its line number, and the other answers are 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appraiser.atomic import end_on_whole_line
 from appraiser.data.io import DataError
 from appraiser.items import Item
 
@@ -93,57 +93,12 @@ class Report:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
 
 
-def _last_line_start(fh: Any, size: int, chunk: int = 65536) -> int:
-    """Offset where the file's last line begins (read backwards, a chunk at a time)."""
-    pos = size
-    while pos > 0:
-        step = min(chunk, pos)
-        pos -= step
-        fh.seek(pos)
-        i = fh.read(step).rfind(b"\n")
-        if i >= 0:
-            return pos + i + 1
-    return 0
-
-
-def _is_record(line: bytes) -> bool:
-    try:
-        rec = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(rec, dict) and "id" in rec
-
-
-def drop_torn_tail(out: Path) -> None:
-    """Make the output end on a newline before appending to it. A kill mid-write leaves half a record
-    without its newline: appending after it would glue the next record onto it and lose both for good, so
-    it is cut off (`done_ids` already skips it: that item is asked again). A whole record that only lacks
-    its newline (a hand-edited file) keeps its place and gets the newline."""
-    try:
-        fh = open(out, "rb+")
-    except FileNotFoundError:
-        return
-    with fh:
-        size = fh.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        fh.seek(size - 1)
-        if fh.read(1) == b"\n":
-            return
-        start = _last_line_start(fh, size)
-        fh.seek(start)
-        if _is_record(fh.read()):
-            fh.write(b"\n")
-        else:
-            fh.truncate(start)
-
-
 class _Writer:
     """Appends finished items to the output, one whole line at a time, from many threads."""
 
     def __init__(self, out: Path):
         out.parent.mkdir(parents=True, exist_ok=True)
-        drop_torn_tail(out)
+        end_on_whole_line(out)  # a kill mid-write left half a record: that item is asked again
         self.fh = open(out, "a", encoding="utf-8")
         self.lock = threading.Lock()
 

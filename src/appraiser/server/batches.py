@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from appraiser.atomic import end_on_whole_line
 from appraiser.server.chat import ChatRequest, check_chat, check_context, complete_chat
 from appraiser.server.engine import current_owner
 from appraiser.server.errors import OpenAIError, error_body
@@ -167,6 +168,7 @@ class BatchRunner:
         partial = self.work_dir / f"{bid}.partial.jsonl"
         done: dict[str, str] = {}
         if partial.exists():  # answers written before a restart; a torn last line is dropped
+            end_on_whole_line(partial)  # so the answers appended below start on a line of their own
             for line in partial.read_text(encoding="utf-8").splitlines():
                 try:
                     done[json.loads(line)["custom_id"]] = line
