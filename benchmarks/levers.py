@@ -357,16 +357,17 @@ def intervals(pool, test, y, members: str, folds: int, whole) -> None:
     )
     # Could they be easier because the pool holds closer neighbours of them? Their nearest pool item (MiniLM
     # cosine, the item itself and copies of it excluded) says no.
-    from appraiser.retrieval.index import dedupe_key, embed_items
+    from appraiser.retrieval.index import copy_keys, embed_items
 
-    vectors, keys = embed_items(pool), np.array([dedupe_key(it) for it in pool])
+    vectors, keys = embed_items(pool), [copy_keys(it) for it in pool]
     pool_log = np.log([it.price for it in pool])
 
     def nearest(queries, own=None, k=10):
         """Each query's nearest pool item's similarity, and the spread (sd) of its k nearest items' log prices."""
         sims = embed_items(queries) @ vectors.T
         for i, it in enumerate(queries):
-            sims[i, keys == dedupe_key(it)] = -1
+            mine = copy_keys(it)  # the index's own rule for copies
+            sims[i, [j for j, k in enumerate(keys) if k & mine]] = -1
             if own is not None:
                 sims[i, own[i]] = -1
         top = np.argsort(-sims, axis=1)[:, :k]

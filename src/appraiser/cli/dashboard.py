@@ -11,8 +11,9 @@ from typing import Annotated
 
 import typer
 
+from appraiser.api.providers import is_loopback_host
 from appraiser.cli import console, friendly
-from appraiser.cli.serve import _is_loopback, allowed_hosts
+from appraiser.cli.serve import allowed_hosts
 from appraiser.data.io import DataError
 
 
@@ -32,7 +33,7 @@ def dashboard_command(
     from appraiser.server.dashboard import create_dashboard_app
     from appraiser.server.dashboard_data import Paths
 
-    if not _is_loopback(host):
+    if not is_loopback_host(host):
         raise DataError(f"refusing to bind {host}: the dashboard alone has no API keys (use `appraiser serve`)")
     home = config.home()
     paths = Paths((runs_db or home / "runs.db").expanduser(), (leaderboard or home / "leaderboard.db").expanduser())

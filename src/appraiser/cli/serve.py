@@ -14,14 +14,9 @@ from typing import Annotated
 
 import typer
 
+from appraiser.api.providers import is_loopback_host
 from appraiser.cli import console, friendly, quiet_libraries
 from appraiser.data.io import DataError
-
-
-def _is_loopback(host: str) -> bool:
-    from appraiser.api.providers import is_loopback_host
-
-    return is_loopback_host(host)
 
 
 def allowed_hosts(host: str, extra: list[str] | None = None) -> list[str] | None:
@@ -32,7 +27,7 @@ def allowed_hosts(host: str, extra: list[str] | None = None) -> list[str] | None
     for name in extra or []:
         if not name or any(c in name for c in "/:@ ") and not name.startswith("["):
             raise DataError(f"--allow-host takes a host name (proxy.example), not {name!r}")
-    if _is_loopback(host):
+    if is_loopback_host(host):
         return [*LOOPBACK_NAMES, host, *(extra or [])]
     return [host, *extra] if extra else None
 
@@ -101,7 +96,7 @@ def serve_command(
         console.print(digest(hash_key), soft_wrap=True, highlight=False)
         return
     keys = key_table(api_key or [k for k in [os.environ.get("APPRAISER_API_KEY")] if k], keys_file)
-    if not _is_loopback(host) and not keys:
+    if not is_loopback_host(host) and not keys:
         raise DataError(f"refusing to bind {host} without API keys: pass --api-key or --keys-file")
     quiet_libraries()
     import uvicorn

@@ -80,7 +80,8 @@ def _run_weights(cfg: Any, items: Sequence[Item]) -> np.ndarray:
 
 
 def trained_keys(pricer: Pricer) -> set[str]:
-    """Ids and normalised titles of the items a fine-tuned pricer's run trained on (empty for anything else).
+    """Ids and copy keys (`retrieval.index.copy_keys`) of the items a fine-tuned pricer's run trained on (empty
+    for anything else).
 
     The trainer draws its items with `training.dataset.choose_items(pool, n_train, weighting, seed, …)` from
     the pool its `config.json` names; the draw is seeded, so replaying it gives the same items. (All n_train

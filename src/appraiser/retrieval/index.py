@@ -40,14 +40,9 @@ DEFAULT_MAX_TOKENS = 64
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's
 
 
-def _normalised(text: str) -> str:
-    """Lower case, letters and digits only, single spaces; the first 200 characters."""
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()[:200]
-
-
-def dedupe_key(item: Item) -> str:
-    """The normalised title (lower case, letters and digits only), or the text's first 200 such characters."""
-    return _normalised(item.title if item.title and item.title.strip() else item.text[:400])
+def _normalised(text: str, limit: int | None = None) -> str:
+    """Lower case, letters and digits only, single spaces; the first `limit` characters if given."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()[:limit]
 
 
 def texts_fingerprint(items: Sequence[Item]) -> str:
@@ -71,15 +66,12 @@ def copy_keys(item: Item) -> frozenset[str]:
     """
     import hashlib
 
-    whole = hashlib.sha1(_normalised_all(item.text).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+    whole = hashlib.sha1(_normalised(item.text).encode("utf-8", "surrogatepass")).hexdigest()[:20]
     keys = {"text:" + whole}
-    if item.title and item.title.strip() and _normalised(item.title):
-        keys.add("title:" + _normalised(item.title))
+    title = _normalised(item.title or "", 200)
+    if title:
+        keys.add("title:" + title)
     return frozenset(keys)
-
-
-def _normalised_all(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
 @dataclass
@@ -181,9 +173,7 @@ class RetrievalIndex:
         if not kept:
             raise DataError("every pool item matches a held-out item: nothing left to index")
         self.vectors = embed_items(kept, self.max_tokens, self.cache_dir, progress)
-        self.records = [
-            {"id": it.id, "title": it.title, "text": it.text, "price": it.price, "key": dedupe_key(it)} for it in kept
-        ]
+        self.records = [{"id": it.id, "title": it.title, "text": it.text, "price": it.price} for it in kept]
         self.pool_fingerprint = fingerprint(list(pool))
         self.pool_texts = texts_fingerprint(pool)
         self._searcher = Searcher(self.vectors, self.backend)

@@ -239,7 +239,9 @@ class SameOrigin:
 
     def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str] | None = None):
         self.app = app
-        self.allowed = None if allowed_hosts is None else frozenset(_hostname(h) for h in allowed_hosts)
+        # bare names (an address like ::1 has no port to split off)
+        names = None if allowed_hosts is None else (h.strip().lower().strip("[]").rstrip(".") for h in allowed_hosts)
+        self.allowed = None if names is None else frozenset(names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -247,7 +249,7 @@ class SameOrigin:
             return
         headers = dict(scope.get("headers") or [])
         host = headers.get(b"host", b"").decode("latin-1")
-        if self.allowed is not None and _hostname(host) not in self.allowed:
+        if self.allowed is not None and _split_host(host)[0] not in self.allowed:
             resp = error_response(
                 400,
                 "Unknown Host header: this server answers to the names it was started with "
@@ -266,20 +268,16 @@ class SameOrigin:
         await resp(scope, receive, send)
 
 
-def _hostname(host: str) -> str:
-    """`host[:port]` or `[v6]:port` → the bare name, lower case, without a trailing dot."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    return host.rstrip(".")
+def _split_host(host: str) -> tuple[str | None, int | None]:
+    """A `Host` value (`name[:port]`, `[v6]:port`) as (bare name in lower case without a trailing dot, port);
+    (None, None) for one that does not parse."""
+    from urllib.parse import urlsplit
 
-
-def _port(host: str) -> str | None:
-    """The port written in a `Host` value, if any."""
-    tail = host.rsplit("]", 1)[-1] if host.startswith("[") else host
-    return tail.rsplit(":", 1)[1] if tail.count(":") == 1 else None
+    try:
+        url = urlsplit("//" + host.strip())
+        return (url.hostname or "").rstrip("."), url.port
+    except ValueError:
+        return None, None
 
 
 def _cross_site(headers: dict[bytes, bytes], host: str, allowed: frozenset[str] | None = None) -> bool:
@@ -306,11 +304,11 @@ def _cross_site(headers: dict[bytes, bytes], host: str, allowed: frozenset[str] 
         o_host = (o.hostname or "").rstrip(".")
         if allowed is not None and o_host in allowed and o_host not in LOOPBACK_NAMES:
             return False  # the proxy's public name, named by --allow-host
-        if o_host != _hostname(host):
+        name, written = _split_host(host)
+        if o_host != name:
             return True
-        written = _port(host)
         default = {"http": 80, "https": 443}.get(o.scheme)
-        return written is not None and str(o_port if o_port is not None else default) != written
+        return written is not None and (o_port if o_port is not None else default) != written
     return False
 
 

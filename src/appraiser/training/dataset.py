@@ -430,7 +430,7 @@ def rag_contexts(
 
     The index must be the training pool's (`RetrievalIndex.check_pool`: a DataError otherwise), and, on a
     resume, the very index the run started with (`cfg.index_pool`). The index never returns the item itself
-    nor a copy of it (same id or normalised title), though every training item is in it: each item sees the
+    nor a copy of it (same id, normalised title or whole text), though every training item is in it: each item sees the
     neighbours a validation item would, never its own price.
     """
     from appraiser.pricers.rag import Retriever, local_contexts
