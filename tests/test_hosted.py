@@ -287,6 +287,7 @@ def test_ctrl_c_then_watch_continues_from_the_cursor_without_duplicates(trainer_
     (run,) = RunStore().list()
     assert run.status in ("queued", "running") and "hosted watch" in r.stdout
     store = RunStore()
+    before = len(store.series(run.id, "loss")[0])  # `start` may have mirrored some steps already
     watcher = subprocess.Popen(
         [EXE, "hosted", "watch", run.id, "--interval", "0.3", "--plain"],
         stdout=subprocess.PIPE,
@@ -295,7 +296,9 @@ def test_ctrl_c_then_watch_continues_from_the_cursor_without_duplicates(trainer_
         env={**os.environ, **env},
     )
     deadline = time.time() + 600
-    while time.time() < deadline and not store.series(run.id, "loss")[0] and watcher.poll() is None:
+    # interrupted once the watcher itself has mirrored a step: it is up (a SIGINT during the interpreter's
+    # start kills it outright) and the job is running
+    while time.time() < deadline and len(store.series(run.id, "loss")[0]) <= before and watcher.poll() is None:
         time.sleep(0.2)
     watcher.send_signal(signal.SIGINT)
     stdout, stderr = watcher.communicate(timeout=120)
