@@ -127,6 +127,21 @@ def test_an_empty_answer_is_a_failure_that_the_next_run_asks_again(hostile, home
     assert "empty answer" in again.output
 
 
+def test_an_interval_calibrates_through_the_cache_so_a_rerun_asks_nothing(hostile, home, tmp_path, data_dir):
+    """`eval api --interval 0.8` prices pool items to calibrate on: they used to be asked again (and paid for
+    again) on every run; now they are cached like any evaluation, under the base model's own label."""
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join((data_dir / "train.jsonl").read_text().splitlines(keepends=True)[:40]))
+    more = ("--interval", "0.8", "--train", str(pool))
+    first = _eval(hostile, "cal", home, *more)
+    assert first.exit_code == 0, first.output
+    assert "calibrating the interval on 20 pool items" in first.output and Hostile.hits["cal"] == 20 + 4
+    assert "interval coverage" in first.output
+    again = _eval(hostile, "cal", home, *more)
+    assert again.exit_code == 0, again.output
+    assert Hostile.hits["cal"] == 24  # calibration and test items both came from the cache
+
+
 def test_an_answer_without_usage_has_an_unknown_cost_not_zero(hostile, home):
     from appraiser.pricers import registry
 

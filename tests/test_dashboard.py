@@ -536,6 +536,26 @@ def test_a_run_deleted_while_its_page_watches_ends_the_stream(tmp_path):
     assert "reset" not in [m["event"] for m in seen]  # a reset makes the page reload into a 404 instead
 
 
+def test_the_live_stream_of_a_run_whose_loss_went_nan_draws_a_gap(tmp_path):
+    """The store keeps a NaN loss (as the text 'nan', since SQLite makes a float NaN NULL); the live stream reads
+    the table with its own SQL and must read it back as a number: a gap in the curve, not a TypeError."""
+    from appraiser.server.dashboard_data import cursor_now
+    from appraiser.server.dashboard_live import LiveRun
+
+    store = RunStore(tmp_path / "runs.db")
+    run = store.create(name="nan", status="running")
+    store.log_metrics(run.id, 1, {"loss": 2.0})
+    store.log_metrics(run.id, 2, {"loss": float("nan")})
+    cursor = tuple(int(part) for part in cursor_now(store, run.id).split("."))
+    primed = LiveRun(store, run.id, cursor)  # the page has both points: the EMA goes on over them
+    store.log_metrics(run.id, 3, {"loss": float("nan")})
+    store.log_metrics(run.id, 4, {"loss": 1.0})
+    points = [json.loads(m["data"]) for m in primed.poll() if m["event"] == "metrics"]
+    losses = [p for batch in points for p in batch["points"] if p["name"] == "loss"]
+    assert [(p["step"], p["value"]) for p in losses] == [(3, None), (4, 1.0)]
+    assert LiveRun(store, run.id, (0, 0)).poll()  # from the start: both NaN rows read without an error
+
+
 def test_a_real_dashboard_answers_only_to_this_machines_names(dashboard):
     """DNS rebinding, against the CLI's own choice of names (`appraiser dashboard` binds 127.0.0.1)."""
     port = dashboard.rsplit(":", 1)[1]

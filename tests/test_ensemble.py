@@ -71,7 +71,7 @@ def test_ensemble_and_members_carry_out_of_fold_intervals(split):
     ridge = e.member(0)  # the member refitted on all of train, with its own out-of-fold interval
     alone = registry.create("tfidf-ridge").fit(train)
     assert [p.price for p in ridge.predict(val)] == pytest.approx([p.price for p in alone.predict(val)])
-    assert ridge.label == "tfidf-ridge+ci80" and ridge.q_ == e.member_q_[0]
+    assert ridge.label == "tfidf-ridge+ci80:difficulty" and ridge.q_ == e.member_q_[0]  # the default scale
 
 
 def test_interval_widths_scale_with_each_items_difficulty_by_default(split):

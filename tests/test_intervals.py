@@ -185,6 +185,30 @@ def test_cqr_corrects_an_overconfident_distribution_to_its_level(data_dir: Path)
         ConformalQuantile(base, level=0.85).fit(cal[:30])
 
 
+def test_calibration_by_the_evaluator_is_the_same_and_cached(data_dir: Path, tmp_path):
+    """`appraiser eval` calibrates a wrapper around a model it does not fit (an API model, a fine-tune) through
+    `evaluate`, so the calibration items are cached: the same q as `fit`, quantiles intact, nothing asked twice."""
+    from appraiser.data.io import write_items
+    from appraiser.evaluation.evaluator import fit_and_evaluate
+    from appraiser.evaluation.store import LeaderboardStore
+
+    items = read_items(data_dir / "train.jsonl", limit=900)
+    base = _QuantilePricer(sigma=0.2).fit(items[:600])
+    asked = []
+    predict = base.predict
+    base.predict = lambda batch: asked.extend(batch) or predict(batch)
+    pool = tmp_path / "pool.jsonl"
+    write_items(items[600:850], pool)
+    direct = ConformalQuantile(base, level=0.8, max_calibration=100).fit(read_items(pool))
+    asked.clear()
+    with LeaderboardStore(tmp_path / "lb.db") as store:
+        for _ in range(2):
+            cqr = ConformalQuantile(base, level=0.8, max_calibration=100)
+            fit_and_evaluate(cqr, items[850:], train=pool, show=False, store=store, record=False)
+            assert cqr.q_ == pytest.approx(direct.q_) and cqr.fit_info["calibration_items"] == 100
+            assert len(asked) == 100 + 50  # calibration and test items, asked once: the second run reads the cache
+
+
 def test_calibration_items_are_never_items_the_fine_tune_trained_on(data_dir: Path, tmp_path: Path):
     """The run's own draw (choose_items with its config's n_train, weighting and seed) is replayed and left out."""
     from appraiser.data.io import write_items
@@ -207,6 +231,38 @@ def test_calibration_items_are_never_items_the_fine_tune_trained_on(data_dir: Pa
     assert cal and not {it.id for it in cal} & {it.id for it in drawn}
     assert len(cal) == len({it.id for it in pool} - {it.id for it in drawn})  # fewer than asked: all that is left
     assert trained_keys(registry.create("constant-median")) == set()
+
+
+def test_a_pool_that_changed_since_the_run_drew_from_it_is_refused(data_dir: Path, tmp_path: Path):
+    """From a probe: replaying the seeded draw on a reordered pool gives other items, so items the model trained
+    on passed as "unseen" calibration items. The run store's fingerprint of the drawn items tells."""
+    import json
+    import random
+
+    from appraiser.data.io import write_items
+    from appraiser.items import fingerprint
+    from appraiser.pricers.conformal import trained_keys
+    from appraiser.runs.store import RunStore
+    from appraiser.training.config import TrainConfig
+    from appraiser.training.dataset import choose_items
+
+    pool = read_items(data_dir / "train.jsonl", limit=200)
+    write_items(pool, tmp_path / "pool.jsonl")
+    drawn = choose_items(pool, 50, "none", 7)
+    record = RunStore().create(name="cal", config={"data_fingerprint": fingerprint(drawn)})
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    TrainConfig(train=tmp_path / "pool.jsonl", n_train=50, weighting="none", seed=7).save(run / "config.json")
+    (run / "best" / "appraiser.json").write_text(json.dumps({"base_model": "smollm2-135m", "run_id": record.id}))
+
+    class FineTuned:
+        adapter = run / "best"
+
+    assert {it.id for it in drawn} <= trained_keys(FineTuned())  # the pool as it was: fine
+    random.Random(0).shuffle(pool)
+    write_items(pool, tmp_path / "pool.jsonl")
+    with pytest.raises(ValueError, match="changed since it drew its items"):
+        trained_keys(FineTuned())
 
 
 def test_the_evaluation_scores_and_charts_a_reported_distribution(data_dir: Path, tmp_path: Path):

@@ -133,3 +133,42 @@ def test_cli_predict_bad_input_is_one_clear_line():
     assert "unknown model 'no-such-model'" in res.output
     res = runner.invoke(app, ["predict", "a mug", "--method", "mode"])
     assert res.exit_code == 2 and "unknown method" in res.output
+
+
+def test_a_damaged_or_incomplete_adapter_is_one_line(run_folder, tmp_path):
+    """From a probe: a truncated adapter_model.safetensors was a SafetensorError traceback, a missing one sent
+    peft to the (unreachable) hub for a minute, and a damaged adapter_config.json was not named."""
+    import shutil
+
+    cases = {
+        "truncated": lambda f: f.joinpath("adapter_model.safetensors").write_bytes(b"\x00" * 100),
+        "missing": lambda f: f.joinpath("adapter_model.safetensors").unlink(),
+        "config": lambda f: f.joinpath("adapter_config.json").write_text("{not json"),
+    }
+    expected = {"truncated": "weights cannot be loaded", "missing": "an incomplete copy", "config": "not readable"}
+    for name, damage in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(run_folder, folder)
+        damage(folder / "best")
+        res = runner.invoke(app, ["predict", "a mug", "--model", str(folder), "--max-text-tokens", "8"])
+        assert res.exit_code == 2 and expected[name] in res.output and "Traceback" not in res.output, res.output
+
+
+def test_a_run_without_an_adapter_says_so_instead_of_asking_the_hub():
+    """From a probe: a run killed before its first save (or one still running), and RUN/best of a run without
+    probes, were taken for hub ids: a minute of network timeouts, then "unknown model"."""
+    from appraiser.data.io import DataError
+    from appraiser.runs.store import RunStore
+
+    store = RunStore()
+    run = store.create(name="early", status="failed")
+    with pytest.raises(DataError, match=r"\(failed\) has no saved adapter yet: resume it with"):
+        LLMPricer(model="early")
+    with pytest.raises(DataError, match="has no best/ adapter"):
+        LLMPricer(model="early/best")
+    (run.folder / "final").mkdir()  # a final/ folder without its files is no adapter either
+    with pytest.raises(DataError, match="no saved adapter yet"):
+        LLMPricer(model=f"{run.id}/final")
+    hosted = store.create(name="remote", kind="hosted", external_id="ftjob-1", status="succeeded")
+    with pytest.raises(DataError, match="hosted fine-tuning job"):
+        LLMPricer(model=hosted.id)

@@ -46,6 +46,25 @@ def test_failures_are_none_not_zero(text):
     assert parse_price_text(text) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("-5", None),  # a negative number is no price; it used to be read as $5
+        ("Price is $-5.00", None),
+        ("-$12", None),
+        ("about −7 dollars", None),
+        ("1e308", None),  # it used to be read as $1
+        ("Price is $1e9", None),  # no product costs a billion
+        ("1e3", 1000.0),
+        ("Price - $45", 45.0),  # a dash with a space after it is punctuation, not a sign
+        ("Price is $45 each", 45.0),
+    ],
+)
+def test_signs_and_exponents_are_read_whole(text, expected):
+    """What the re-probe found in model answers: "-5" read as 5 and "1e308" as 1."""
+    assert parse_price_text(text) == (pytest.approx(expected) if expected is not None else None)
+
+
 def test_overflowing_number_is_a_failure():
     assert parse_price_text("9" * 400) is None
 

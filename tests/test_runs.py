@@ -243,3 +243,75 @@ def test_add_event_once_writes_the_event_and_its_metrics_once(tmp_path):
     assert not store.add_event_once(run.id, "ev:1", "Step 1/2: training loss=1.5", step=1, metrics={"loss": 9.0})
     assert [e.message for e in store.events(run.id)] == ["Step 1/2: training loss=1.5"]
     assert store.series(run.id, "loss") == ([1], [1.5])
+
+
+def test_a_nan_loss_is_kept_so_the_run_reads_as_diverging():
+    """From a probe: SQLite stores a float NaN as NULL, which `series` dropped as "not logged", so a run that
+    failed on a NaN loss was "falling" in `runs show` and on its result card."""
+    import math
+
+    store = RunStore()
+    run = store.create(name="nanrun", status="running")
+    for step in range(1, 51):
+        store.log_metrics(run.id, step, {"loss": 3 - 2 * step / 50})
+    store.log_metrics(run.id, 51, {"loss": float("nan"), "lr": None})
+    store.set_status(run.id, "failed", error="loss nan")
+    steps, values = store.series(run.id, "loss")
+    assert steps[-1] == 51 and math.isnan(values[-1])
+    assert math.isnan(store.latest(run.id)["loss"]) and store.latest(run.id)["lr"] is None
+    assert store.series(run.id, "lr") == ([], [])  # a value not logged is still no value
+    shown = runner.invoke(app, ["runs", "show", "nanrun", "--verdict"])
+    assert shown.exit_code == 0 and "diverging" in shown.output and "falling: P" not in shown.output, shown.output
+
+
+def test_a_store_locked_past_the_wait_is_one_line(monkeypatch):
+    """From a probe: a writer that held runs.db past the 30 s wait gave a traceback (`database is locked`)."""
+    import appraiser.runs.store as store_module
+
+    store = RunStore()
+    run = store.create(name="busy", status="succeeded")
+    monkeypatch.setattr(store_module, "LOCK_WAIT_SECONDS", 0.2)
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(DataError, match="locked for 0 s; try again"):
+            store.log_metrics(run.id, 1, {"loss": 1.0})
+        got = runner.invoke(app, ["notify", "run", "busy", "json://127.0.0.1:9/hook"])  # claims, so writes
+        assert got.exit_code == 2 and "locked" in got.output and "Traceback" not in got.output, got.output
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.log_metrics(run.id, 1, {"loss": 1.0})  # once the lock is gone, nothing stands in the way
+    assert store.series(run.id, "loss") == ([1], [1.0])
+
+
+@pytest.mark.parametrize("seconds", ["inf", "0", "-1", "100000"])
+def test_a_watch_interval_must_be_a_real_wait(seconds):
+    store = RunStore()
+    run = store.create(name="w", status="running")
+    got = runner.invoke(app, ["runs", "watch", run.id, "--interval", seconds])
+    assert got.exit_code == 2 and "--interval must be more than 0 seconds and at most" in got.output, got.output
+
+
+def test_two_runs_that_draw_the_same_id_in_one_second_both_get_made(monkeypatch):
+    """A run id is its second plus 4 random hex digits; CI once drew the same one twice in a second, and the
+    second `create` failed on the table's UNIQUE id. The same draw now means drawing again (and never sharing a
+    run folder). The clock and the random digits (stdlib) are pinned to force it."""
+    import appraiser.runs.store as store_module
+
+    draws = iter(["abcd", "abcd", "abcd", "ef01", "abcd", "0002"])
+    monkeypatch.setattr(store_module.secrets, "token_hex", lambda _n: next(draws))
+    monkeypatch.setattr(store_module.time, "time", lambda: 1_800_000_000.0)
+    store = RunStore()
+    first = store.create(name="one")
+    second = store.create(name="two")  # its own folder for abcd exists: drawn again, ef01
+    hosted = store.create(name="three", kind="hosted", external_id="ftjob-1")  # no folder: the table says abcd is taken
+    assert first.id.endswith("-abcd") and second.id.endswith("-ef01") and hosted.id.endswith("-0002")
+    assert first.folder != second.folder and {r.name for r in store.list()} == {"one", "two", "three"}
+
+
+def test_a_watch_width_is_bounded():
+    store = RunStore()
+    run = store.create(name="wide", status="succeeded")
+    got = runner.invoke(app, ["runs", "watch", run.id, "--once", "--width", "100000"])  # was 4.6 MB of braille
+    assert got.exit_code == 2 and "--width must be between 10 and 1000" in got.output, got.output

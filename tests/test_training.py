@@ -360,6 +360,17 @@ def test_probe_state_is_restored_from_the_store_at_the_resume_step():
     probe = ProbeCallback(TrainConfig(patience=2), [], [], None, store, run, {})
     probe.restore(6)  # resuming from checkpoint-6: the probe at step 8 is in the future again
     assert (probe.best, probe.best_step, probe.since_best, probe.last_step) == (120.0, 4, 1, 6)
+    assert not probe.patience_spent
+    store.log_metrics(run.id, 7, {"probe_mae": float("nan")})  # a probe that priced nothing: no improvement
+    probe = ProbeCallback(TrainConfig(patience=2), [], [], None, store, run, {})
+    probe.restore(7)  # the review: NaN probes were skipped here, while the live run counted them
+    assert (probe.best, probe.since_best, probe.last_step) == (120.0, 2, 7) and probe.patience_spent
+    failed = store.create(name="never-priced")
+    for step in (2, 4):
+        store.log_metrics(failed.id, step, {"probe_mae": float("nan")})
+    probe = ProbeCallback(TrainConfig(patience=2), [], [], None, store, failed, {})
+    probe.restore(4)
+    assert probe.best is None and probe.since_best == 2 and probe.patience_spent
 
 
 def test_probe_items_come_from_the_end_of_validation(tokenizer, tiny_files):

@@ -188,3 +188,53 @@ def test_steps_without_decrease_equals_one_regression_per_suffix():
             np.where(x % 7 == 0, 1.6, 1.5),
         ][t % 4]
         assert steps_without_decrease(list(y)) == direct(list(y))
+
+
+def test_a_loss_converging_towards_zero_is_not_diverging():
+    """From a probe: the 3x-its-best rule alone called noise near zero "diverging" (0.003 is 3 times 0.001)."""
+    rng = np.random.default_rng(0)
+    converging = [2 * math.exp(-i / 15) + abs(rng.normal(0, 0.002)) for i in range(300)]
+    assert verdict(converging).state == "flat"
+    assert verdict(list(np.linspace(1, 0, 30)) + [0.0] * 10 + [1e-6] * 20).state != "diverging"
+    assert verdict(list(np.linspace(3, 1, 50)) + list(np.linspace(1, 4, 30))).state == "diverging"  # a real rise
+
+
+def test_a_constant_series_is_flat_not_rising():
+    """From a probe: a slope of exactly 0 with no noise gave P(decrease) = 0, so identical probe MAEs "rose"."""
+    for values, points in (([1.5] * 50, 20), ([42.0] * 5, 3)):
+        v = verdict(values, min_points=points)
+        assert v.state == "flat" and v.p_decrease == 0.5, v.message
+
+
+def test_a_flat_verdict_never_says_for_0_steps():
+    v = verdict(_curve("flat", seed=3))
+    assert "for 0 steps" not in v.message
+    from appraiser.runs.trend import Verdict
+
+    assert Verdict("flat", 0.59, 200, steps_without_decrease=0).message == (
+        "flat: no clear decrease (P(decrease) = 0.59 over the last 200 steps)"
+    )
+
+
+def test_the_story_puts_a_non_finite_value_where_it_was():
+    """From a probe: an inf at step 10 of 60 that the run recovered from was told as "then diverging (steps
+    60–60)"; a run that ended on NaN diverged from its first NaN on."""
+    from appraiser.runs.trend import story
+
+    rng = np.random.default_rng(1)
+    spike = list(2 * np.exp(-np.arange(60) / 20) + 1 + rng.normal(0, 0.02, 60))
+    spike[9] = math.inf
+    told = story(list(range(1, 61)), spike)
+    assert "diverging" not in told and told.endswith("(non-finite at step 10)"), told
+    ended = list(np.linspace(3, 1, 50)) + [math.nan] * 3
+    told = story(list(range(1, 54)), ended)
+    assert told == "loss: falling 2.92 → 1.08 (steps 1–50), then diverging (steps 51–53)", told
+
+
+def test_a_non_finite_value_the_run_recovered_from_is_not_a_divergence():
+    """A re-probe: any NaN among the last 5 steps read "diverging", even when the run ended on its best loss,
+    while the story said it recovered. Only a run that ends non-finite is diverging now."""
+    falling = list(np.linspace(3, 1, 40))
+    recovered = falling[:-3] + [math.nan] + falling[-2:]
+    assert verdict(recovered).state == "falling"
+    assert verdict(falling + [math.nan]).state == "diverging"

@@ -108,6 +108,12 @@ def test_a_page_on_another_site_cannot_log_a_browser_in_or_out(tmp_path):
         own = client.post("/dashboard/login", data={"key": KEY}, headers={"Origin": BASE})  # its own login form
         assert own.status_code == 303 and COOKIE in own.headers["set-cookie"]
         assert client.post("/dashboard/login", data={"key": KEY}).status_code == 303  # no Origin: not a browser page
+        # a Host without a port is port 80 or 443: a page on another port of the same name is another site
+        portless = {"Host": "localhost", "Origin": "http://localhost:8080"}
+        assert client.post("/dashboard/login", data={"key": KEY}, headers=portless).status_code == 403
+        for same in ("http://localhost", "https://localhost"):
+            headers = {"Host": "localhost", "Origin": same}
+            assert client.post("/dashboard/login", data={"key": KEY}, headers=headers).status_code == 303
 
 
 def test_behind_a_reverse_proxy_the_dashboards_own_login_still_works(tmp_path):

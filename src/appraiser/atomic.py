@@ -22,13 +22,19 @@ def replacing(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if e.filename is None or os.fspath(e.filename) != os.fspath(tmp) or e.filename2 is not None:
+                raise
+            # the user gave `path` and never heard of `.path.tmp-…`: the error names the path they gave
+            raise type(e)(e.errno, e.strerror, str(path)) from e
+        os.replace(tmp, path)  # an error here names both; the CLI shows the target, `path`
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -117,8 +117,8 @@ def model_vs_traditional(results: Sequence[EvalResult]) -> str:
     model = [r for r in scored if not is_traditional(r.pricer)]
     if not trad or not model:
         return ""
-    t = min(trad, key=lambda r: r.metrics["mae"])
-    m = min(model, key=lambda r: r.metrics["mae"])
+    t = min(trad, key=lambda r: mae_rank(r.metrics))
+    m = min(model, key=lambda r: mae_rank(r.metrics))
     diff = m.metrics["mae"] - t.metrics["mae"]
     gap = abs(diff)
     if f"{gap:,.2f}" == "0.00":  # e.g. a blend that gave the baseline all the weight

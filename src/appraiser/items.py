@@ -7,6 +7,7 @@ metadata for weighting, reporting and features.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -64,6 +65,19 @@ def make_id(*parts: str | None) -> str:
     """A stable 16-hex id from the given strings (title, text, ...)."""
     h = hashlib.sha1("\x1f".join(p or "" for p in parts).encode("utf-8"))
     return h.hexdigest()[:16]
+
+
+def data_fingerprint(items: Sequence[Item], weights: Sequence[float] | None = None) -> str:
+    """A short hash of what a pricer was fitted on: every item (all its fields) and its sample weight.
+
+    A fitted pricer records it in `fit_info`, which keys the prediction cache: without it, a baseline refitted
+    on another pool of the same size (a constant, a seeded model) had the same cache key and was served the
+    first model's predictions."""
+    h = hashlib.sha1()
+    for i, it in enumerate(items):  # every field: a category, a weight or a title is a feature too
+        w = "" if weights is None else f"{float(weights[i]):.9g}"
+        h.update(f"{w}\x1f{it.model_dump_json()}\x1e".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:12]
 
 
 def fingerprint(items: list[Item]) -> str:

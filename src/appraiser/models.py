@@ -431,9 +431,16 @@ def load_finetuned(
     if adapter is None:
         raise ModelNotFound(f"{path}: no PEFT adapter here (no adapter_config.json, best/ or final/)")
     info = finetune_info(adapter)
-    base = info.get("base_model")
-    if not base:
-        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    try:
+        adapter_config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{adapter / 'adapter_config.json'}: damaged, not readable JSON ({e})") from None
+    if not isinstance(adapter_config, dict):
+        raise DataError(f"{adapter / 'adapter_config.json'}: expected a JSON object")
+    if not any((adapter / f"adapter_model.{ext}").is_file() for ext in ("safetensors", "bin")):
+        # without this check peft looks for the weights on the hub, and fails a minute later with a network error
+        raise DataError(f"{adapter}: adapter_config.json without adapter_model.safetensors: an incomplete copy?")
+    base = info.get("base_model") or adapter_config.get("base_model_name_or_path")
     if not base:
         raise ModelNotFound(f"{adapter}: cannot tell the base model (no {FINETUNE_INFO} with base_model)")
     model, tokenizer = _load_base(base, load_in_4bit=load_in_4bit, dtype=dtype, device=device)
@@ -441,7 +448,10 @@ def load_finetuned(
         from appraiser.inference.head import attach_head
 
         attach_head(model, pooling=info.get("head_pooling", "last"), support=int(info.get("head_support", 0)))
-    model = PeftModel.from_pretrained(model, str(adapter))
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign weights file: the user's file to fix, named
+        raise DataError(f"{adapter}: the adapter's weights cannot be loaded ({type(e).__name__}: {e})") from None
     if not load_in_4bit:
         model = model.merge_and_unload()
     model.eval()

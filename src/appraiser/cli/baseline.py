@@ -19,12 +19,15 @@ from appraiser import config
 from appraiser.cli import console, friendly, parse_options
 from appraiser.data.io import DataError
 from appraiser.evaluation.evaluator import DEFAULT_TEST_SIZE, fit_and_evaluate, load_test_items
+from appraiser.evaluation.metrics import money
 from appraiser.evaluation.store import LeaderboardStore
 
 
 def model_path(label: str) -> Path:
     """Where a fitted baseline is saved by default: `<home>/models/<label>.pkl`, label made file-safe."""
-    return config.home() / "models" / f"{re.sub(r'[^A-Za-z0-9_.=-]+', '_', label).strip('_')}.pkl"
+    from appraiser.evaluation.charts import short_name
+
+    return config.home() / "models" / f"{short_name(re.sub(r'[^A-Za-z0-9_.=-]+', '_', label).strip('_'))}.pkl"
 
 
 def list_table() -> Table:
@@ -55,9 +58,9 @@ def baseline_command(
     test: Annotated[
         Path | None, typer.Option(help="Test split file or folder (default: <data dir>/validation.jsonl).")
     ] = None,
-    size: Annotated[int, typer.Option(help="Number of test items from the start of the file (0 = all).")] = (
-        DEFAULT_TEST_SIZE
-    ),
+    size: Annotated[
+        int, typer.Option(help="Number of test items from the start of the file (0 = all).", min=0)
+    ] = DEFAULT_TEST_SIZE,  # min=0 as in `appraiser eval`: -5 is a typo, not "all"
     offset: Annotated[int, typer.Option(help="Skip this many items at the start of the test file.")] = 0,
     weighting: Annotated[
         str, typer.Option(help="Sample weights: none | price_flat | match (match reads validation's prices).")
@@ -102,6 +105,13 @@ def baseline_command(
     if name not in registry.names("baseline"):
         raise DataError(f"unknown baseline {name!r}; known: {', '.join(registry.names('baseline'))}")
 
+    from appraiser.cli.evaluate import check_output_file, check_output_folder
+
+    # before the fit: a bad output path found afterwards wastes the fit and leaves a leaderboard row behind
+    check_output_file(predictions, "--predictions")
+    check_output_file(save, "--save")
+    check_output_folder(charts, "--charts")
+
     opts = {"weighting": weighting, "seed": seed, **parse_options(option)}
     if target is not None:
         opts["target"] = target
@@ -121,13 +131,15 @@ def baseline_command(
     if validation is None and (weighting_of == "match" or off_category != 1.0):
         validation = data / "validation.jsonl"  # what `match` and category weights aim at, by default
 
+    save = save or model_path(pricer.label)
+    check_output_file(save, "--save")  # the default, under <home>/models
     with LeaderboardStore(db) as store:
         result, saved = fit_and_evaluate(
             pricer,
             test_items,
             train=train or data / "train.jsonl",
             validation=validation,
-            save=save or model_path(pricer.label),
+            save=save,
             say=console.print,
             name=name_as,
             show=not quiet,
@@ -142,7 +154,7 @@ def baseline_command(
         console.print(result.summary_table())
     m = result.metrics
     console.print(
-        f"{escape(result.pricer)}: MAE ${m['mae']:,.2f}, RMSLE {m['rmsle']:.3f}, hit rate {m['hit_rate']:.1%} · "
+        f"{escape(result.pricer)}: MAE {money(m['mae'])}, RMSLE {m['rmsle']:.3f}, hit rate {m['hit_rate']:.1%} · "
         f"fit {fit_seconds:.1f} s, predict {result.seconds:.2f} s for {len(test_items)} items"
     )
     where = escape(str(saved))

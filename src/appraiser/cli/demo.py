@@ -11,6 +11,7 @@ from rich.markup import escape
 from appraiser.cli import console, quiet_libraries, user_errors
 from appraiser.cli.progress import ProgressView
 from appraiser.data.io import DataError
+from appraiser.evaluation.metrics import mae_rank, money
 
 
 def demo_command(
@@ -70,11 +71,11 @@ def demo_command(
             if view.progress.live.is_started:
                 view.progress.stop()
     console.rule("[bold green]done")
-    for r in sorted(result.results, key=lambda r: r.metrics.get("mae", float("inf"))):
+    for r in sorted(result.results, key=lambda r: mae_rank(r.metrics)):
         m = r.metrics
         console.print(
-            f"{escape(f'{r.pricer:<40}')} MAE ${m['mae']:>8,.2f}  "
-            f"(95% CI ${m['mae_ci_low']:,.0f}–${m['mae_ci_high']:,.0f})  hit rate {m['hit_rate']:.0%}",
+            f"{escape(f'{r.pricer:<40}')} MAE {money(m['mae']):>9}  "
+            f"(95% CI {money(m['mae_ci_low'], 0)}–{money(m['mae_ci_high'], 0)})  hit rate {m['hit_rate']:.0%}",
             soft_wrap=True,
         )
     from appraiser.demo_report import model_vs_traditional

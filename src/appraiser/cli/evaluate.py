@@ -86,6 +86,50 @@ def _size(size: int) -> int | None:
     return None if size <= 0 else size
 
 
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its closest ancestor that exists (what a write would have to create folders under)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable_folder(folder: Path, shown: Path, flag: str) -> None:
+    """`folder` (existing or not) can hold new files: its nearest existing ancestor is a folder we can create a
+    file in. Tried with a real file, removed at once: `os.access` says yes to root even on /proc."""
+    import os
+    import tempfile
+
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise DataError(f"{shown}: {flag} cannot be written under {base}, a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".appraiser-probe-", dir=base)
+    except OSError as e:
+        raise DataError(f"{shown}: {flag} cannot be written in {base} ({e.strerror or type(e).__name__})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """Refuse an output file that cannot be written before anything runs: the error would otherwise come after
+    a long fit, and after the leaderboard row was already written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; {flag} needs a file path")
+    _check_writable_folder(path.absolute().parent, path, flag)
+
+
+def check_output_folder(path: Path | None, flag: str) -> None:
+    """Refuse an output folder that is a file or cannot be created, before anything runs (see check_output_file)."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path}: is a file; {flag} needs a folder")
+    _check_writable_folder(path, path, flag)
+
+
 def _store(db: Path | None) -> LeaderboardStore:
     return LeaderboardStore(db)
 
@@ -106,6 +150,22 @@ def _fmt_money(v: float | None) -> str:
 # ---------------------------------------------------------------- eval
 
 
+def _ignored_with_model(pricer, option, train, validation, save, interval, method, scale) -> list[str]:
+    """The options given beside --model that it would silently drop: a saved pricer is evaluated as it was
+    fitted (no new name, options, training data or interval), and saving it again would only copy it."""
+    given = {
+        f"the pricer name {pricer!r}": pricer is not None,
+        "-o": bool(option),
+        "--train": bool(train),
+        "--validation": validation is not None,
+        "--save": save is not None,
+        "--interval": bool(interval),
+        "--interval-method": method != "split",
+        "--interval-scale": scale != "none",
+    }
+    return [k for k, v in given.items() if v]
+
+
 @friendly
 def eval_command(
     pricer: Annotated[
@@ -124,7 +184,14 @@ def eval_command(
     validation: Annotated[
         Path | None, typer.Option(help="Validation split handed to fit (e.g. for distribution-matching weights).")
     ] = None,
-    model: Annotated[Path | None, typer.Option(help="A saved, fitted pricer file to evaluate instead.")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A saved, fitted pricer file to evaluate instead (as it was saved: no pricer name, -o, --train, "
+            "--validation, --interval or --save). It is a pickle, which runs code when loaded: load only files "
+            "you made or trust."
+        ),
+    ] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Pricer option key=value.")] = None,
     name: Annotated[str | None, typer.Option(help="Leaderboard name (default: the pricer's label).")] = None,
     predictions: Annotated[Path | None, typer.Option(help="Write per-item predictions JSONL here.")] = None,
@@ -143,17 +210,25 @@ def eval_command(
 
     quiet_libraries()  # an LLM pricer loads transformers/peft; their warnings would interleave with our table
 
+    if model is not None:
+        dropped = _ignored_with_model(
+            pricer, option, train, validation, save, interval, interval_method, interval_scale
+        )
+        if dropped:
+            raise DataError(
+                f"--model evaluates the saved pricer as it was saved: {', '.join(dropped)} "
+                + ("does" if len(dropped) == 1 else "do")
+                + " not apply (drop them, or fit afresh without --model)"
+            )
+    check_output_file(predictions, "--predictions")
+    check_output_file(save, "--save")
+    check_output_folder(charts, "--charts")
     if test is None:
         test = config.default_data_dir() / "validation.jsonl"
     items = load_test_items(test, _size(size), offset)
     needs_fit = False
     if model is not None:
-        if not model.exists():
-            raise DataError(f"{model}: no such saved pricer")
-        try:
-            p = Pricer.load(model)
-        except Exception as e:
-            raise DataError(f"{model}: cannot load a saved pricer ({type(e).__name__}: {e})") from e
+        p = Pricer.load(model)  # a missing, damaged or foreign file is already one line naming it
     else:
         if pricer is None:
             raise DataError("name a pricer (e.g. `appraiser eval constant`) or pass --model FILE")
@@ -207,6 +282,17 @@ def _secs(v: float) -> str:
     return f"{v:,.1f}s" if v < 100 else f"{v:,.0f}s"
 
 
+def tied_ranks(rows: list[Row]) -> list[str]:
+    """Competition ranks of rows sorted by MAE, with "=" on a tie ("1", "2=", "2=", "4"): runs whose MAEs
+    read the same (to the cent, as shown) share a rank, rather than the more recent one looking better."""
+    keys = [round(_mae_key(r), 2) if math.isfinite(_mae_key(r)) else _mae_key(r) for r in rows]
+    out = []
+    for k in keys:
+        first = keys.index(k) + 1  # rows are sorted, so equal keys are adjacent
+        out.append(f"{first}=" if keys.count(k) > 1 else str(first))
+    return out
+
+
 def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
     """Rows ranked as given; `wide` adds median error, R² and cost (they do not fit 80 columns)."""
     t = Table(
@@ -223,10 +309,11 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
             t.add_column(col, min_width=min(longest, 18), overflow="fold")
         else:
             t.add_column(col, justify="right", no_wrap=col != "95% CI", overflow="fold")
-    for rank, r in enumerate(rows, start=1):
+    ranks = tied_ranks(rows)
+    for rank, r in zip(ranks, rows, strict=True):
         m = r.metrics
         cells = {
-            "#": str(rank),
+            "#": rank,
             "pricer": escape(r.label),
             "MAE": _fmt_money(m.get("mae")),
             "95% CI": f"{_whole(m.get('mae_ci_low'))}–{_whole(m.get('mae_ci_high'))}",
@@ -312,6 +399,22 @@ def compare_command(
         ra = _find_run(store, a, fp)
         rb = _find_run(store, b, fp or ra.test_fingerprint)
         c = paired_compare(store.predictions(ra.run_id), store.predictions(rb.run_id), ra.label, rb.label)
+    runs = f"run {ra.run_id} ({ra.label}) and run {rb.run_id} ({rb.label})"
+    if c.shared == 0:
+        raise DataError(f"{runs} share no test items (same id and price): nothing to compare")
+    if c.n == 0:  # every shared item failed on one side or the other: no difference, no p-value
+        raise DataError(
+            f"nothing to compare: of the {c.shared} items {runs} share, {ra.label} failed on {c.failed_a} and "
+            f"{rb.label} on {c.failed_b}, so none was priced by both"
+        )
+    if ra.test_fingerprint != rb.test_fingerprint:  # the MAEs below are not the ones on the leaderboard
+        err_console.print(
+            f"[yellow]note:[/] {escape(runs)} are on different test sets ({ra.test_size} and {rb.test_size} "
+            f"items): compared on the {c.shared} items both hold, so the MAEs shown are on those, not the "
+            "recorded ones",
+            soft_wrap=True,
+            highlight=False,
+        )
     la, lb = escape(ra.label), escape(rb.label)
     t = Table(title=f"{la} (run {ra.run_id}) vs {lb} (run {rb.run_id}) on {c.n} shared items")
     t.add_column("")

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from appraiser.cli import console, err_console
+from appraiser.cli.progress import check_poll_interval
 from appraiser.data.io import DataError
 
 app = typer.Typer(no_args_is_help=True, help="Hosted fine-tuning (OpenAI's API, or `appraiser serve`'s).")
@@ -165,8 +166,7 @@ def make_follower(store: Any, run: Any, *, interval: float = 5.0, report_to: lis
     from appraiser.hosted.jobs import client_for, endpoint_of
     from appraiser.hosted.trackers import check_report_to, open_trackers
 
-    if not interval > 0:
-        raise DataError("--interval must be more than 0 seconds")
+    check_poll_interval(interval)
     names = check_report_to(report_to if report_to is not None else run.config.get("report_to") or [])
     client = client_for(endpoint_of(run))
     trackers = open_trackers(names, run.id, run.config) if names else []
@@ -294,8 +294,7 @@ def start_command(
         raise DataError("--lr-multiplier must be more than 0")
     if size < 0:
         raise DataError("--size must be 0 (all) or more")
-    if not interval > 0:
-        raise DataError("--interval must be more than 0 seconds")
+    check_poll_interval(interval)
     trackers = check_report_to(_names(report_to))
     urls = _check_notify(notify)
     endpoint = resolve_endpoint(provider, base_url, key_env)

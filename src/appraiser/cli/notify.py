@@ -65,6 +65,7 @@ def run_command(
 ) -> None:
     """Send a run's result card now, to each URL that has not had it for this state yet."""
     from appraiser.notify import NOTIFY_STATES, notify_run, run_state
+    from appraiser.notify.run import pending
     from appraiser.runs.store import RunStore
 
     if status is not None and status not in NOTIFY_STATES:
@@ -74,10 +75,14 @@ def run_command(
     state = status or run_state(store, r.id)
     if state is None:
         raise DataError(f"run {r.id} is {r.display_status}: nothing to report yet (or give --status)")
-    if notify_run(store, r.id, _checked(urls), status=state):
+    urls = _checked(urls)
+    if notify_run(store, r.id, urls, status=state):
         console.print(f"sent the {escape(state)} card of run {escape(r.id)} (see `appraiser runs events {r.id}`)")
     else:
         console.print(f"nothing sent: every URL already had the {escape(state)} card of run {escape(r.id)}, or failed")
+    failed = pending(store, r.id, urls, state)
+    if failed:  # exit 1, as `notify test` does: a script must see that a card did not go out
+        raise typer.Exit(1)
 
 
 def register(app_: typer.Typer) -> None:

@@ -17,6 +17,20 @@ from rich.text import Text
 
 from appraiser.cli import console
 
+#: The longest wait between two polls of `--interval` (a day): beyond it `time.sleep` overflows, and no watch
+#: means it.
+MAX_POLL_SECONDS = 86_400.0
+
+
+def check_poll_interval(seconds: float) -> float:
+    """A watch's `--interval`, refused (one line) unless it is a real wait: more than 0, at most a day."""
+    from appraiser.data.io import DataError
+
+    if not 0 < seconds <= MAX_POLL_SECONDS:
+        raise DataError(f"--interval must be more than 0 seconds and at most {MAX_POLL_SECONDS:,.0f} (a day)")
+    return seconds
+
+
 #: The colour of each run status, wherever a status is shown.
 STATUS_STYLE = {
     "succeeded": "green",

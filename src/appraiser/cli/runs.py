@@ -20,7 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from appraiser.cli import console
-from appraiser.cli.progress import STATUS_STYLE, story_lines, trend_lines, watch_frame
+from appraiser.cli.progress import STATUS_STYLE, check_poll_interval, story_lines, trend_lines, watch_frame
 from appraiser.data.io import DataError
 
 app = typer.Typer(no_args_is_help=True, help="Training runs: list them, read their log, watch one live.")
@@ -196,10 +196,9 @@ def watch_command(
         return
     if not 0 < alpha <= 1:
         raise DataError("--alpha must be in (0, 1]")
-    if width < 10:
-        raise DataError("--width must be at least 10")
-    if not interval > 0:
-        raise DataError("--interval must be more than 0 seconds")
+    if not 10 <= width <= 1000:
+        raise DataError("--width must be between 10 and 1000 characters")
+    check_poll_interval(interval)
     if once:
         console.print(watch_frame(store, r.id, alpha=alpha, width=width))
         return

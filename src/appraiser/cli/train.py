@@ -242,7 +242,9 @@ def train_command(
     ] = None,
     probe_every: Annotated[int | None, typer.Option(help="score the probe set every N steps (0: never)")] = None,
     probe_size: Annotated[int | None, typer.Option(help="validation items in the probe set")] = None,
-    probe_method: Annotated[str | None, typer.Option(help="expected | greedy")] = None,
+    probe_method: Annotated[
+        str | None, typer.Option(help="expected | greedy | head (default: head with --head-refit, else expected)")
+    ] = None,
     save_every: Annotated[int | None, typer.Option(help="checkpoint every N steps")] = None,
     keep_checkpoints: Annotated[int | None, typer.Option(help="newest checkpoints kept")] = None,
     patience: Annotated[int | None, typer.Option(help="early stop after N probes without improvement")] = None,

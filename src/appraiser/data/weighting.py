@@ -16,13 +16,23 @@ benchmark than any price or category weighting did (README, "The accuracy recipe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
+from appraiser.data.io import DataError
 from appraiser.items import Item
 
 WEIGHTINGS = ("none", "price_flat", "match")
+
+
+class WeightingError(DataError, ValueError):
+    """Weights that cannot be made from these items and options. A DataError, so a command prints it as one
+    line (a fine-tune's `--sources nonexist --off-source-weight 0` was a ValueError traceback after the
+    options had passed), and still a ValueError for callers that catch one."""
+
+
 #: The release benchmark's 8 categories, as the data README states them (`categories="benchmark"` names them).
 BENCHMARK_CATEGORIES: tuple[str, ...] = (
     "Automotive",
@@ -82,6 +92,15 @@ def _histogram(prices: np.ndarray) -> np.ndarray:
     return np.bincount(_bin_index(prices), minlength=len(PRICE_BINS) - 1).astype(float)
 
 
+def check_weight(option: str, value: float) -> float:
+    """An off-category or off-source weight as a float, refused unless finite and at least 0: a NaN or a
+    negative weight acted like 0 (silently), and an infinite one divided everything by infinity."""
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0):
+        raise WeightingError(f"{option} must be a finite number at least 0 (0 drops those items), not {value}")
+    return v
+
+
 def sample_weights(
     train: Sequence[Item],
     scheme: str = "none",
@@ -113,6 +132,8 @@ def sample_weights(
     Weights are then capped at `max_weight` (the mean being 1) so a few items in a rare bin cannot
     dominate. A weight of 0 (a price bin validation never reaches, a filtered category) drops the item.
     """
+    off_category_weight = check_weight("off_category_weight", off_category_weight)
+    off_source_weight = check_weight("off_source_weight", off_source_weight)
     prices = np.array([it.price for it in train], dtype=float)
     if scheme == "none":
         w = np.ones(len(train))
@@ -121,31 +142,43 @@ def sample_weights(
         w = 1.0 / hist[_bin_index(prices)]
     elif scheme == "match":
         if not validation:
-            raise ValueError("weighting='match' needs the validation split (only its price distribution is used)")
+            raise WeightingError("weighting='match' needs the validation split (only its price distribution is used)")
         p_train = _histogram(prices) / len(prices)
         p_val = _histogram(np.array([it.price for it in validation], dtype=float)) / len(validation)
         w = p_val[_bin_index(prices)] / p_train[_bin_index(prices)]
     else:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {scheme!r}")
+        raise WeightingError(f"weighting must be one of {WEIGHTINGS}, not {scheme!r}")
 
     if off_category_weight != 1.0:
         target = set(resolve_categories(categories)) if categories is not None else None
         if target is None and validation:
             target = {it.category for it in validation if it.category}
         if target is None:
-            raise ValueError("off_category_weight needs `categories` or the validation split")
+            raise WeightingError("off_category_weight needs `categories` or the validation split")
         off = np.array([it.category is not None and it.category not in target for it in train])
         w = np.where(off, w * off_category_weight, w)
 
     if off_source_weight != 1.0:
         prefixes = resolve_sources(sources)
         if not prefixes:
-            raise ValueError("off_source_weight needs `sources` (source prefixes, or 'benchmark')")
+            raise WeightingError("off_source_weight needs `sources` (source prefixes, or 'benchmark')")
         off = np.array([it.source is not None and not it.source.startswith(prefixes) for it in train])
         w = np.where(off, w * off_source_weight, w)
 
     if w.sum() <= 0:
-        raise ValueError("all training weights are zero: nothing left to learn from")
+        # Say which option dropped everything: the one line a user gets must point at what to change.
+        why = []
+        if off_source_weight == 0:
+            named = sources.split(",") if isinstance(sources, str) else list(sources or ())
+            why.append(f"no item's source starts with {', '.join(named)} (off_source_weight 0)")
+        if off_category_weight == 0:
+            why.append("no item is in the validation categories (off_category_weight 0)")
+        if scheme == "match":
+            why.append("no item is in a $50 price bin the validation prices reach (weighting 'match')")
+        raise WeightingError(
+            f"all {len(train)} training weights are zero, nothing left to learn from"
+            + (f": {'; or '.join(why)}" if why else "")
+        )
     w = w / w[w > 0].mean()
     return np.minimum(w, max_weight)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from appraiser.evaluation.evaluator import EvalResult
-from appraiser.evaluation.metrics import FAILED, mae_rank
+from appraiser.evaluation.metrics import FAILED, mae_rank, money
 from appraiser.evaluation.store import Row
 
 COLOURS = {"green": "#2ca02c", "orange": "#ff8c00", "red": "#d62728", FAILED: "#7f7f7f"}
@@ -25,7 +25,18 @@ PRICE_BANDS = (25, 50, 100, 200, 500)
 
 def slug(text: str) -> str:
     """A file-name-safe version of a pricer label."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "pricer"
+    return short_name(re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "pricer")
+
+
+def short_name(name: str, limit: int = 150, sep: str = "-") -> str:
+    """`name` cut to `limit` characters with a hash of the whole kept at its end, so that two long labels stay
+    apart: a label names every non-default setting (an ensemble's can pass 300 characters), and file names
+    stop at 255 bytes, with room needed for suffixes like `-scatter.html`."""
+    if len(name) <= limit:
+        return name
+    import hashlib
+
+    return f"{name[: limit - 10 - len(sep)]}{sep}{hashlib.sha1(name.encode()).hexdigest()[:10]}"
 
 
 def plotly_text(text: object) -> str:
@@ -42,9 +53,19 @@ def _write_html(fig, path: Path) -> Path:
 
 
 def _save_png(fig, path: Path) -> Path:
-    fig.tight_layout()
+    import warnings
+
+    with warnings.catch_warnings():  # a layout that cannot fit is drawn as it is; the warning says nothing to a user
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
+
+
+def tick_label(label: str, limit: int = 60) -> str:
+    """A label short enough for a chart's axis (`short_name`): two long labels stay two bars, and the others
+    keep their room."""
+    return short_name(label, limit, sep="…")
 
 
 def band_label(price: float, bands: Sequence[float] = PRICE_BANDS) -> str:
@@ -88,7 +109,7 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
     folder.mkdir(parents=True, exist_ok=True)
     stem = slug(result.pricer)
     ok = [r for r in result.results if r.guess is not None]
-    title = f"{result.pricer} — MAE ${result.metrics['mae']:,.2f} on {len(result.results)} items"
+    title = f"{result.pricer} — MAE {money(result.metrics['mae'])} on {len(result.results)} items"
     if result.metrics.get("failures"):
         title += f" ({int(result.metrics['failures'])} failed)"
     paths: list[Path] = []
@@ -269,7 +290,7 @@ def leaderboard_chart(rows: Sequence[Row], folder: str | Path, name: str = "lead
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: mae_rank(r.metrics))
-    labels = [r.label for r in rows]
+    labels = [tick_label(r.label) for r in rows]
     mae = np.array([r.metrics["mae"] for r in rows])
     err = np.array(
         [
@@ -292,6 +313,7 @@ def leaderboard_chart(rows: Sequence[Row], folder: str | Path, name: str = "lead
         go.Bar(
             x=mae,
             y=[plotly_text(label) for label in labels],
+            hovertext=[plotly_text(r.label) for r in rows],  # the whole label, where the axis shows a cut one
             orientation="h",
             error_x={"type": "data", "symmetric": False, "array": err[1], "arrayminus": err[0]},
             text=[f"${m:,.2f}" for m in mae],

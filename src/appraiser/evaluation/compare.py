@@ -32,6 +32,13 @@ class Comparison:
     ties: int
     p_value: float  # two-sided sign test (binomial, p = 0.5) on a_better vs b_better
     skipped: int  # shared items dropped because one pricer failed on them
+    failed_a: int = 0  # of the shared items, those A failed on (they are in `skipped`)
+    failed_b: int = 0  # … and those B failed on (an item both failed counts in both)
+
+    @property
+    def shared(self) -> int:
+        """Items both runs were asked (same id and truth), before failures are dropped."""
+        return self.n + self.skipped
 
     @property
     def verdict(self) -> str:
@@ -52,13 +59,15 @@ def paired_compare(
 
     by_id = {(r.id, round(r.truth, 2)): r for r in b}
     ea, eb = [], []
-    skipped = 0
+    skipped = failed_a = failed_b = 0
     for r in a:
         other = by_id.get((r.id, round(r.truth, 2)))
         if other is None:
             continue
         if r.error is None or other.error is None:
             skipped += 1
+            failed_a += r.error is None
+            failed_b += other.error is None
             continue
         ea.append(r.error)
         eb.append(other.error)
@@ -66,7 +75,7 @@ def paired_compare(
     d = ea_arr - eb_arr
     nan = float("nan")
     if d.size == 0:
-        return Comparison(name_a, name_b, 0, nan, nan, nan, nan, nan, 0, 0, 0, nan, skipped)
+        return Comparison(name_a, name_b, 0, nan, nan, nan, nan, nan, 0, 0, 0, nan, skipped, failed_a, failed_b)
     low, high = bootstrap_mean_ci(d, seed=seed)
     a_better, b_better = int((d < 0).sum()), int((d > 0).sum())
     trials = a_better + b_better
@@ -85,4 +94,6 @@ def paired_compare(
         int(d.size) - trials,
         float(p),
         skipped,
+        failed_a,
+        failed_b,
     )

@@ -180,11 +180,14 @@ def summary_table(result: EvalResult) -> Table:
     t = Table(title=f"{escape(result.pricer)} on test set {result.test_fingerprint} ({int(m['n'])} items)")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    t.add_row("MAE", f"${m['mae']:,.2f}  (95% CI ${m['mae_ci_low']:,.2f} – ${m['mae_ci_high']:,.2f})")
-    t.add_row("median abs error", f"${m['median_ae']:,.2f}")
-    t.add_row("RMSLE", f"{m['rmsle']:.3f}")
-    t.add_row("MSE", f"{m['mse']:,.0f}")
-    t.add_row("R²", f"{m['r2']:.3f}")
+    if not math.isfinite(m["mae"]):  # every item failed: no number to show, and "$nan" is none
+        t.add_row("MAE", "— (no item was priced)")
+    else:
+        t.add_row("MAE", f"${m['mae']:,.2f}  (95% CI ${m['mae_ci_low']:,.2f} – ${m['mae_ci_high']:,.2f})")
+        t.add_row("median abs error", f"${m['median_ae']:,.2f}")
+        t.add_row("RMSLE", f"{m['rmsle']:.3f}")
+        t.add_row("MSE", f"{m['mse']:,.0f}")
+        t.add_row("R²", f"{m['r2']:.3f}")
     t.add_row("hit rate (green)", f"{m['hit_rate']:.1%}")
     if "interval_coverage" in m:
         t.add_row(
@@ -235,15 +238,18 @@ def evaluate(
     store: LeaderboardStore | None = None,
     cost: float = 0.0,
     fit_seconds: float | None = None,
+    lines: bool = True,
 ) -> EvalResult:
     """Evaluate `pricer` on `items` (in order): predict, show, score, and optionally record.
 
     Pricers with `concurrency > 1` are called from a thread pool, one `batch_size` batch per task
     (API pricers use batch_size 1); others are called batch by batch. With `cache`, finished
     batches are saved at once and reused on the next run with the same label, config, fitted
-    state and items. The fitted state is the pricer's `fit_info` dict when it has one (a refit
-    model is a new model: its cache starts empty; a saved-and-reloaded one keeps its cache).
-    With `record`, the result is added to the leaderboard (`store`, default: the project's).
+    state and items. The fitted state is the pricer's `fit_info` dict when it has one, less its fit time (a
+    model refitted on other data is a new model and starts empty, as its `fit_info` names its data; the same
+    fit again, or a saved-and-reloaded model, keeps its cache).
+    With `record`, the result is added to the leaderboard (`store`, default: the project's). `lines=False` shows
+    the progress bar alone (no line per item, no summary).
     `fit_seconds` (default: `fit_info["seconds"]` when present) is recorded beside the predict time.
     """
     items = list(items)
@@ -253,7 +259,10 @@ def evaluate(
     cfg = pricer.config()
     fit_info = getattr(pricer, "fit_info", None)
     fit_info = fit_info if isinstance(fit_info, dict) else {}
-    chash = config_hash({"config": cfg, "fit": fit_info} if fit_info else cfg)
+    # the fitted state keys the cache, but not how long the fit took: an identical refit (same settings, same
+    # data, `data` in fit_info) is the same model
+    fitted = {k: v for k, v in fit_info.items() if k != "seconds"}
+    chash = config_hash({"config": cfg, "fit": fitted} if fitted else cfg)
     if fit_seconds is None:
         fit_seconds = float(fit_info.get("seconds") or 0.0)
     n = len(items)
@@ -274,7 +283,7 @@ def evaluate(
                 cached += 1
 
     def show_items(idx: list[int], batch_preds: list[Prediction]) -> None:
-        if not show:
+        if not (show and lines):
             return
         for i, p in zip(idx, batch_preds, strict=True):
             it = items[i]
@@ -363,7 +372,7 @@ def evaluate(
         from appraiser.evaluation.charts import save_charts
 
         result.charts = save_charts(result, charts_dir)
-    if show:
+    if show and lines:
         console.print(summary_table(result))
         if result.run_id is not None:
             console.print(f"recorded as run {result.run_id} on the leaderboard")
@@ -388,6 +397,61 @@ def fit_pricer(pricer: Pricer, train: Sequence[Item], validation: Sequence[Item]
         message = str(e)
         hint = "; pass --validation FILE" if validation is None and "validation" in message else ""
         raise DataError(f"{pricer.label}: {message}{hint}") from None
+    return time.perf_counter() - start
+
+
+def refuse_overlap(train: Sequence[Item], test: Sequence[Item], where: str, say: Any = None) -> None:
+    """A DataError when test items are in the training pool (same id, or the same whole normalised text,
+    `retrieval.index.copy_keys`): a pricer would be scored on items it learned from (knn with k=1 scores $0.00).
+    A folder never yields its validation or test split as training data; two explicit files can, by mistake,
+    hold the same items. Items that only share a (normalised, cut) title with a pool item are likely copies
+    too, but two products can share one: those are counted in a warning through `say`, not refused."""
+    from appraiser.retrieval.index import copy_keys
+
+    ids, texts, titles = {it.id for it in train}, set(), set()
+    for it in train:
+        for key in copy_keys(it):
+            (texts if key.startswith("text:") else titles).add(key)
+    leaked = [it for it in test if it.id in ids or copy_keys(it) & texts]
+    if leaked:
+        raise DataError(
+            f"{len(leaked)} of the {len(test)} test items are in the training pool {where} too (same id or whole "
+            f"text; the first: {leaked[0].id}): a pricer would be scored on items it learned from. "
+            "Remove them from the training files."
+        )
+    alike = sum(1 for it in test if copy_keys(it) & titles)
+    if alike and say is not None:
+        say(
+            f"[yellow]warning: {alike} of the {len(test)} test items share a title with a training item "
+            f"(different texts): check {escape(where)} for copies of the test set[/]"
+        )
+
+
+def calibrate_pricer(pricer: Any, train: Sequence[Item], say: Any, options: dict[str, Any]) -> float:
+    """Calibrate an interval wrapper whose base is not fitted here (`Conformal.fixed_base`: an API model, a
+    fine-tune): its calibration items are priced by `evaluate`, so they are cached under the base's own label
+    like any evaluation (a rerun asks an API nothing twice, an interrupted calibration resumes) and priced with
+    the base's concurrency and a progress bar. Returns the seconds it took."""
+    start = time.perf_counter()
+    try:
+        cal = pricer.calibration_items(list(train))
+    except ValueError as e:
+        raise DataError(f"{pricer.label}: {e}") from None
+    say(f"calibrating the interval on {len(cal):,} pool items priced by {escape(pricer.base.label)} …")
+    result = evaluate(
+        pricer.base,
+        cal,
+        show=options.get("show", True),
+        lines=False,
+        cache=options.get("cache", True),
+        record=False,
+        store=options.get("store"),
+    )
+    preds = [Prediction(price=r.guess, low=r.low, high=r.high, raw=r.raw) for r in result.results]
+    try:
+        pricer.calibrate(preds, cal)
+    except ValueError as e:
+        raise DataError(f"{pricer.label}: {e}") from None
     return time.perf_counter() - start
 
 
@@ -421,9 +485,13 @@ def fit_and_evaluate(
         train_items = read_pool(train)
         if not train_items:
             raise DataError(f"{describe_sources(train)}: no training items")
+        refuse_overlap(train_items, items, describe_sources(train), say)
         val_items = read_items(validation) if validation is not None else None
         say(f"fitting {escape(pricer.label)} on {len(train_items):,} items from {escape(describe_sources(train))} …")
-        fit_seconds = fit_pricer(pricer, train_items, val_items)
+        if getattr(pricer, "fixed_base", False):
+            fit_seconds = calibrate_pricer(pricer, train_items, say, evaluate_options)
+        else:
+            fit_seconds = fit_pricer(pricer, train_items, val_items)
         say(f"fitted in {fit_seconds:.1f} s")
     saved = None
     if save is not None:

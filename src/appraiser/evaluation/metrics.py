@@ -59,6 +59,14 @@ def mae_rank(metrics: Mapping[str, object]) -> float:
     return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else math.inf
 
 
+def money(v: object, places: int = 2) -> str:
+    """A dollar figure for a sentence or a title; "—" for a missing or non-finite one (a pricer that failed on
+    every item has no MAE, and "$nan" reads as a number)."""
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "—"
+    return f"${v:,.{places}f}"
+
+
 def colour(guess: float | None, truth: float) -> str:
     """green if the error is under $40 or under 20% of the truth; orange under $80 or 40%; else red.
 

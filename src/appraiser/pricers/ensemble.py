@@ -38,8 +38,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from appraiser.data.weighting import resolve_categories, resolve_sources, sample_weights
-from appraiser.items import MAX_PRICE, MIN_PRICE, Item
+from appraiser.data.weighting import check_weight, resolve_categories, resolve_sources, sample_weights
+from appraiser.items import MAX_PRICE, MIN_PRICE, Item, data_fingerprint
 from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.registry import register
 
@@ -151,14 +151,18 @@ class EnsemblePricer(Pricer):
         from appraiser.pricers import registry
 
         for name, options in self.member_specs:  # a typo fails now, not after the first fold
+            if options.get("weighting") == "match":  # members are fitted without validation, whatever is passed
+                raise ValueError(
+                    f"member {name}: weighting 'match' reads the validation split, which the ensemble never does"
+                )
             registry.create(name, **options)
         self.folds, self.combine, self.seed = int(folds), combine, int(seed)
         self.weighting = weighting
         self.categories = resolve_categories(categories)
         self.member_weighting = bool(member_weighting)
-        self.off_category_weight = float(off_category_weight)
+        self.off_category_weight = check_weight("off_category_weight", off_category_weight)
         self.sources = resolve_sources(sources)
-        self.off_source_weight = float(off_source_weight)
+        self.off_source_weight = check_weight("off_source_weight", off_source_weight)
         if self.off_source_weight != 1.0 and not self.sources:
             raise ValueError("off_source_weight needs sources (source prefixes, or 'benchmark')")
         self.interval = float(interval)
@@ -185,7 +189,22 @@ class EnsemblePricer(Pricer):
 
     @property
     def label(self) -> str:
-        return f"ensemble[{'+'.join(self.labels)}{'' if self.combine == 'nnls' else ',linear'}]"
+        """The members, then every setting that differs from the defaults, like a baseline's label: the
+        leaderboard keeps one row per label, so two ensembles that differ only in folds or weighting must not
+        share one (the second hid the first)."""
+        import inspect
+
+        from appraiser.data.weighting import BENCHMARK_CATEGORIES, BENCHMARK_SOURCES
+
+        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
+        cfg = self.config()
+        cfg["categories"] = "benchmark" if self.categories == BENCHMARK_CATEGORIES else cfg["categories"]
+        cfg["sources"] = "benchmark" if self.sources == BENCHMARK_SOURCES else cfg["sources"]
+        if not self.interval:
+            cfg["interval_scale"] = defaults["interval_scale"]  # no interval: its scale changes nothing
+        skip = ("members", "seed", "weights", "intercept")  # the seed is in the members' labels
+        diff = [f"{k}={cfg[k]}" for k in defaults if k not in skip and k in cfg and cfg[k] != defaults[k]]
+        return f"ensemble[{'+'.join(self.labels)}{''.join(',' + d for d in diff)}]"
 
     def config(self) -> dict[str, Any]:
         return {
@@ -289,6 +308,7 @@ class EnsemblePricer(Pricer):
             self.fitted_.append(p)
         self.fit_info = {
             "n_train": len(train),
+            "data": data_fingerprint(train, w),
             "weights": self.weights_,
             "intercept": round(self.intercept_, 6),
             "oof_rmse_log": round(float(np.sqrt(np.mean((stacked - y)[keep] ** 2))), 6),

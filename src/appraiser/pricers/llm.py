@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from appraiser.data.io import DataError
 from appraiser.data.prompts import PromptConfig, make_prompt
 from appraiser.inference.decode import METHODS, PriceDistribution, predict_prices
 from appraiser.items import Item
@@ -63,8 +64,24 @@ def run_adapter(ref: str) -> Path | None:
     except RunNotFound:
         return None
     if run.folder is None:
-        return None
-    return find_adapter(Path(run.folder) / sub if sub else Path(run.folder))
+        raise DataError(
+            f"{ref}: run {run.id} is a hosted fine-tuning job, with no local adapter: price its fine-tuned model "
+            "with `appraiser eval api -o model=MODEL`"
+        )
+    adapter = find_adapter(Path(run.folder) / sub if sub else Path(run.folder))
+    if adapter is None:
+        # Say what is missing, instead of treating a run's name as a hub id (a minute of network timeouts, then
+        # "unknown model").
+        if sub == "best":
+            raise DataError(f"{ref}: run {run.id} has no best/ adapter (best/ is saved at probes); read {name}/final")
+        status = run.display_status
+        hint = (
+            f"resume it with `appraiser train --resume {run.id}`"
+            if status in ("killed", "failed", "cancelled")
+            else "final/ is written when the run ends, best/ at its probes"
+        )
+        raise DataError(f"{ref}: run {run.id} ({status}) has no saved adapter yet: {hint}")
+    return adapter
 
 
 @register(

@@ -41,8 +41,11 @@ EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's
 
 
 def _normalised(text: str, limit: int | None = None) -> str:
-    """Lower case, letters and digits only, single spaces; the first `limit` characters if given."""
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()[:limit]
+    """Case-folded, letters and digits only (of any script), single spaces; the first `limit` characters if given.
+
+    Any script: with ASCII letters only, every text without Latin letters or digits (Japanese, Cyrillic …)
+    normalised to "" and all of them counted as copies of each other. ASCII texts normalise as before."""
+    return re.sub(r"[\W_]+", " ", text.casefold()).strip()[:limit]
 
 
 def texts_fingerprint(items: Sequence[Item]) -> str:

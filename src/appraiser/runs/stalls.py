@@ -71,7 +71,11 @@ def check_stall(
 
 
 def record_stall(store: RunStore, run_id: str, stall: Stall) -> bool:
-    """Log the stall as a warning event, once per run and step (True for the caller that logged it)."""
+    """Log the stall as a warning event, once per run and step (True for the caller that logged it).
+
+    This says only who logs the stall, not whether its card reached anyone: `RunNotifier` keeps sending a
+    stall card that failed (`notify.pending`) for as long as the run stays stalled, whatever this answers.
+    """
     if not store.claim(run_id, f"stalled:{stall.step}", {"silent_s": stall.silent_s}):
         return False
     store.add_event(run_id, stall.message, level="warning", step=stall.step)

@@ -20,6 +20,7 @@ training step.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -188,11 +189,29 @@ class Metric:
     time: float = field(default=0.0)
 
 
+def _to_db(v: float | None) -> float | str | None:
+    """A metric value as stored. SQLite turns a float NaN into NULL, which reads back as "not logged": a loss that
+    went NaN would vanish from its series, and the verdict would call the run "falling". So NaN is stored as the
+    text 'nan' (a REAL column keeps text that is no number as text), and `metric_value` reads it back."""
+    if v is None:
+        return None
+    v = float(v)
+    return "nan" if math.isnan(v) else v
+
+
+def metric_value(v: Any) -> float | None:
+    """A metric value as read from the table (see `_to_db`): a stored NaN back as a float. Readers with their
+    own SQL (the dashboard's live stream) pass each value through this too."""
+    return float("nan") if v == "nan" else v
+
+
 def _new_id(now: float) -> str:
     return f"{datetime.fromtimestamp(now):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
 #: What SQLite says of a file that is not (or no longer) a sound database.
+#: How long a write waits for another process's lock (SQLite's busy timeout) before giving up.
+LOCK_WAIT_SECONDS = 30.0
 _DAMAGE = ("malformed", "not a database", "no such table", "disk I/O error", "encrypted")
 
 
@@ -222,9 +241,10 @@ class RunStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """A connection that commits (or rolls back) and closes; a damaged or foreign file is the user's to
-        fix: a DataError naming it, not a traceback (a database that is only busy still raises as it is)."""
+        fix, and one another process keeps locked past the wait is the user's to know about: a DataError naming
+        it, not a traceback (the transaction is rolled back, so nothing is half-written)."""
         try:
-            db = sqlite3.connect(self.path, timeout=30)
+            db = sqlite3.connect(self.path, timeout=LOCK_WAIT_SECONDS)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -234,6 +254,11 @@ class RunStore:
             with db:  # commits, or rolls back on error
                 yield db
         except sqlite3.DatabaseError as e:
+            if "locked" in str(e):  # "database is locked": a writer held it for the whole wait
+                raise DataError(
+                    f"{self.path}: another process has kept the run store locked for {LOCK_WAIT_SECONDS:.0f} s; "
+                    "try again when it is done (nothing was written)"
+                ) from None
             if not any(sign in str(e) for sign in _DAMAGE):
                 raise
             raise _damaged(self.path, e) from None
@@ -262,11 +287,42 @@ class RunStore:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         now = time.time()
-        run_id = _new_id(now)
-        if folder is None and kind == "local":
-            folder = self.runs_dir / run_id
-        if folder is not None:
-            Path(folder).mkdir(parents=True, exist_ok=True)
+        for _ in range(1000):
+            # An id is the second plus 4 random hex digits: runs made in the same second can draw the same one
+            # (CI did, once). A folder of our own that already exists, or an id the table has, means drawing again.
+            run_id = _new_id(now)
+            own = folder is None and kind == "local"
+            run_folder = self.runs_dir / run_id if own else folder
+            if own:
+                try:
+                    Path(run_folder).mkdir(parents=True, exist_ok=False)  # type: ignore[arg-type]
+                except FileExistsError:
+                    continue
+            elif run_folder is not None:
+                Path(run_folder).mkdir(parents=True, exist_ok=True)
+            try:
+                self._insert(run_id, kind, name, status, model, config, run_folder, now, max_steps, external_id, pid)
+            except sqlite3.IntegrityError:
+                if own:
+                    Path(run_folder).rmdir()  # type: ignore[arg-type]
+                continue
+            return self.get(run_id)
+        raise RuntimeError("no free run id after 1,000 draws")
+
+    def _insert(
+        self,
+        run_id: str,
+        kind: str,
+        name: str | None,
+        status: str,
+        model: str | None,
+        config: Mapping[str, Any] | None,
+        folder: str | Path | None,
+        now: float,
+        max_steps: int | None,
+        external_id: str | None,
+        pid: int | None,
+    ) -> None:
         with self._connect() as db:
             db.execute(
                 "INSERT INTO runs (id, kind, name, status, model, config, folder, created, updated,"
@@ -287,7 +343,6 @@ class RunStore:
                     socket.gethostname() if pid is not None else None,
                 ),
             )
-        return self.get(run_id)
 
     @staticmethod
     def _run(row: sqlite3.Row) -> Run:
@@ -434,7 +489,7 @@ class RunStore:
             if metrics and step is not None:
                 db.executemany(
                     "INSERT OR REPLACE INTO metrics (run_id, step, name, value, time) VALUES (?, ?, ?, ?, ?)",
-                    [(run_id, step, n, None if v is None else float(v), now) for n, v in metrics.items()],
+                    [(run_id, step, n, _to_db(v), now) for n, v in metrics.items()],
                 )
             db.execute("UPDATE runs SET updated = ? WHERE id = ?", (now, run_id))
         return True
@@ -456,7 +511,7 @@ class RunStore:
     ) -> None:
         """Record numbers for one step; a step logged again (after a resume) replaces the old values."""
         now = time.time() if at is None else at
-        rows = [(run_id, step, name, None if v is None else float(v), now) for name, v in values.items()]
+        rows = [(run_id, step, name, _to_db(v), now) for name, v in values.items()]
         with self._connect() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO metrics (run_id, step, name, value, time) VALUES (?, ?, ?, ?, ?)",
@@ -473,7 +528,9 @@ class RunStore:
             params.append(since_step)
         sql += " ORDER BY step, name"
         with self._connect() as db:
-            return [Metric(**dict(r)) for r in db.execute(sql, params).fetchall()]
+            return [
+                Metric(**{**dict(r), "value": metric_value(r["value"])}) for r in db.execute(sql, params).fetchall()
+            ]
 
     def series(self, run_id: str, name: str) -> tuple[list[int], list[float]]:
         """(steps, values) of one metric, in step order, without missing values."""
@@ -488,7 +545,7 @@ class RunStore:
                 "(SELECT MAX(step) FROM metrics WHERE run_id = m.run_id AND name = m.name)",
                 (run_id,),
             ).fetchall()
-        return {r["name"]: r["value"] for r in rows}
+        return {r["name"]: metric_value(r["value"]) for r in rows}
 
     def discard_after(self, run_id: str, step: int) -> int:
         """Drop metrics logged after `step` (a resumed run redoes those steps); returns how many."""

@@ -11,8 +11,9 @@ matters is whether there is "a gradual decrease". Two tools answer that:
   there is no evidence (P < 0.51) of a decrease.
 
 States: too early, falling, flat (no evidence of decrease over the window, or over the last half of it or
-more: a fast early drop must not hide that the loss stopped moving), rising, diverging (non-finite, or the
-median of the last 10 steps `diverge_ratio` times its best).
+more: a fast early drop must not hide that the loss stopped moving), rising, diverging (the last value is
+non-finite, or the median of the last 10 steps is `diverge_ratio` times its best and has climbed back a quarter
+of the range the curve covered).
 
 `story` tells a whole history: its phases (cut where two straight lines fit best, when they fit much better
 than one and the two sides get different verdicts, or both fall and the first 3 times faster: a "gradual
@@ -70,8 +71,8 @@ def _p_decrease(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     slope = float(((x - xm) * (y - ym)).sum() / sxx)
     resid = y - (ym + slope * (x - xm))
     se = math.sqrt(float((resid**2).sum()) / (n - 2) / sxx)
-    if se == 0:
-        return slope, 0.0, 1.0 if slope < 0 else 0.0
+    if se == 0:  # a perfect line: certain of its sign, and of nothing for a constant (a flat run is not rising)
+        return slope, 0.0, 1.0 if slope < 0 else 0.0 if slope > 0 else 0.5
     return slope, se, float(stats.t.cdf(-slope / se, df=n - 2))
 
 
@@ -121,8 +122,10 @@ class Verdict:
             return (
                 f"flat: still drifting down ({p}), but by less than its noise for {self.steps_without_decrease} steps"
             )
-        if self.state == "flat":
+        if self.state == "flat" and self.steps_without_decrease:
             return f"flat: no decrease beyond the noise for {self.steps_without_decrease} steps ({p})"
+        if self.state == "flat":
+            return f"flat: no clear decrease ({p})"
         return f"{self.state}: {p}"
 
 
@@ -138,7 +141,7 @@ def verdict(
     """The trend of the last `window` raw values (one per step, oldest first)."""
     vals = list(values)
     recent = vals[-window:]
-    if any(not math.isfinite(v) for v in recent[-5:]):
+    if recent and not math.isfinite(recent[-1]):  # it ends non-finite; one it recovered from is told, not judged
         return Verdict("diverging", None, len(recent), metric=metric)
     recent = [v for v in recent if math.isfinite(v)]
     if len(recent) < min_points:
@@ -146,7 +149,10 @@ def verdict(
     finite = np.asarray([v for v in vals if math.isfinite(v)], float)
     k = min(10, len(finite))  # medians of 10 steps: one bad batch is not a divergence
     medians = np.median(np.lib.stride_tricks.sliding_window_view(finite, k), axis=1)
-    if medians[-1] > diverge_ratio * max(float(medians.min()), 1e-12):
+    best, worst = float(medians.min()), float(medians.max())
+    if medians[-1] > diverge_ratio * max(best, 1e-12) and medians[-1] - best > 0.25 * (worst - best):
+        # The ratio alone would call a loss converging towards zero "diverging" (0.003 is 3 times 0.001); the
+        # rise must also be a quarter of the whole range the series has covered.
         return Verdict("diverging", None, len(recent), metric=metric)
     y = np.asarray(recent, float)
     x = np.arange(len(y), dtype=float)
@@ -280,9 +286,18 @@ def story(
     ph = phases(steps, values, min_points=min_points)
     if not ph:
         return f"{metric}: no values"
-    if any(not math.isfinite(v) for v in values):
-        ph.append(Phase("diverging", int(steps[-1]), int(steps[-1]), math.nan, math.nan, math.nan))
-    total = ph[0].start - min(p.end for p in ph if math.isfinite(p.end)) if ph[0].state == "falling" else 0.0
+    total = ph[0].start - min(p.end for p in ph) if ph[0].state == "falling" else 0.0
     fast = len(ph) > 1 and ph[0].state == "falling" and (ph[0].start - ph[0].end) > 0.5 * total > 0
     parts = [ph[0].describe(fast=fast, money=money)] + [p.describe(money=money) for p in ph[1:]]
-    return f"{metric}: " + ", then ".join(parts)
+    line = f"{metric}: " + ", then ".join(parts)
+    bad = [int(s) for s, v in zip(steps, values, strict=True) if not math.isfinite(v)]
+    if not bad:
+        return line
+    if not math.isfinite(values[-1]):  # it ended on non-finite values: diverged, from the first of that stretch on
+        first = 1 + max(i for i, v in enumerate(values) if math.isfinite(v))  # phases() found a finite value
+        line += f", then diverging (steps {int(steps[first])}–{int(steps[-1])})"
+        bad = [b for b in bad if b < int(steps[first])]
+    if bad:  # non-finite values it recovered from: where they were, not a phase at the end
+        shown = ", ".join(str(b) for b in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        line += f" (non-finite at step{'s' if len(bad) > 1 else ''} {shown})"
+    return line

@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from appraiser.runs.store import RunNotFound, RunStore
+from appraiser.runs.store import RunNotFound, RunStore, metric_value
 from appraiser.server.dashboard_data import CURVES, Smoother, _connect, checkpoints_of, run_summary
 
 POLL_S = 0.1
@@ -62,7 +62,7 @@ class LiveRun:
                 (self.run_id, self.metric_id),
             ).fetchall()
         for r in rows:
-            self.smoother.add(r["step"], r["value"])
+            self.smoother.add(r["step"], metric_value(r["value"]))
 
     def poll(self) -> list[dict[str, Any]]:
         """SSE messages for what the store gained since the last poll (possibly none)."""
@@ -108,7 +108,8 @@ class LiveRun:
         for r in rows:
             if r["name"] not in CURVES:
                 continue
-            v = r["value"] if r["value"] is not None and math.isfinite(r["value"]) else None
+            v = metric_value(r["value"])
+            v = v if v is not None and math.isfinite(v) else None
             p: dict[str, Any] = {"name": r["name"], "step": r["step"], "value": v}
             if r["name"] == "loss":
                 p["ema"], p["low"], p["high"] = self.smoother.add(r["step"], v)

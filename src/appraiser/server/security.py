@@ -307,8 +307,10 @@ def _cross_site(headers: dict[bytes, bytes], host: str, allowed: frozenset[str] 
         name, written = _split_host(host)
         if o_host != name:
             return True
-        default = {"http": 80, "https": 443}.get(o.scheme)
-        return written is not None and (o_port if o_port is not None else default) != written
+        o_port = o_port if o_port is not None else {"http": 80, "https": 443}.get(o.scheme)
+        if written is None:  # a Host without a port is the scheme's default one (either, behind a TLS proxy)
+            return o_port not in (80, 443)
+        return o_port != written
     return False
 
 

@@ -55,11 +55,14 @@ class StoreCallback(TrainerCallback):
         self._t0 = time.time()
         self._step0 = 0
         self._tokens0 = 0
+        self._updated = False  # has any step so far run with a learning rate above 0 (moved the weights)?
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._t0 = time.time()
         self._step0 = state.global_step
         self._tokens0 = state.num_input_tokens_seen or 0
+        steps, lrs = self.store.series(self.run_id, "lr")  # a resumed run's earlier steps count too
+        self._updated = any(s <= state.global_step and v is not None and v > 0 for s, v in zip(steps, lrs, strict=True))
         self.store.update(self.run_id, max_steps=state.max_steps, step=state.global_step)
         # The Trainer's default logs the window's mean in place of a NaN/inf loss (a NaN logged as 0.0 at
         # logging_steps=1): it would hide exactly what must stop the run.
@@ -84,13 +87,29 @@ class StoreCallback(TrainerCallback):
         self.store.add_event(self.run_id, f"Step {step}/{total}: training loss={values['loss']:.4f}", step=step)
         if not math.isfinite(values["loss"]):
             raise NonFiniteLoss(
-                f"training loss is {values['loss']} at step {step}/{total}: run {self.run_id} stopped "
-                f"(learning rate {values['lr']:.2e}; try a lower --lr)"
+                f"training loss is {values['loss']} at step {step}/{total}: run {self.run_id} stopped; "
+                + self._causes(values["lr"])
             )
+        if values["lr"] > 0:  # the loss logged at step N was computed before step N's update
+            self._updated = True
         if not state.is_world_process_zero:  # the logged loss is already every process's mean
             return
         for listener in self.listeners:
             listener(step, total, values)
+
+    def _causes(self, lr: float) -> str:
+        """What can make the loss non-finite, honestly: a learning rate only if the weights were updated.
+
+        The loss at step N is computed with the weights of steps 1..N-1; if none of them had a learning rate
+        above 0 (`--lr` near 0, the first step, a warmup from 0), the weights are the base model's, and
+        "try a lower --lr" would send the user the wrong way."""
+        precision = "an overflow in bf16/fp16 (APPRAISER_DTYPE=fp32 rules it out)"
+        if not self._updated:
+            return (
+                "the weights were not updated before it (learning rate 0 so far), so the learning rate is not "
+                f"the cause: look at {precision} or the items (--dry-run shows their tokens)"
+            )
+        return f"usual causes: a learning rate too high ({lr:.2e} at this step; try a lower --lr), {precision}"
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         step = state.global_step
@@ -131,14 +150,26 @@ class ProbeCallback(TrainerCallback):
         self.last_step: int | None = None
 
     def restore(self, step: int) -> None:
-        """Best MAE and patience count as they were at `step`, from the store."""
+        """Best MAE and patience count as they were at `step`, from the store.
+
+        The patience count alone is not the early stop: the stop lived in the Trainer's `control`, which a
+        resume does not restore, so a run killed after the checkpoint of the step it stopped at would train on.
+        `patience_spent` tells the trainer so (`trainer._run` then trains no further step)."""
         steps, maes = self.store.series(self.run.id, "probe_mae")
-        history = [(s, m) for s, m in zip(steps, maes, strict=True) if s <= step and not math.isnan(m)]
+        history = [(s, m) for s, m in zip(steps, maes, strict=True) if s <= step]
         if not history:
             return
-        self.best_step, self.best = min(history, key=lambda sm: (sm[1], sm[0]))
-        self.since_best = sum(1 for s, _ in history if s > self.best_step)
+        priced = [(s, m) for s, m in history if not math.isnan(m)]
+        if priced:
+            self.best_step, self.best = min(priced, key=lambda sm: (sm[1], sm[0]))
+        # counted as the live probes count them: a probe that priced nothing (NaN) is no improvement either
+        self.since_best = sum(1 for s, _ in history if self.best_step is None or s > self.best_step)
         self.last_step = max(s for s, _ in history)
+
+    @property
+    def patience_spent(self) -> bool:
+        """True when the probes so far already called for the early stop (after `restore`: at that step)."""
+        return bool(self.cfg.patience and self.since_best >= self.cfg.patience)
 
     @property
     def enabled(self) -> bool:
@@ -205,7 +236,11 @@ class ProbeCallback(TrainerCallback):
             self.store.add_event(
                 self.run.id,
                 f"Early stopping at step {step}: no better probe MAE in {self.since_best} probes "
-                f"(best ${self.best:,.2f} at step {self.best_step})",
+                + (
+                    f"(best ${self.best:,.2f} at step {self.best_step})"
+                    if self.best is not None
+                    else "(no probe has priced an item yet)"
+                ),
                 level="warning",
                 step=step,
             )

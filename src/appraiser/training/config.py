@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from appraiser.data.io import DataError
 from appraiser.data.prompts import PromptConfig
@@ -20,12 +20,27 @@ from appraiser.inference.head import HeadPooling
 Weighting = Literal["none", "price_flat", "match"]
 ProbeMethod = Literal["expected", "greedy", "head"]
 HeadRefit = Literal["none", "ridge", "kernel"]
+#: The transformers `SchedulerType` values this trainer can run: the others need what a TrainConfig cannot
+#: give (`lr_scheduler_kwargs`: cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay) or an
+#: evaluation metric the Trainer never computes here (reduce_lr_on_plateau, greedy). Checked here, not when
+#: the Trainer is built, so an unknown name is one line before a run exists (tests/test_train_guards.py
+#: checks that each is a SchedulerType transformers builds).
+LrScheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+]
+#: Seeds numpy's and torch's generators take (numpy refuses a negative seed or one of 2**32 and more).
+MAX_SEED = 2**32 - 1
+#: `TrainConfig.load` validates with this context: a saved run keeps the settings it started with, so checks
+#: added later for a fresh run's options (see `_check`) do not make an older run impossible to resume.
+SAVED = {"saved": True}
 
 
 class TrainConfig(BaseModel):
     """A LoRA / QLoRA prompt-completion fine-tune of a causal LM on price prompts."""
 
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: every float must be finite. `--epochs inf` overflowed when the Trainer counted its
+    # steps (after the run was created), and an infinite lr, weight or decay only trains NaN.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # What to train
     model: str = Field("smollm2-135m", description="a named model, a local folder or a hub id")
@@ -112,21 +127,23 @@ class TrainConfig(BaseModel):
     # Optimisation
     learning_rate: float = Field(2e-4, gt=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    lr_scheduler: str = "cosine"
+    lr_scheduler: LrScheduler = "cosine"
     weight_decay: float = Field(0.0, ge=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, ge=0)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="seed of sampling, order, LoRA init and dropout")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
     length_grouping: bool = Field(True, description="batch items of similar length together (less padding)")
 
     # Watching
     probe_every: int = Field(50, ge=0, description="score the probe set every N steps (0: never)")
     probe_size: int = Field(100, ge=1, description="validation items probed: the LAST N of the file")
-    probe_method: ProbeMethod = "expected"
+    probe_method: ProbeMethod = Field(
+        "expected", description="how the probe reads a price (default: 'head' with head_refit, else 'expected')"
+    )
     probe_batch_size: int = Field(16, ge=1)
     save_every: int = Field(50, ge=1, description="checkpoint every N steps")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (best/ is kept apart)")
@@ -134,7 +151,8 @@ class TrainConfig(BaseModel):
     report_to: list[str] = Field(default_factory=list, description="wandb, trackio, mlflow, tensorboard ...")
 
     @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
+    def _check(self, info: ValidationInfo) -> TrainConfig:
+        saved = bool(info.context and info.context.get("saved"))
         if self.name is not None:  # a name is typed back later: `--resume NAME`, `--model NAME/final`
             if self.name in ("last", "latest") or "/" in self.name or not self.name.isprintable() or not self.name:
                 raise ValueError(
@@ -150,8 +168,24 @@ class TrainConfig(BaseModel):
             raise ValueError("probe_method 'head' needs a regression head (head_weight > 0)")
         if self.index is not None and not self.rag:
             raise ValueError("index is only read with rag > 0 (the number of similar items to show)")
+        if self.sources is not None and not any(s.strip() for s in self.sources):
+            raise ValueError("sources names no source prefix (give prefixes, or 'benchmark')")
         if self.off_source_weight != 1.0 and not self.sources:
             raise ValueError("off_source_weight needs sources (source prefixes, or 'benchmark')")
+        if self.head_refit != "none" and self.probe_method != "head" and self.probe_every:
+            # The refit changes the head only: a probe by digits scores it exactly as the last checkpoint, so it
+            # ties and never becomes best/, and reading the run (its best/, by its head) would use the head
+            # before the refit. A refit run is read by its head, so its probes are too.
+            if "probe_method" not in self.model_fields_set:
+                self.probe_method = "head"
+            elif not saved:  # a run saved before this check resumes as it started
+                raise ValueError(
+                    f"probe_method {self.probe_method!r} cannot judge head_refit (the refit changes the head, "
+                    "not the digits the LM writes, so best/ would never hold it): use probe_method 'head' "
+                    "(the default with head_refit)"
+                )
+        if self.patience is not None and not self.probe_every and not saved:
+            raise ValueError("patience counts probes: it needs probe_every > 0")
         if self.lm_weight == 0 and self.probe_method != "head":
             self.probe_method = "head"  # the LM's own answer is not trained
         return self
@@ -198,7 +232,7 @@ class TrainConfig(BaseModel):
         if not isinstance(data, dict):
             raise DataError(f"{path}: expected a JSON object of training options, got {type(data).__name__}")
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context=SAVED)
         except ValidationError as e:
             from appraiser.errors import validation_message
 

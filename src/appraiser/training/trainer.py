@@ -160,6 +160,19 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any, progress: Callable[[int], Non
         validation = read_items(cfg.validation)
     elif cfg.weighting == "match" or cfg.probe_every or cfg.off_category_weight != 1.0:
         raise DataError("no validation file given (--validation): probes and --weighting match need it")
+    if cfg.validation is not None and not validation:
+        # An empty file would silently turn probes (and --patience) off, or fail deep in the weighting.
+        needs = [
+            what
+            for what, wanted in (
+                (f"probes (probe_every {cfg.probe_every})", cfg.probe_every),
+                ("weighting 'match'", cfg.weighting == "match"),
+                ("off_category_weight", cfg.off_category_weight != 1.0),
+            )
+            if wanted
+        ]
+        if needs:
+            raise DataError(f"{cfg.validation}: holds no items; validation items are needed for {', '.join(needs)}")
     train_items = choose_items(
         pool,
         cfg.n_train,
@@ -317,7 +330,10 @@ def _run(
         trainer.remove_callback(ProgressCallback)
         store.set_status(run.id, "running", message="Training started" if resume_from is None else "Training resumed")
         stage("training")
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if resume_from is not None and probe_cb.patience_spent:
+            output = _already_stopped(trainer, resume_from, probe_cb, store, run)
+        else:
+            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         step = trainer.state.global_step
         if cfg.head_refit != "none":
             _refit(cfg, data, model, tokenizer, store, run, info, stage)
@@ -354,6 +370,36 @@ def _run(
         raise
     finally:
         torch.set_num_threads(threads)  # an in-process run leaves the caller's setting as it was
+
+
+def _already_stopped(trainer: Any, checkpoint: Path, probe_cb: ProbeCallback, store: RunStore, run: Run) -> Any:
+    """The checkpoint's model and state, without a further step: the run had stopped early at this step.
+
+    A run that stops early still saves the checkpoint of its last step; killed after that save (before
+    `final/`), it resumes from there. `Trainer.train` cannot be told to stop before the first step it
+    resumes with (it resets `control.should_training_stop` and checks it only after a step), so it is not
+    called: the weights are loaded as it would load them, and the run ends as the uninterrupted one did
+    (head refit, `final/`)."""
+    from transformers import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    trainer.control.should_training_stop = True
+    step = trainer.state.global_step
+    store.add_event(
+        run.id,
+        f"Early stopping at step {step} stands: no better probe MAE in {probe_cb.since_best} probes "
+        + (
+            f"(best ${probe_cb.best:,.2f} at step {probe_cb.best_step})"
+            if probe_cb.best is not None
+            else "(no probe has priced an item)"
+        )
+        + "; no further step trained",
+        level="warning",
+        step=step,
+    )
+    return TrainOutput(step, float("nan"), {})
 
 
 def _refit(
@@ -416,7 +462,7 @@ def start(
     data = _prepare(cfg, data_progress, stage)
     if data.index_pool is not None:  # recorded, so that reading the run refuses another pool's index
         cfg = cfg.model_copy(update={"index_pool": data.index_pool})
-    config = {**cfg.model_dump(mode="json"), "data_fingerprint": data.fingerprint}
+    config = {**cfg.model_dump(mode="json"), **_resume_keys(data)}
     run = distributed.create_run(store, kind="local", name=cfg.name, model=cfg.model, config=config, pid=os.getpid())
     store = distributed.rank_store(store)  # one run, written by rank 0 only (training.distributed)
     folder = Path(run.folder)  # type: ignore[arg-type]
@@ -471,6 +517,7 @@ def resume(
     if not (folder / "config.json").exists():
         raise DataError(f"{folder}: no config.json; cannot resume run {run.id}")
     cfg = TrainConfig.load(folder / "config.json")  # damaged or invalid: a DataError naming the file
+    _check_dtype(run)
     data = _prepare(cfg, data_progress, stage)
     expected = run.config.get("data_fingerprint")
     if expected and expected != data.fingerprint:
@@ -478,10 +525,46 @@ def resume(
             f"the training data changed since run {run.id} started (fingerprint {data.fingerprint}, "
             f"was {expected}); resume needs the same files"
         )
+    probes = run.config.get("probe_fingerprint")  # absent in runs made before it was recorded
+    if probes and probes != _resume_keys(data)["probe_fingerprint"]:
+        raise DataError(
+            f"the probe items changed since run {run.id} started ({cfg.validation}): its best/ and patience "
+            "were judged on the old ones, so new probe MAEs would not compare; resume needs the same validation file"
+        )
     with distributed.main_first():  # rank 0 removes damaged checkpoints; then the others choose the same one
         resume_from = _resume_point(store, run, folder)
     store.update(run.id, error=None)
     return _run(store, run, cfg, data, resume_from=resume_from, listeners=listeners, stage=stage)
+
+
+#: APPRAISER_DTYPE's name for each dtype a run records.
+_DTYPE_FLAG = {"float32": "fp32", "bfloat16": "bf16"}
+
+
+def _resume_keys(data: PreparedData) -> dict[str, str]:
+    """What a run records (in the store's config) for `resume` to check: the training draw, the precision it
+    trains in and the probe items. A resume that differs in any would not continue the same run: another
+    draw; a bf16 run resumed in fp32 (or back) changes every later step; other probe items make the new
+    probe MAEs incomparable with the kept best/ and the patience count."""
+    _, dtype = device_and_dtype()
+    return {
+        "data_fingerprint": data.fingerprint,
+        "dtype": str(dtype).removeprefix("torch."),
+        "probe_fingerprint": fingerprint(data.probe_items),
+    }
+
+
+def _check_dtype(run: Run) -> None:
+    """Refuse a resume in another precision than the run's (runs made before it was recorded: no check)."""
+    was = run.config.get("dtype")
+    if not was:
+        return
+    _, dtype = device_and_dtype()
+    now = str(dtype).removeprefix("torch.")
+    if now != was:
+        flag = _DTYPE_FLAG.get(str(was))
+        how = f"set APPRAISER_DTYPE={flag} to resume it as it started" if flag else "resume it where it started"
+        raise DataError(f"run {run.id} trained in {was} and would resume in {now} here; {how}")
 
 
 def _resume_point(store: RunStore, run: Run, folder: Path) -> Path | None:
