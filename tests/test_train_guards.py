@@ -52,6 +52,7 @@ def _one_line_error(out, *needles: str) -> None:
         (["--seed", "-1"], "seed: Input should be greater than or equal to 0"),  # numpy refused it: traceback
         (["--seed", str(2**32)], "seed: Input should be less than or equal to 4294967295"),  # failed in the run
         (["--epochs", "inf"], "epochs: Input should be a finite number"),  # OverflowError in a created run
+        (["--epochs", "1e12"], "epochs: Input should be less than or equal to 1000"),  # trillions of steps
         (["--lr", "inf"], "learning_rate: Input should be a finite number"),
         (["--head-weight", "inf"], "head_weight: Input should be a finite number"),
         (["--sources", ",", "--off-source-weight", "0"], "sources names no source prefix"),

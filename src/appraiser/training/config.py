@@ -35,6 +35,10 @@ MAX_SEED = 2**32 - 1
 SAVED = {"saved": True}
 
 
+#: The most passes over the drawn items a run may ask for (`--epochs`).
+MAX_EPOCHS = 1000
+
+
 class TrainConfig(BaseModel):
     """A LoRA / QLoRA prompt-completion fine-tune of a causal LM on price prompts."""
 
@@ -129,7 +133,8 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     lr_scheduler: LrScheduler = "cosine"
     weight_decay: float = Field(0.0, ge=0)
-    epochs: float = Field(1.0, gt=0)
+    # capped: 1e12 epochs is finite, and started a run that could never end; OpenAI's own limit is 50
+    epochs: float = Field(1.0, gt=0, le=MAX_EPOCHS)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
