@@ -191,3 +191,29 @@ def test_a_pricer_saved_by_another_version_is_refused_and_an_old_file_loads(spli
 def test_model_help_warns_that_a_saved_pricer_is_a_pickle():
     r = run("eval", "--help")
     assert "pickle" in r.output and "trust" in r.output
+
+
+def test_size_without_test_is_refused_by_compare_and_leaderboard(split):
+    """`compare A B --size 250` used the rows of the most recent test set whatever their size (the README's own
+    example compared a 20-item run): --size cuts --test, so alone it is an error, and with --test it picks."""
+    base = ["--train", split["train"], "--test", split["test"]]
+    assert run("eval", "constant-mean", *base, "--size", "10").exit_code == 0
+    assert run("eval", "constant-median", *base, "--size", "10").exit_code == 0
+    assert run("eval", "constant-median", *base, "--size", "5").exit_code == 0  # the most recent test set
+    for args in (("compare", "constant-mean", "constant-median"), ("leaderboard",)):
+        one_line_error(run(*args, "--size", "10"), "--size picks the first N items of --test")
+    r = run("compare", "constant-mean", "constant-median", "--test", split["test"], "--size", "10")
+    assert r.exit_code == 0 and "different test sets" not in r.output, r.output
+    r = run("leaderboard", "--test", split["test"], "--size", "10")
+    assert r.exit_code == 0 and "(10 items)" in r.output, r.output
+
+
+def test_a_missing_default_data_file_names_the_fix(tmp_path, monkeypatch):
+    """Run from another directory, every command that omits --test/--train looked for ../shared/data relative to
+    it and said only "no such file": the error now names the default folder and APPRAISER_DATA."""
+    monkeypatch.setenv("APPRAISER_DATA", str(tmp_path / "nowhere"))
+    r = run("eval", "constant-mean", "--size", "5")
+    one_line_error(r, "is the default data folder", "APPRAISER_DATA")
+    r = run("eval", "constant-mean", "--test", tmp_path / "typo.jsonl")  # a path given: no such hint
+    one_line_error(r, "typo.jsonl: no such file or folder")
+    assert "APPRAISER_DATA" not in r.output

@@ -267,7 +267,7 @@ def test_start_follows_the_job_live_into_the_store_trackio_and_leaderboard(
 
     with LeaderboardStore() as lb:
         labels = {row.label for row in lb.rows()}
-    assert f"api[{run.config['fine_tuned_model']}]" in labels
+    assert any(label.startswith(f"api[{run.config['fine_tuned_model']},at=127.0.0.1:") for label in labels), labels
     shown = cli("runs", "show", run.id)
     assert shown.returncode == 0 and run.external_id in shown.stdout
     assert cps.returncode == 0 and run.config["fine_tuned_model"].split(":")[1] in cps.stdout

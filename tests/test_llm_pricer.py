@@ -64,7 +64,7 @@ def test_unknown_method_is_refused():
 def test_median_point_uses_the_distribution_median(pricer, items):
     med = LLMPricer(max_text_tokens=20, batch_size=5, max_new_tokens=5, point="median")
     med._model, med._tokenizer = pricer.model_and_tokenizer()  # share the loaded weights
-    assert med.label == "llm[smollm2-135m,median]"
+    assert med.label == "llm[smollm2-135m,median,max_text_tokens=20,max_new_tokens=5]"
     d = med.distributions(items[:1])[0]
     assert med.predict(items[:1])[0].price == d.median
 
@@ -102,7 +102,7 @@ def test_run_folder_uses_best_adapter_and_its_prompt_settings(run_folder, items,
     p = LLMPricer(model=str(run_folder), max_new_tokens=5)
     assert p.adapter == run_folder / "best"
     assert p.prompt_config.max_text_tokens == 20  # from the run's appraiser.json
-    assert p.label == "llm[mug-run/best]"
+    assert p.label == "llm[mug-run/best,max_new_tokens=5]"  # its own 20 text tokens unnamed
     assert p.fit_info["adapter_digest"]  # a retrained adapter gets a fresh prediction cache
     assert p.predict(items[:1])[0].price is not None
     tuned = dict(p._model.named_parameters())
@@ -118,7 +118,7 @@ def test_cli_predict_json():
     out = json.loads(res.stdout)
     assert out["price"] > 0 and 0 < out["mass"] <= 1
     assert out["low"] <= out["median"] <= out["high"]
-    assert out["model"] == "llm[smollm2-135m]"
+    assert out["model"] == "llm[smollm2-135m,max_text_tokens=16]"
 
 
 def test_cli_predict_sentence_and_greedy():

@@ -173,3 +173,47 @@ def test_a_long_label_still_makes_a_file_name():
     for name in (model_path(e.label).name, slug(e.label) + "-scatter.html"):
         assert len(name.encode()) < 255
     assert model_path(e.label) != model_path(other.label) and slug(e.label) != slug(other.label)
+
+
+def test_two_readings_of_one_model_get_two_labels(tmp_path):
+    """The leaderboard keeps one row per label: a head run read by its head and by digits were both
+    `llm[RUN/best]`, and `api[MODEL]` at two servers or two temperatures one row; the newer hid the older."""
+    import json
+
+    from appraiser.models import FINETUNE_INFO
+    from appraiser.pricers.api import ApiPricer
+    from appraiser.pricers.llm import LLMPricer
+
+    best = tmp_path / "head-run" / "best"
+    best.mkdir(parents=True)
+    (best / "adapter_config.json").write_text("{}")  # construction reads no weights
+    (best / FINETUNE_INFO).write_text(json.dumps({"base_model": "smollm2-135m", "head": {"kind": "linear"}}))
+    by_head = LLMPricer(model=str(best.parent))
+    assert by_head.method == "head" and by_head.label == "llm[head-run/best]"
+    labels = {
+        by_head.label,
+        LLMPricer(model=str(best.parent), method="expected").label,
+        LLMPricer(model=str(best.parent), method="expected", beam_width=4).label,
+        LLMPricer(model=str(best.parent), max_text_tokens=64).label,
+    }
+    assert len(labels) == 4, labels
+    assert LLMPricer().label == "llm[smollm2-135m]"  # a zero-shot model's default is the expected value
+    assert LLMPricer(method="expected", interval=0.8).label == "llm[smollm2-135m]"
+
+    assert ApiPricer(model="m").label == "api[m]"  # OpenAI
+    asked = [
+        ApiPricer(model="m", provider="appraiser"),
+        ApiPricer(model="m", provider="ollama"),
+        ApiPricer(model="m", base_url="http://127.0.0.1:9000/v1"),
+        ApiPricer(model="m", base_url="http://127.0.0.1:9001/v1"),
+        ApiPricer(model="m", provider="appraiser", temperature=0.7),
+        ApiPricer(model="m", provider="appraiser", seed=7),
+    ]
+    assert [p.label for p in asked] == [
+        "api[m,provider=appraiser]",
+        "api[m,provider=ollama]",
+        "api[m,at=127.0.0.1:9000]",
+        "api[m,at=127.0.0.1:9001]",
+        "api[m,provider=appraiser,temperature=0.7]",
+        "api[m,provider=appraiser,seed=7]",
+    ]

@@ -188,7 +188,8 @@ def test_api_rag_against_a_real_server(server, pool_and_held, emb_dir, tmp_path,
     folder = _index(pool, held, emb_dir).save(tmp_path / "idx")
     plain = ApiPricer(model="smollm2-135m", base_url=server[0], key_env="TEST_SERVE_KEY")
     rag = ApiPricer(model="smollm2-135m", base_url=server[0], key_env="TEST_SERVE_KEY", rag=3, index=str(folder))
-    assert rag.label == "api[smollm2-135m,rag=3]" and rag.config()["rag"] == 3
+    port = server[0].split(":")[-1].split("/")[0]
+    assert rag.label == f"api[smollm2-135m,at=127.0.0.1:{port},rag=3]" and rag.config()["rag"] == 3
     a, b = plain.predict(held[:2]), rag.predict(held[:2])
     assert sum(p.price is not None for p in b) >= 1
     assert rag.usage()["prompt_tokens"] > plain.usage()["prompt_tokens"] + 2 * 3 * 10  # three neighbours each

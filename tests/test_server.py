@@ -522,8 +522,8 @@ def test_eval_api_and_summarize_batch_commands(server, data_dir, tmp_path):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "API use" in r.stdout and "3 requests" in r.stdout
-    r = _appraiser("leaderboard", env=env)
-    assert r.returncode == 0 and f"api[{MODEL}]" in r.stdout
+    r = _appraiser("leaderboard", env={**env, "COLUMNS": "200"})  # the label names the server: one line wide
+    assert r.returncode == 0 and f"api[{MODEL},at=127.0.0.1:" in r.stdout
     out = tmp_path / "sum.jsonl"
     r = _appraiser(
         "data",

@@ -265,9 +265,28 @@ def eval_command(
 # ---------------------------------------------------------------- leaderboard
 
 
-def _pick_fingerprint(store: LeaderboardStore, test: Path | None, size: int, fp: str | None) -> str | None:
-    if test is not None:
-        return fingerprint(load_test_items(test, _size(size)))
+#: `--size` of the commands that read the leaderboard: it cuts `--test`, so it means nothing without it.
+BoardSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--size", help=f"Number of items of --test, from the start of the file (0 = all; default {DEFAULT_TEST_SIZE}).", min=0
+    ),
+]
+
+
+def _board_test_fingerprint(test: Path | None, size: int | None) -> str | None:
+    """The fingerprint of `--test` cut to `--size`; None without `--test`. A `--size` alone was silently
+    ignored (the rows of the most recent test set were used, whatever their size): it is refused."""
+    if test is None:
+        if size is not None:
+            raise DataError("--size picks the first N items of --test: give --test too (the file the runs were scored on)")
+        return None
+    return fingerprint(load_test_items(test, _size(DEFAULT_TEST_SIZE if size is None else size)))
+
+
+def _pick_fingerprint(store: LeaderboardStore, test: Path | None, size: int | None, fp: str | None) -> str | None:
+    if (chosen := _board_test_fingerprint(test, size)) is not None:
+        return chosen
     if fp is not None:
         return fp
     fps = store.fingerprints()
@@ -341,7 +360,7 @@ def _mae_key(r: Row) -> float:
 @friendly
 def leaderboard_command(
     test: Annotated[Path | None, typer.Option("--test", help="Show the rows for this test set.")] = None,
-    size: SizeOpt = DEFAULT_TEST_SIZE,
+    size: BoardSizeOpt = None,
     fp: Annotated[
         str | None, typer.Option("--fingerprint", help="Show the rows for this test-set fingerprint.")
     ] = None,
@@ -388,14 +407,14 @@ def compare_command(
     a: Annotated[str, typer.Argument(help="Pricer label (its latest run) or run id.")],
     b: Annotated[str, typer.Argument(help="Pricer label (its latest run) or run id.")],
     test: Annotated[Path | None, typer.Option("--test", help="Compare the runs on this test set.")] = None,
-    size: SizeOpt = DEFAULT_TEST_SIZE,
+    size: BoardSizeOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Paired comparison of two pricers on the items both priced: mean error difference, CI, sign test."""
     from appraiser.evaluation.compare import paired_compare
 
     with _existing_store(db) as store:
-        fp = fingerprint(load_test_items(test, _size(size))) if test is not None else None
+        fp = _board_test_fingerprint(test, size)
         ra = _find_run(store, a, fp)
         rb = _find_run(store, b, fp or ra.test_fingerprint)
         c = paired_compare(store.predictions(ra.run_id), store.predictions(rb.run_id), ra.label, rb.label)

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from appraiser import config
-from appraiser.cli import console, friendly
+from appraiser.cli import console, friendly, quiet_libraries
 
 index_app = typer.Typer(no_args_is_help=True, help="Retrieval index of the training pool (similar items, prices).")
 
@@ -44,6 +44,7 @@ def build_command(
 
     if backend not in BACKENDS:  # before minutes of embedding, not after
         raise DataError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    quiet_libraries()  # the embedding model's "Loading weights" bar would sit in the middle of our two lines
 
     data = config.default_data_dir()
     sources = train or [data / "train.jsonl"]
@@ -75,6 +76,7 @@ def query_command(
 
     if not text.strip():
         raise DataError("the description is empty")
+    quiet_libraries()
     idx = RetrievalIndex.load(index or default_index_path())
     item = Item(id=make_id(text), text=text.strip(), price=1.0)  # the price is never read
     found = idx.search([item], k)[0]

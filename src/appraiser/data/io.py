@@ -63,6 +63,16 @@ class LoadReport:
         return len(self.errors)
 
 
+def _default_hint(path: Path) -> str:
+    """A hint when a missing file is in the default data folder: a command run from another directory than
+    the README's looks for `../shared/data` relative to it, and the fix is a flag or `APPRAISER_DATA`."""
+    from appraiser.config import default_data_dir
+
+    if path.parent != default_data_dir():
+        return ""
+    return f" ({path.parent} is the default data folder: set APPRAISER_DATA to yours, or pass the file's path)"
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     for s in JSONL_SUFFIXES + PARQUET_SUFFIXES:
@@ -73,7 +83,7 @@ def _suffix(path: Path) -> str:
 
 def _check_file(path: Path) -> str:
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(f"{path}: no such file or folder{_default_hint(path)}")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, expected a .jsonl, .jsonl.gz or .parquet file")
     suffix = _suffix(path)

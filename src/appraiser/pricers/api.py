@@ -159,8 +159,28 @@ class ApiPricer(Pricer):
 
     @property
     def label(self) -> str:
-        extra = (",logprobs" if self.logprobs else "") + (f",rag={self.rag}" if self.rag else "")
-        return f"{self.name}[{self.model}{extra}]"
+        """`api[MODEL]`, plus where it was asked unless that is OpenAI (`provider=NAME` at a preset's own URL,
+        else `at=HOST:PORT`) and every sampling setting that differs from its default: the leaderboard keeps
+        one row per label, so one model name at two servers, or at two temperatures, must be two rows."""
+        from urllib.parse import urlsplit
+
+        ep, parts = self.endpoint, [self.model]
+        if ep.provider.name == "openai-compatible" or ep.base_url != ep.provider.base_url.rstrip("/"):
+            url = urlsplit(ep.base_url)
+            host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname or ""
+            parts.append(f"at={host}" + (f":{url.port}" if url.port else ""))
+        elif ep.provider.name != "openai":
+            parts.append(f"provider={ep.provider.name}")
+        settings = {
+            "seed": (self.seed, 42),
+            "max_tokens": (self.max_tokens, 8),
+            "temperature": (self.temperature, 0.0),
+            "prefill": (self.prefill, ep.provider.prefill),
+        }
+        parts += [f"{k}={v:g}" if not isinstance(v, bool) else f"{k}={v}" for k, (v, d) in settings.items() if v != d]
+        parts += ["logprobs"] if self.logprobs else []
+        parts += [f"rag={self.rag}"] if self.rag else []
+        return f"{self.name}[{','.join(parts)}]"
 
     @property
     def client(self) -> ApiClient:

@@ -132,13 +132,15 @@ class LLMPricer(Pricer):
         if self.adapter is None:
             check_model(self.model)  # a typo fails here, in a second, not when the first batch loads the model
         info = finetune_info(self.adapter) if self.adapter is not None else {}
+        self._auto_method = "head" if info.get("head") else "expected"  # the label names any other
         if method == "auto":  # a fine-tune's regression head when it has one: trained for exactly this
-            method = "head" if info.get("head") else "expected"
+            method = self._auto_method
         elif method == "head" and not info.get("head"):
             raise ValueError(f"{self.model}: method 'head' needs a run fine-tuned with a regression head")
         self.method = method
         self._set_rag(info.get("rag"), rag, index)
         prompt = PromptConfig.of_finetune(info)
+        self._own_text_tokens = prompt.max_text_tokens  # the model's own; the label names another
         if max_text_tokens is not None:
             prompt = dataclasses.replace(prompt, max_text_tokens=int(max_text_tokens))
         self.prompt_config = prompt
@@ -185,15 +187,26 @@ class LLMPricer(Pricer):
 
     @property
     def label(self) -> str:
-        """`llm[MODEL]`, with the run's name for fine-tuned models and the method when not the default."""
+        """`llm[MODEL]`, with the run's name for fine-tuned models, the method when not the model's default
+        (its head, else the expected value), and every other reading setting that differs from its default:
+        the leaderboard keeps one row per label, so two readings of one model must not share one."""
         if self.adapter is not None:
             run = self.adapter.parent if self.adapter.name in ("best", "final") else self.adapter
             what = f"{run.name}/{self.adapter.name}" if run != self.adapter else self.adapter.name
         else:
             what = self.model
-        extra = "" if self.method in ("expected", "head") else f",{self.method}"
+        extra = "" if self.method == getattr(self, "_auto_method", self.method) else f",{self.method}"
         extra += "" if self.point == "mean" or self.method in ("greedy", "head") else f",{self.point}"
         extra += f",rag={self.rag}" if self.rag else ""
+        own_tokens = getattr(self, "_own_text_tokens", self.prompt_config.max_text_tokens)  # older pickles: none
+        settings = {
+            "max_text_tokens": (self.prompt_config.max_text_tokens, own_tokens),
+            "beam_width": (self.beam_width, 8),
+            "max_new_tokens": (self.max_new_tokens, 8),
+            "interval": (self.interval, 0.8),
+        }
+        extra += "".join(f",{k}={v:g}" for k, (v, default) in settings.items() if v != default)
+        extra += ",4bit" if self.load_in_4bit else ""
         return f"{self.name}[{what}{extra}]"
 
     # ------------------------------------------------------------ model
