@@ -29,6 +29,11 @@ from appraiser.pricers.conformal import Conformal, weighted_quantile
         ("ensemble", {"members": "xgboost:learning_rate=NaN,constant-mean"}, "learning_rate must be a finite"),
         ("ensemble", {"off_source_weight": float("inf"), "sources": "benchmark"}, "finite number at least 0"),
         ("ensemble", {"members": "tfidf-ridge:weighting=match,knn"}, "the ensemble never does"),
+        ("knn", {"k": 2.7}, "k must be a whole number"),  # was read as 2 under the label knn[k=2.7]
+        ("api", {"rag": True}, "a whole number, not true or false"),  # was rag=1
+        ("llm", {"batch_size": True}, "a whole number, not true or false"),
+        ("api", {"index": "/no/such/index"}, "needs rag=K"),  # was ignored: no prompt reads it without rag
+        ("llm", {"index": "/no/such/index"}, "needs rag=K"),
     ],
 )
 def test_an_option_of_the_wrong_kind_is_refused_when_the_pricer_is_made(name, options, message):

@@ -137,6 +137,18 @@ def test_knn_pricer_prices_from_neighbours_never_itself(pool_and_held, emb_dir, 
     assert [p.price for p in back.predict(held)] == [p.price for p in knn.predict(held)]
 
 
+def test_knn_fails_an_item_whose_every_neighbour_is_its_copy(pool_and_held, emb_dir):
+    """A one-item pool and a test item with the same title: no neighbour is left, which was an IndexError."""
+    from appraiser.pricers import registry
+
+    pool, held = pool_and_held
+    copy = held[0].model_copy(update={"id": "copy-of-held-0", "text": held[0].text + " (another listing)"})
+    knn = registry.create("knn", k=3, cache_dir=emb_dir).fit([pool[0]])
+    (pred,) = knn.predict([pool[0].model_copy(update={"id": "p0-copy", "text": pool[0].text + " again"})])
+    assert pred.price is None
+    assert knn.predict([copy])[0].price == pytest.approx(pool[0].price)  # another product: its one neighbour
+
+
 def test_knn_reuses_a_built_index_only_for_its_own_pool(pool_and_held, emb_dir, tmp_path):
     from appraiser.pricers import registry
 

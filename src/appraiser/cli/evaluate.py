@@ -269,7 +269,9 @@ def eval_command(
 BoardSizeOpt = Annotated[
     int | None,
     typer.Option(
-        "--size", help=f"Number of items of --test, from the start of the file (0 = all; default {DEFAULT_TEST_SIZE}).", min=0
+        "--size",
+        help=f"Number of items of --test, from the start of the file (0 = all; default {DEFAULT_TEST_SIZE}).",
+        min=0,
     ),
 ]
 
@@ -279,7 +281,9 @@ def _board_test_fingerprint(test: Path | None, size: int | None) -> str | None:
     ignored (the rows of the most recent test set were used, whatever their size): it is refused."""
     if test is None:
         if size is not None:
-            raise DataError("--size picks the first N items of --test: give --test too (the file the runs were scored on)")
+            raise DataError(
+                "--size picks the first N items of --test: give --test too (the file the runs were scored on)"
+            )
         return None
     return fingerprint(load_test_items(test, _size(DEFAULT_TEST_SIZE if size is None else size)))
 
@@ -468,6 +472,16 @@ def _report_import(rep, total: int) -> None:
         err_console.print(f"[yellow]warning:[/] {len(rep.duplicates)} duplicate rows ignored (the first one counts)")
 
 
+def _refuse_priceless(file: Path, preds, rep) -> None:
+    """A file whose matched rows hold no readable price would record a row of failures, and as the newest
+    row under its name it would hide an earlier real score on the leaderboard (an unfilled export, say)."""
+    if not any(p.price is not None for p in preds):
+        raise DataError(
+            f"{file}: none of its {rep.matched_by_id + rep.matched_by_text} matched rows holds a readable price "
+            f"({rep.blank} blank, {rep.unreadable} unreadable); nothing was recorded"
+        )
+
+
 def _finish_import(result: EvalResult, db: Path | None, predictions: Path | None) -> None:
     with _store(db) as store:
         record_result(result, store)
@@ -502,6 +516,7 @@ def import_predictions_command(
     if rep.matched_by_id + rep.matched_by_text == 0:
         raise DataError(f"{file}: none of its {len(guesses)} rows match an item of the test set {test}")
     _report_import(rep, len(items))
+    _refuse_priceless(file, preds, rep)
     result = score(
         items,
         preds,
@@ -564,6 +579,7 @@ def human_import(
         raise DataError(f"{file}: none of its {len(guesses)} rows match an item of the test set {test}")
     preds, rep = match_guesses(items, guesses)
     _report_import(rep, len(items))
+    _refuse_priceless(file, preds, rep)
     result = score(items, preds, name=name, config={"human": str(file)}, seconds=minutes * 60, pricer_name="human")
     _finish_import(result, db, None)
 

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appraiser.data.io import DataError, iter_json_lines
+from appraiser.data.io import DataError, LoadError, iter_json_lines
 from appraiser.items import MAX_SANE_PRICE, Item
-from appraiser.pricers.base import Prediction, parse_price_text
+from appraiser.pricers.base import Prediction
 
 ID_COLUMNS = ("id", "item_id")
 TEXT_COLUMNS = ("text", "prompt", "description")
@@ -84,7 +84,11 @@ def read_guesses(path: str | Path) -> list[Guess]:
         raise DataError(f"{path}: is a folder, expected a .csv, .tsv or .jsonl file")
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".json")):
-        rows = [(line, rec) for line, rec in iter_json_lines(path)]
+        bad: list[LoadError] = []
+        rows = [(line, rec) for line, rec in iter_json_lines(path, bad)]
+        if bad:  # a guess on an unreadable line would drop its item from the score without a trace
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise DataError(f"{bad[0]}{more}; fix the file and import it again (nothing was recorded)")
         columns = sorted({k for _, rec in rows for k in rec})
     elif name.endswith((".csv", ".tsv")):
         reader = csv.DictReader(
@@ -98,8 +102,8 @@ def read_guesses(path: str | Path) -> list[Guess]:
     else:
         raise DataError(f"{path}: unknown format; use .csv, .tsv or .jsonl")
     id_col, text_col = _pick(columns, ID_COLUMNS), _pick(columns, TEXT_COLUMNS)
-    price_col = _pick(columns, PRICE_COLUMNS)
-    if price_col is None:
+    price_cols = _price_columns(columns)
+    if not price_cols:
         raise DataError(f"{path}: no price column (expected one of: {', '.join(PRICE_COLUMNS)})")
     if id_col is None and text_col is None:
         raise DataError(f"{path}: no id or text column to match items by")
@@ -108,7 +112,22 @@ def read_guesses(path: str | Path) -> list[Guess]:
         v = rec.get(col) if col else None
         return None if v is None or str(v).strip() == "" else str(v).strip()
 
-    return [Guess(line, get(rec, id_col), get(rec, text_col), rec.get(price_col)) for line, rec in rows]
+    def guess(line: int, rec: dict) -> str | float | None:
+        """The row's one filled price cell: the exported `price` left empty and a `guess` column filled in
+        is that guess; two different filled ones are refused, since either could be the one meant."""
+        filled = [(c, rec[c]) for c in price_cols if get(rec, c) is not None]
+        if len({str(v).strip() for _, v in filled}) > 1:
+            shown = ", ".join(f"{c}={v!r}" for c, v in filled)
+            raise DataError(f"{path}:{line}: two price columns hold values ({shown}); keep one of them")
+        return filled[0][1] if filled else rec.get(price_cols[0])
+
+    return [Guess(line, get(rec, id_col), get(rec, text_col), guess(line, rec)) for line, rec in rows]
+
+
+def _price_columns(columns: Sequence[str]) -> list[str]:
+    """The file's price-like columns, in `PRICE_COLUMNS` order."""
+    lower = {c.strip().lower(): c for c in columns if c}
+    return [lower[n] for n in PRICE_COLUMNS if n in lower]
 
 
 def read_csv_text(path: Path) -> str:
@@ -139,14 +158,60 @@ def read_csv_text(path: Path) -> str:
 
 _NEGATIVE = re.compile(r"^\s*\$?\s*[-−]\s*\$?\s*[\d.]")
 _SCIENTIFIC = re.compile(r"\d\s*[eE]\s*[-+]?\d")
+#: How people write one amount: US thousands ("1,299.99"), space thousands ("1 000"), a European decimal comma
+#: ("1.299,00", "1,5": a comma followed by one or two digits is never a US thousands separator), plain ("45.5"),
+#: each with an optional "k" (thousands: "2k", "1.5k").
+_AMOUNT = (
+    r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?"
+    r"|\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?:\.\d+)?"
+    r"|\d{1,3}(?:\.\d{3})+,\d{1,2}|\d+,\d{1,2}"
+    r"|\d+(?:\.\d+)?|\.\d+)(?:\s*k)?"
+)
+_ONE_AMOUNT = re.compile(_AMOUNT, re.IGNORECASE)
+_AMOUNT_RANGE = re.compile(rf"({_AMOUNT})\s*(?:-|–|—|to|and)\s*({_AMOUNT})", re.IGNORECASE)
+_EUROPEAN = re.compile(r"\d{1,3}(?:\.\d{3})+,\d{1,2}|\d+,\d{1,2}")
+#: The cell's core runs from its first digit to its last (and a "k" right after it); the words around it
+#: ("about", "dollars", "Price is") are dropped, but anything between two numbers must be a range's dash.
+_CORE = re.compile(r"\.?\d(?:.*\d)?(?:\s*k(?![a-z]))?", re.IGNORECASE | re.DOTALL)
+
+
+def _amount(token: str) -> float:
+    token = token.strip()
+    scale = 1000.0 if token[-1] in "kK" else 1.0
+    number = token.rstrip("kK").strip()
+    if _EUROPEAN.fullmatch(number):
+        number = number.replace(".", "").replace(",", ".")
+    else:
+        number = re.sub(r"[,\s]", "", number)
+    return float(number) * scale
+
+
+def read_guess_text(text: str) -> float | None:
+    """A price as a person types it into a cell, or None when the cell is not one amount or one range.
+
+    Unlike the model-text parser (which finds the first number in a sentence), the whole cell must be read:
+    "2k" is $2,000 and "1 000" is $1,000, never $2 or $1; a range ("20-30", "between 20 and 30") is its
+    midpoint; words around the number ("about 45 dollars") are fine, but a cell with anything else between
+    its numbers ("45 (was 50)") is unreadable, counted as a failure rather than guessed at."""
+    m = _CORE.search(text.replace("$", " "))
+    if m is None:
+        return None
+    core = m.group(0).strip()
+    if _ONE_AMOUNT.fullmatch(core):
+        return _amount(core)
+    r = _AMOUNT_RANGE.fullmatch(core)
+    if r:
+        lo, hi = _amount(r.group(1)), _amount(r.group(2))
+        return (lo + hi) / 2 if hi >= lo else None
+    return None
 
 
 def to_prediction(value: str | float | None) -> Prediction:
-    """A guess cell as a Prediction: numbers as they are, text through the model-text parser.
+    """A guess cell as a Prediction: numbers as they are, text as a person writes a price (`read_guess_text`).
 
     A guess that is no price is a failure (counted, its cell kept in `raw`), never another number: zero or
-    negative ("-5" is not $5), not finite, or beyond any product's price (`MAX_SANE_PRICE`: "1e308" is not $1,
-    and one such guess would make the MAE astronomical)."""
+    negative ("-5" is not $5), not finite, beyond any product's price (`MAX_SANE_PRICE`: "1e308" is not $1,
+    and one such guess would make the MAE astronomical), or text that is not one amount or one range."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return Prediction(price=None, raw=None)
     if isinstance(value, bool):
@@ -163,7 +228,7 @@ def to_prediction(value: str | float | None) -> Prediction:
         except ValueError:
             number = None
     else:
-        number = parse_price_text(text)
+        number = read_guess_text(text)
     return Prediction(price=None if number is None else _sane(number), raw=text)
 
 

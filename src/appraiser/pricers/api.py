@@ -28,7 +28,7 @@ from appraiser.api import ApiClient, ApiError, load_prices, resolve_endpoint
 from appraiser.api.client import is_fatal
 from appraiser.items import Item
 from appraiser.pricers.base import Prediction, Pricer, parse_price_text
-from appraiser.pricers.rag import CONTEXT_INTRO, Retriever, api_context
+from appraiser.pricers.rag import CONTEXT_INTRO, Retriever, api_context, rag_count
 from appraiser.pricers.registry import register
 
 SYSTEM = "You estimate prices of items. Reply only with the price, no explanation"
@@ -134,9 +134,7 @@ class ApiPricer(Pricer):
             "timeout": float(timeout),
         }
         self.prices = load_prices(prices)
-        if int(rag) < 0:
-            raise ValueError(f"rag must be 0 (no retrieval) or the number of similar items to show, not {rag}")
-        self.rag = int(rag)
+        self.rag = rag_count(rag, index)
         self.retriever = Retriever(index) if self.rag else None
         self._client: ApiClient | None = None
         self._lock = threading.Lock()

@@ -26,13 +26,12 @@ from appraiser.retrieval.index import DEFAULT_BACKEND, RetrievalIndex
 class KnnPricer(Baseline):
     name = "knn"
     default_params = {"k": 10, "aggregate": "mean", "backend": DEFAULT_BACKEND, "index": None}
+    positive_params = ("k",)  # k=2.7 is refused, not read as 2 under the label knn[k=2.7]
 
     def __init__(self, cache_dir: str | Path | None = None, progress: bool = False, **options: Any):
         super().__init__(**options)  # target, weighting, seed, categories, ...: the registry reads them from Baseline
         if self.params["aggregate"] not in ("mean", "median"):
             raise ValueError("aggregate must be 'mean' or 'median'")
-        if int(self.params["k"]) < 1:
-            raise ValueError("k must be at least 1")
         self.cache_dir = cache_dir
         self.progress = progress
         self._held_out: list[Item] = []
@@ -67,6 +66,9 @@ class KnnPricer(Baseline):
         pos = {r["id"]: i for i, r in enumerate(self.index_.records)}
         out = np.empty(len(items))
         for i, found in enumerate(self.index_.search(items, k)):
+            if not found:  # every indexed item is the item itself or a copy of it (a tiny pool): a failure
+                out[i] = np.nan
+                continue
             idx = np.array([pos[n.id] for n in found])
             sims = np.array([n.score for n in found])
             weights = self.w_[idx] / (1.0 - sims + 0.01)

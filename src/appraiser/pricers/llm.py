@@ -29,7 +29,7 @@ from appraiser.inference.decode import METHODS, PriceDistribution, predict_price
 from appraiser.items import Item
 from appraiser.models import DEFAULT_MODEL, check_model, find_adapter, finetune_info, load_model
 from appraiser.pricers.base import Prediction, Pricer
-from appraiser.pricers.rag import TITLE_TOKENS, Retriever, local_contexts
+from appraiser.pricers.rag import TITLE_TOKENS, Retriever, local_contexts, rag_count
 from appraiser.pricers.registry import register
 
 #: Which summary of the price distribution is the guess: the mean (the expected price; best for MAE when the
@@ -119,8 +119,8 @@ class LLMPricer(Pricer):
         if max_text_tokens is not None and int(max_text_tokens) < 1:
             raise ValueError(f"max_text_tokens must be at least 1, not {max_text_tokens}")
         self.point = point
-        if rag is not None and int(rag) < 0:
-            raise ValueError(f"rag must be 0 (no retrieval) or the number of similar items to show, not {rag}")
+        if rag is not None:
+            rag_count(rag)
         self.model = str(model)
         self.batch_size = int(batch_size)
         self.beam_width = int(beam_width)
@@ -154,7 +154,7 @@ class LLMPricer(Pricer):
         self.title_tokens = TITLE_TOKENS
         if trained:
             k = int(trained["k"])
-            if rag is not None and int(rag) != k:
+            if rag is not None and rag_count(rag) != k:
                 raise ValueError(
                     f"{self.model} was fine-tuned with rag={k} (its {k} nearest training items in every prompt); "
                     f"read it with the same context (leave rag unset), not rag={rag}"
@@ -164,7 +164,7 @@ class LLMPricer(Pricer):
             self.retriever: Retriever | None = Retriever(index or trained.get("index"), pool=trained.get("pool"))
             self.retriever.index  # noqa: B018 - a missing or foreign index fails now, before the model loads
             return
-        self.rag = int(rag or 0)
+        self.rag = rag_count(rag or 0, index)
         self.retriever = Retriever(index) if self.rag else None
 
     # ------------------------------------------------------------ identity

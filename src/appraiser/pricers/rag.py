@@ -59,6 +59,25 @@ def local_contexts(
     return [local_context(ns, tokenizer, max_tokens) for ns in found]
 
 
+def rag_count(rag: Any, index: str | Path | None = None) -> int:
+    """`rag=K` as the whole number of similar items each prompt shows: `true` is no count (it read as 1), 2.5
+    no number of items; and `index=FOLDER` without a K > 0 is refused, since no prompt would ever read it."""
+    bad = ValueError(f"rag must be 0 (no retrieval) or the number of similar items to show, not {rag!r}")
+    if isinstance(rag, bool) or not isinstance(rag, int | float | str):
+        raise bad
+    try:
+        k = float(rag)
+    except ValueError:
+        raise bad from None
+    if not k.is_integer() or k < 0:
+        raise bad
+    if index is not None and k == 0:
+        raise ValueError(
+            f"index={index} needs rag=K (the K similar items each prompt shows); without it no prompt reads the index"
+        )
+    return int(k)
+
+
 class Retriever:
     """An index loaded on first use and searched under a lock (the evaluator's worker threads share one
     embedding model); saved pricers keep its folder, not its vectors.

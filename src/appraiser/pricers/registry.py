@@ -142,6 +142,9 @@ def _checked(name: str, factory: Callable[..., Any], given: dict[str, Any]) -> d
             hint = bool
         if hint is None or hint is Any:
             continue
+        kinds = (hint, *typing.get_args(hint))
+        if isinstance(value, bool) and int in kinds and bool not in kinds:  # pydantic reads true as 1 (rag=true)
+            raise DataError(f"{name}: option {key}={value!r}: a whole number, not true or false")
         try:
             out[key] = TypeAdapter(hint).validate_python(value)
         except ValidationError as e:
