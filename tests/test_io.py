@@ -132,8 +132,17 @@ def test_bad_paths_and_formats_give_clear_errors(tmp_path, monkeypatch):
 
 
 def test_hub_id_goes_through_datasets_and_fails_clearly_offline(monkeypatch):
+    """The real `datasets.load_dataset` path, offline. Both libraries read HF_HUB_OFFLINE into module
+    constants when first imported (an earlier test may have imported them), so the env alone is not enough:
+    without the constants too, this retried the network for ~23 s before failing."""
+    import datasets.config
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError, match="could not load from the Hugging Face hub"):
         load_splits("appraiser-test/no-such-dataset")
 
@@ -153,6 +162,16 @@ def test_hub_id_goes_through_datasets_and_fails_clearly_offline(monkeypatch):
         (-3, None),
         (True, None),
         (float("nan"), None),
+        # a probe's findings: "-20" was $20, "1e3" was $1 and "1.299,00" was $1.299
+        ("-20", None),
+        ("-$20", None),
+        ("$-20", None),
+        ("1e3", 1000.0),
+        ("1.5E2", 150.0),
+        ("1.299,00", None),
+        ("12,50", None),
+        ("1,299", 1299.0),
+        ("Pack-2", 2.0),  # a hyphen, not a minus
     ],
 )
 def test_parse_price(raw, expected):

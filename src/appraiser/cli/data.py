@@ -6,6 +6,7 @@ and exit code 2; malformed lines inside a file are listed as `file:line: reason`
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +23,8 @@ SHOWN_ERRORS = 10
 
 
 def _category_weights(pairs: list[str]) -> dict[str, float]:
+    """CATEGORY=WEIGHT pairs as a dict. A weight must be finite and >= 0: `nan < 0` is false, so NaN
+    once passed and silently sampled nothing."""
     weights = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -29,9 +32,9 @@ def _category_weights(pairs: list[str]) -> dict[str, float]:
             weights[name.strip()] = float(value)
         except ValueError:
             sep = ""
-        if not sep or not name.strip() or weights[name.strip()] < 0:
+        if not sep or not name.strip() or not math.isfinite(weights[name.strip()]) or weights[name.strip()] < 0:
             raise DataError(
-                f"--category-weight {pair!r}: expected CATEGORY=WEIGHT with WEIGHT >= 0, e.g. Automotive=0.2"
+                f"--category-weight {pair!r}: expected CATEGORY=WEIGHT with a finite WEIGHT >= 0, e.g. Automotive=0.2"
             )
     return weights
 
@@ -207,6 +210,8 @@ def stats(
     with user_errors():
         report = LoadReport()
         splits = load_splits(source, report)
+        if report.skipped and not any(splits.values()):  # a table of zeros would pass for a dataset
+            raise DataError(f"{source}: no items: all {report.skipped:,} records were bad (see the warnings above)")
     if Path(source).is_file():  # one file is read as a test split; show it under its own name
         splits = {Path(source).name: items for items in splits.values()}
     table = Table(title=escape(source))  # bad lines were logged as warnings as they were read

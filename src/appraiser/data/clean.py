@@ -9,14 +9,23 @@ import json
 import re
 from typing import Any
 
-_NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?")
+# An optional minus (before or after a "$"; not a hyphen, as in "Pack-2"), the number (US thousands commas
+# allowed), an optional exponent.
+_NUMBER = re.compile(
+    r"(?<![\d.])(?:(?<![\w.])([-\u2212])\s*)?\$?" r"(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(?:[eE]([-+]?\d+))?"
+)
+# What may not follow a number: more digits after a "." or "," ("1.299,00", "12,50"), which are European
+# decimals or a garbled number: no reading of them is safe, so they are no price rather than $1.299.
+_CUT_NUMBER = re.compile(r"[.,]\d")
 
 
 def parse_price(value: Any) -> float | None:
     """A price in dollars from a number or a string such as "$1,299.00", "from 9.99", "None".
 
     Ranges ("9.99 - 19.99") give their first number, as a listing shows the lowest price first.
-    Returns None when there is no usable positive finite number.
+    An exponent is read ("1e3" is 1000); a minus sign is kept, so "-20" is dropped like -20 is (it was read
+    as $20). Returns None when there is no usable positive finite number, and for a number that reads two
+    ways ("1.299,00", European for 1299.00, was $1.299).
     """
     if value is None or isinstance(value, bool):
         return None
@@ -27,10 +36,11 @@ def parse_price(value: Any) -> float | None:
         if not s or s.lower() in {"none", "null", "nan", "n/a", "-", "—"}:
             return None
         m = _NUMBER.search(s)
-        if not m:
+        if not m or _CUT_NUMBER.match(s, m.end()):
             return None
-        whole = m.group(1).replace(",", "")
-        v = float(f"{whole}.{m.group(2)}" if m.group(2) else whole)
+        sign, whole, frac, exp = m.groups()
+        text = whole.replace(",", "") + (f".{frac}" if frac else "") + (f"e{exp}" if exp else "")
+        v = -float(text) if sign else float(text)
     if v != v or v in (float("inf"), float("-inf")) or v <= 0:
         return None
     return v

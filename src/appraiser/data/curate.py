@@ -46,10 +46,18 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from appraiser.data.clean import parse_details, parse_price, weight_from_details
-from appraiser.data.io import JSONL_SUFFIXES, DataError, gzip_problem, read_available, write_items
+from appraiser.data.io import (
+    JSONL_SUFFIXES,
+    DataError,
+    check_compression,
+    gzip_problem,
+    json_problem,
+    read_available,
+    write_items,
+)
 from appraiser.items import MAX_PRICE, MIN_PRICE, Item, make_id
 
 log = logging.getLogger(__name__)
@@ -101,6 +109,16 @@ class CurateConfig(BaseModel):
     # execution
     workers: int = Field(default=2, ge=1)
     chunk_bytes: int = Field(default=4_000_000, ge=1, description="bytes of whole lines per work unit")
+
+    @field_validator("category_weights")
+    @classmethod
+    def _finite_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        """A NaN weight compares false to everything, so `< 0` let it through and it silently left a
+        category out (NaN keys never win the sample); inf would crowd out every other category."""
+        for name, w in weights.items():
+            if not math.isfinite(w) or w < 0:
+                raise ValueError(f"weight of {name!r} is {w}: expected a finite number >= 0")
+        return weights
 
     def record_stage(self) -> dict[str, Any]:
         """The fields that decide a record's fate: a resumed run must use the same ones."""
@@ -343,6 +361,7 @@ def resolve_sources(inputs: Sequence[str | Path], category: str | None = None) -
         if not name.endswith(JSONL_SUFFIXES):
             fmt = "".join(path.suffixes[-2:]) or "(no extension)"
             raise DataError(f"{path}: unknown file format {fmt!r}; raw metadata must be .jsonl or .jsonl.gz")
+        check_compression(path)  # plain text named .gz (or gzip named .jsonl) is the wrong file, not damage
         sources.append(Source(path, str(path), category or category_from_name(path)))
     return sources
 
@@ -399,12 +418,14 @@ def process_chunk(chunk: Chunk) -> ChunkResult:
         if not raw.strip():
             continue
         lineno = chunk.first_line + offset
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as Windows tools save UTF-8
+            raw = raw[3:]
         out.records += 1
         try:
             obj = json.loads(raw.decode("utf-8", errors="replace"))
         except json.JSONDecodeError as e:
             out.dropped["malformed_json"] += 1
-            out.errors.append(f"{chunk.label}:{lineno}: malformed JSON ({e.msg} at column {e.colno})")
+            out.errors.append(f"{chunk.label}:{lineno}: {json_problem(e)}")
             continue
         except (ValueError, RecursionError) as e:
             out.dropped["malformed_json"] += 1
@@ -811,6 +832,8 @@ def parse_split(text: str) -> tuple[float, float, float]:
         parts = ()
     if len(parts) != 3 or any(not math.isfinite(x) or x < 0 for x in parts):
         raise DataError(f"--split {text!r}: expected three non-negative numbers, e.g. 0.8,0.1,0.1 or 8000,500,500")
+    if not any(parts):
+        raise DataError(f"--split {text!r}: all three are 0, so every split would be empty; e.g. 0.8,0.1,0.1")
     return parts  # type: ignore[return-value]
 
 
@@ -819,6 +842,8 @@ def split_counts(n: int, split: Sequence[float]) -> tuple[int, int, int]:
     they sum to 1, train takes the rounding remainder); whole numbers are counts."""
     if len(split) != 3 or any(x < 0 for x in split):
         raise DataError(f"split {tuple(split)}: expected three non-negative numbers")
+    if not any(split):
+        raise DataError(f"split {tuple(split)}: all three are 0, so every split would be empty")
     total = sum(split)
     if total <= 1 + 1e-9:
         val, test = round(n * split[1]), round(n * split[2])
@@ -869,6 +894,11 @@ def curate(
 
     Work in progress lives in `out_dir/.partial/` and is removed once the outputs are written, so
     an interrupted run can be resumed by running the same call again.
+
+    A run that would keep nothing (bad input, every record dropped, weights or --size that sample
+    none) is a DataError saying why, and writes nothing: empty splits over a good earlier curation
+    would lose it. Split files of another format from an earlier run in `out_dir` are removed once
+    the new ones are written, as readers could not tell which is current.
     """
     config = config or CurateConfig()
     if fmt not in OUTPUT_FORMATS:
@@ -882,13 +912,29 @@ def curate(
 
     prices = np.frombuffer(store.prices, dtype=np.float64) if len(store) else np.zeros(0)
     categories = [store.category_of(i) for i in range(len(store))]
+    present = sorted({category_key(c) for c in store.categories})
+    if unknown := sorted(set(config.category_weights) - set(present)):
+        log.warning(
+            "--category-weight %s: not a category of the input, so it does nothing (categories: %s)",
+            ", ".join(unknown),
+            ", ".join(present) or "none kept",
+        )
     chosen = sample_indices(prices, categories, config, config.size)
     parts = split_indices(chosen, config.split)
+    if not any(len(ix) for ix in parts.values()):
+        if not len(store):  # nothing a rerun could reuse: leave no trace of this run in out_dir
+            shutil.rmtree(work_dir, ignore_errors=True)
+            if out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+        raise DataError(f"{_why_nothing_kept(result, config, present)}; nothing written to {out_dir}")
     paths = {}
     for name in SPLIT_NAMES:
         p = out_dir / f"{name}.{fmt}"
         write_items(store.iter_items(parts[name]), p)
         paths[name] = p
+    for other in set(OUTPUT_FORMATS) - {fmt}:  # an earlier run's splits in another format are stale now
+        for name in SPLIT_NAMES:
+            (out_dir / f"{name}.{other}").unlink(missing_ok=True)
 
     from appraiser.data import report
 
@@ -896,3 +942,29 @@ def curate(
     report_paths = report.write_report(stats, result, parts, out_dir / "report", charts=charts)
     shutil.rmtree(work_dir, ignore_errors=True)
     return CurateResult(out_dir, paths, report_paths, stats, result.error_examples, result.n_errors)
+
+
+def _why_nothing_kept(result: ScanResult, config: CurateConfig, present: list[str]) -> str:
+    """Why a curation kept no item, in one line: no records, every record dropped (the top reasons and
+    the first problem found), or a sample of none from the candidates (size, weights, split)."""
+    n_records = sum(result.records.values())
+    first = f"; first problem: {result.error_examples[0]}" if result.error_examples else ""
+    if n_records == 0:
+        labels = ", ".join(s.label for s in result.sources)
+        return f"{labels}: no records in the input (an empty file?){first}"
+    if not len(result.store):
+        reasons: Counter[str] = Counter()
+        for drops in result.dropped.values():
+            reasons.update(drops)
+        top = ", ".join(f"{r} {n:,}" for r, n in reasons.most_common(3))
+        hint = ""
+        if reasons["malformed_json"] + reasons["not_object"] == n_records:
+            hint = " (raw metadata must be JSON Lines: one JSON object per line)"
+        every = "the one record was" if n_records == 1 else f"all {n_records:,} records were"
+        return f"nothing kept: {every} dropped ({top}){hint}{first}"
+    candidates = len(result.store)
+    if config.size == 0:
+        return f"nothing kept: --size 0 of {candidates:,} candidates"
+    if config.category_weights and all(config.category_weights.get(c, 1.0) == 0 for c in present):
+        return f"nothing kept: every category of the {candidates:,} candidates has weight 0 ({', '.join(present)})"
+    return f"nothing kept: --split {','.join(f'{x:g}' for x in config.split)} of {candidates:,} candidates is none"

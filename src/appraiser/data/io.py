@@ -3,9 +3,10 @@
 Bad input never loses good input: a malformed line is reported as `file:line: reason`, counted,
 and skipped, and every other line still loads. A `.jsonl.gz` cut short (a killed download, a full
 disk) loads every complete record before the break and reports the break the same way, as one more
-`file:line: reason`. A file that cannot be read at all (not gzip, not Parquet, a folder) is a
-`DataError` naming it. Writes are atomic (temp file + rename), so an interrupted write never leaves
-a half file where a good one was.
+`file:line: reason`. A file that cannot be read at all (not gzip, not Parquet, a folder, gzip data
+named .jsonl) is a `DataError` naming it. A file's first 10 bad records are logged, then a count.
+Writes are atomic (temp file + rename), so an interrupted write never leaves a half file where a good
+one was.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import gzip
 import io
 import json
 import logging
+import math
 import os
 import re
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +37,12 @@ SPLITS = ("train", "validation", "test")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: Endings that make a name a file path, never a hub id: `data/train.jsonl` mistyped is a missing file,
+#: not 24 s of hub retries ending in a ConnectionError.
+_FILE_ENDINGS = (".jsonl", ".json", ".ndjson", ".gz", ".parquet", ".csv")
+GZIP_MAGIC = b"\x1f\x8b"
+#: Bad records of one file logged as warnings; the rest are counted in one line (all are in the report).
+SHOWN_WARNINGS = 10
 
 
 class DataError(Exception):
@@ -63,6 +73,43 @@ class LoadReport:
         return len(self.errors)
 
 
+class _FileWarnings:
+    """Where the bad records of one file go: every one to `errors` (when given), the first SHOWN_WARNINGS
+    also to the log as they are found, the rest only counted, in one line when the file is done. A gzip file
+    named .jsonl was 41,088 warning lines on a terminal; `data curate` likewise shows 10 and a count."""
+
+    def __init__(self, path: Path, errors: list[LoadError] | None):
+        self.path, self.errors, self.count = str(path), errors, 0
+
+    def append(self, err: LoadError) -> None:
+        self.count += 1
+        if self.count <= SHOWN_WARNINGS:
+            log.warning("%s", err)
+        if self.errors is not None:
+            self.errors.append(err)
+
+    def close(self) -> None:
+        if self.count > SHOWN_WARNINGS:
+            log.warning("%s: %s more bad records not shown", self.path, f"{self.count - SHOWN_WARNINGS:,}")
+
+
+#: A list of errors to add to, a file's capped warnings, or None (log each one).
+ErrorSink = list[LoadError] | _FileWarnings | None
+
+
+@contextmanager
+def _file_warnings(path: Path, errors: ErrorSink) -> Iterator[_FileWarnings]:
+    """`errors` wrapped for one file (as is when the caller already wrapped it)."""
+    if isinstance(errors, _FileWarnings):
+        yield errors
+        return
+    sink = _FileWarnings(path, errors)
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
 def _default_hint(path: Path) -> str:
     """A hint when a missing file is in the default data folder: a command run from another directory than
     the README's looks for `../shared/data` relative to it, and the fix is a flag or `APPRAISER_DATA`."""
@@ -91,7 +138,31 @@ def _check_file(path: Path) -> str:
         raise DataError(
             f"{path}: unknown file format {suffix or '(no extension)'!r}; use .jsonl, .jsonl.gz or .parquet"
         )
+    if suffix in JSONL_SUFFIXES:
+        check_compression(path)
     return suffix
+
+
+def check_compression(path: Path) -> None:
+    """A DataError when a JSONL file's name and bytes disagree about gzip.
+
+    Gzip data named `.jsonl` would be read as tens of thousands of lines of binary garbage (a warning each,
+    then 0 items); plain text named `.gz` is the wrong file, not a damaged download to salvage the start of.
+    Either way nothing useful would load, so say which and how to fix it. An empty file passes (it is empty).
+    """
+    with open(path, "rb") as f:
+        head = f.read(2)
+    gz = path.name.lower().endswith(".gz")
+    if not gz and head == GZIP_MAGIC:
+        raise DataError(f"{path}: is gzip-compressed: name it {path.name}.gz")
+    if gz and head and head != GZIP_MAGIC:
+        raise DataError(f"{path}: not a readable gzip file (it does not start with the gzip header 1f 8b)")
+
+
+def json_problem(e: json.JSONDecodeError) -> str:
+    """A JSON syntax error as a short reason. Some of json's messages end in "at" already ("Invalid control
+    character at"), which read "... at at column 5" when the column was added."""
+    return f"malformed JSON ({e.msg.removesuffix(' at')} at column {e.colno})"
 
 
 def open_text(path: Path) -> IO[str]:
@@ -132,7 +203,7 @@ def read_available(reader: IO[bytes], size: int) -> tuple[bytes, BaseException |
     return b"".join(parts), None
 
 
-def iter_lines(path: Path, errors: list[LoadError] | None = None) -> Iterator[tuple[int, str]]:
+def iter_lines(path: Path, errors: ErrorSink = None) -> Iterator[tuple[int, str]]:
     """(line number, text) of each line of a .jsonl or .jsonl.gz file, streamed.
 
     A gzip stream that breaks part-way (truncated, corrupt) yields every whole line before the break,
@@ -177,31 +248,35 @@ def _is_json_object(raw: bytes) -> bool:
         return False
 
 
-def iter_json_lines(path: str | Path, errors: list[LoadError] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_json_lines(path: str | Path, errors: ErrorSink = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each JSON object line; bad lines (and a break in a damaged
     .gz) go to `errors`."""
     path = Path(path)
     _check_file(path)
-    for lineno, line in iter_lines(path, errors):
-        if lineno == 1 and line.startswith("\ufeff"):  # a byte-order mark, as Windows tools save UTF-8
-            line = line[1:]
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            _report(errors, LoadError(str(path), lineno, f"malformed JSON ({e.msg} at column {e.colno})"))
-            continue
-        except RecursionError:
-            _report(errors, LoadError(str(path), lineno, "malformed JSON (nested too deeply)"))
-            continue
-        if not isinstance(obj, dict):
-            _report(errors, LoadError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}"))
-            continue
-        yield lineno, obj
+    with _file_warnings(path, errors) as sink:
+        for lineno, line in iter_lines(path, sink):
+            if lineno == 1 and line.startswith("\ufeff"):  # a byte-order mark, as Windows tools save UTF-8
+                line = line[1:]
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                _report(sink, LoadError(str(path), lineno, json_problem(e)))
+                continue
+            except RecursionError:
+                _report(sink, LoadError(str(path), lineno, "malformed JSON (nested too deeply)"))
+                continue
+            if not isinstance(obj, dict):
+                _report(sink, LoadError(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}"))
+                continue
+            yield lineno, obj
 
 
-def _report(errors: list[LoadError] | None, err: LoadError) -> None:
+def _report(errors: ErrorSink, err: LoadError) -> None:
+    if isinstance(errors, _FileWarnings):
+        errors.append(err)
+        return
     log.warning("%s", err)
     if errors is not None:
         errors.append(err)
@@ -214,14 +289,28 @@ def record_to_item(record: dict[str, Any]) -> Item:
     return Item.model_validate(record)
 
 
-def _validation_reason(e: ValidationError) -> str:
+def _validation_reason(e: ValidationError, record: dict[str, Any] | None = None) -> str:
     from appraiser.errors import validation_message  # the one formatter of pydantic errors
 
-    return validation_message(e, "invalid")
+    text = validation_message(e, "invalid")
+    if record is not None and _is_nan(record.get("price")):
+        # The price's gt=0 check runs first and NaN > 0 is false: say what is wrong with it.
+        text = text.replace("Input should be greater than 0", "NaN is not a number")
+    return text
+
+
+def _is_nan(value: Any) -> bool:
+    """A float NaN, or a string that reads as one ("NaN", "nan"), as pydantic would read it."""
+    if not isinstance(value, float | str):
+        return False
+    try:
+        return math.isnan(float(value))
+    except ValueError:
+        return False
 
 
 def iter_parquet_records(
-    path: Path, errors: list[LoadError] | None = None, batch_size: int = 1024
+    path: Path, errors: ErrorSink = None, batch_size: int = 1024
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row number, record) of a Parquet file, read a batch at a time (so a `limit` reads little).
 
@@ -251,22 +340,17 @@ def iter_parquet_records(
                 yield row, record
 
 
-def iter_items(path: str | Path, errors: list[LoadError] | None = None) -> Iterator[Item]:
+def iter_items(path: str | Path, errors: ErrorSink = None) -> Iterator[Item]:
     """Stream items from a JSONL(.gz) or Parquet file, skipping (and reporting) bad records."""
     path = Path(path)
     suffix = _check_file(path)
-    if suffix in PARQUET_SUFFIXES:
-        for i, record in iter_parquet_records(path, errors):
+    with _file_warnings(path, errors) as sink:
+        records = iter_parquet_records(path, sink) if suffix in PARQUET_SUFFIXES else iter_json_lines(path, sink)
+        for i, record in records:
             try:
                 yield record_to_item(record)
             except ValidationError as e:
-                _report(errors, LoadError(str(path), i, _validation_reason(e)))
-        return
-    for lineno, record in iter_json_lines(path, errors):
-        try:
-            yield record_to_item(record)
-        except ValidationError as e:
-            _report(errors, LoadError(str(path), lineno, _validation_reason(e)))
+                _report(sink, LoadError(str(path), i, _validation_reason(e, record)))
 
 
 def read_items(path: str | Path, report: LoadReport | None = None, limit: int | None = None) -> list[Item]:
@@ -328,12 +412,23 @@ def write_items(items: Iterable[Item], path: str | Path) -> int:
 
 
 def find_split_file(folder: Path, split: str) -> Path | None:
-    """The file holding `split` in a folder (train.jsonl, train.jsonl.gz, train.parquet, ...)."""
-    for suffix in (".jsonl", ".jsonl.gz", ".parquet", ".json"):
-        p = folder / f"{split}{suffix}"
-        if p.exists():
-            return p
-    return None
+    """The file holding `split` in a folder (train.jsonl, train.jsonl.gz, train.parquet, ...).
+
+    Two files of one split (train.jsonl beside train.parquet, say a folder curated again in another
+    format) are a DataError: which one is current cannot be told, and reading the stale one silently
+    gives old numbers.
+    """
+    candidates = (folder / f"{split}{suffix}" for suffix in (".jsonl", ".jsonl.gz", ".parquet", ".json"))
+    found = [p for p in candidates if p.exists()]
+    _refuse_two_formats(found)
+    return found[0] if found else None
+
+
+def _refuse_two_formats(files: list[Path]) -> None:
+    """A DataError naming them when `files` (one split of one folder) are more than one."""
+    if len(files) > 1:
+        names = " and ".join(p.name for p in files)
+        raise DataError(f"{files[0].parent}: holds {names}, one split in two files: remove the stale one")
 
 
 def load_splits(source: str | Path, report: LoadReport | None = None) -> dict[str, list[Item]]:
@@ -358,9 +453,16 @@ def load_splits(source: str | Path, report: LoadReport | None = None) -> dict[st
         if not splits:
             raise DataError(f"{path}: no train/validation/test .jsonl, .jsonl.gz or .parquet files in this folder")
         return splits
-    if _HUB_ID.match(str(source)) and not str(source).startswith((".", "/")):
+    if _looks_like_path(str(source)):
+        raise DataError(f"{source}: no such file or folder{_default_hint(path)}")
+    if _HUB_ID.match(str(source)):
         return load_hub_splits(str(source), report)
     raise DataError(f"{source}: no such file or folder (nor a hub dataset id like 'owner/name')")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that is a path, never a hub id: it starts with ./ ../ / or ends like a data file."""
+    return name.startswith((".", "/")) or name.lower().endswith(_FILE_ENDINGS)
 
 
 def load_hub_splits(repo_id: str, report: LoadReport | None = None) -> dict[str, list[Item]]:
@@ -386,12 +488,12 @@ def from_dataset_dict(dd, report: LoadReport | None = None) -> dict[str, list[It
     out: dict[str, list[Item]] = {}
     for name in dd:
         items = []
-        for i, record in enumerate(dd[name], start=1):
-            try:
-                items.append(record_to_item(dict(record)))
-            except ValidationError as e:
-                err = LoadError(f"<dataset:{name}>", i, _validation_reason(e))
-                _report(report.errors if report else None, err)
+        with _file_warnings(Path(f"<dataset:{name}>"), report.errors if report else None) as sink:
+            for i, record in enumerate(dd[name], start=1):
+                try:
+                    items.append(record_to_item(dict(record)))
+                except ValidationError as e:
+                    _report(sink, LoadError(f"<dataset:{name}>", i, _validation_reason(e, dict(record))))
         if report is not None:
             report.loaded += len(items)
         out[name] = items
@@ -450,6 +552,8 @@ def pool_files(sources: str | Path | Iterable[str | Path]) -> list[Path]:
                 (p for p in path.rglob("train.*") if _is_data_file(p) and _split_name(p) == "train"),
                 key=lambda p: (len(p.relative_to(path).parts), str(p)),
             )
+            for parent in {p.parent for p in found}:  # train.jsonl beside train.parquet: which is current?
+                _refuse_two_formats([p for p in found if p.parent == parent])
             if not found:
                 found = sorted(
                     p for p in path.iterdir() if _is_data_file(p) and _split_name(p) not in ("validation", "test")
@@ -470,15 +574,23 @@ def read_pool(
     """The items of every file `pool_files(sources)` names, in order; an id seen twice is kept once.
 
     This is what each command's `--train` reads, so several files or a folder make one training pool.
+    The first item of an id wins; the later ones are counted and logged per file ("b.jsonl: 3 items
+    dropped, their id is already in a.jsonl"), as a pool smaller than its files add up to is a surprise.
     """
     items: list[Item] = []
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
     for path in pool_files(sources):
+        dropped: Counter[Path] = Counter()
         for it in read_items(path, report):
             if dedupe and it.id in seen:
+                dropped[seen[it.id]] += 1
                 continue
-            seen.add(it.id)
+            seen[it.id] = path
             items.append(it)
+        for first, n in dropped.items():
+            where = "earlier in the same file" if first == path else f"in {first}"
+            its = "its id is" if n == 1 else "their ids are"
+            log.warning("%s: %s item%s dropped, %s already %s", path, f"{n:,}", "" if n == 1 else "s", its, where)
     return items
 
 
