@@ -199,7 +199,7 @@ def test_a_nan_price_is_said_to_be_not_a_number(tmp_path: Path):
     p.write_text("\n".join(rows) + "\n")
     report = LoadReport()
     assert read_items(p, report) == []
-    assert [e.reason for e in report.errors] == ["invalid price: NaN is not a number"] * 2
+    assert [e.reason for e in report.errors] == ["invalid price: price must be a finite number, not NaN"] * 2
     assert math.isnan(json.loads(rows[0])["price"])
 
 

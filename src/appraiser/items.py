@@ -7,6 +7,7 @@ metadata for weighting, reporting and features.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ class Item(BaseModel):
     def _not_a_bool(cls, v: Any) -> Any:
         if isinstance(v, bool):  # JSON true would otherwise be read as $1.00
             raise ValueError("price must be a number, not true/false")
+        if isinstance(v, float | str) and _is_nan(v):  # before gt=0, which would say "greater than 0" of a NaN
+            raise ValueError("price must be a finite number, not NaN")
         return v
 
     @field_validator("price")
@@ -86,3 +89,11 @@ def fingerprint(items: list[Item]) -> str:
     for it in items:
         h.update(f"{it.id}:{it.price:.2f}\n".encode())
     return h.hexdigest()[:12]
+
+
+def _is_nan(v: float | str) -> bool:
+    """A float NaN, or text that reads as one ("NaN", "nan"), as pydantic would read it."""
+    try:
+        return math.isnan(float(v))
+    except ValueError:
+        return False

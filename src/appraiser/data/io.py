@@ -15,7 +15,6 @@ import gzip
 import io
 import json
 import logging
-import math
 import os
 import re
 import zlib
@@ -289,24 +288,10 @@ def record_to_item(record: dict[str, Any]) -> Item:
     return Item.model_validate(record)
 
 
-def _validation_reason(e: ValidationError, record: dict[str, Any] | None = None) -> str:
+def _validation_reason(e: ValidationError) -> str:
     from appraiser.errors import validation_message  # the one formatter of pydantic errors
 
-    text = validation_message(e, "invalid")
-    if record is not None and _is_nan(record.get("price")):
-        # The price's gt=0 check runs first and NaN > 0 is false: say what is wrong with it.
-        text = text.replace("Input should be greater than 0", "NaN is not a number")
-    return text
-
-
-def _is_nan(value: Any) -> bool:
-    """A float NaN, or a string that reads as one ("NaN", "nan"), as pydantic would read it."""
-    if not isinstance(value, float | str):
-        return False
-    try:
-        return math.isnan(float(value))
-    except ValueError:
-        return False
+    return validation_message(e, "invalid")
 
 
 def iter_parquet_records(
@@ -350,7 +335,7 @@ def iter_items(path: str | Path, errors: ErrorSink = None) -> Iterator[Item]:
             try:
                 yield record_to_item(record)
             except ValidationError as e:
-                _report(sink, LoadError(str(path), i, _validation_reason(e, record)))
+                _report(sink, LoadError(str(path), i, _validation_reason(e)))
 
 
 def read_items(path: str | Path, report: LoadReport | None = None, limit: int | None = None) -> list[Item]:
@@ -493,7 +478,7 @@ def from_dataset_dict(dd, report: LoadReport | None = None) -> dict[str, list[It
                 try:
                     items.append(record_to_item(dict(record)))
                 except ValidationError as e:
-                    _report(sink, LoadError(f"<dataset:{name}>", i, _validation_reason(e, dict(record))))
+                    _report(sink, LoadError(f"<dataset:{name}>", i, _validation_reason(e)))
         if report is not None:
             report.loaded += len(items)
         out[name] = items
