@@ -562,3 +562,32 @@ def test_a_real_dashboard_answers_only_to_this_machines_names(dashboard):
     rebound = httpx2.get(f"{dashboard}/dashboard/api/runs", headers={"Host": f"attacker.example:{port}"})
     assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "invalid_host"
     assert httpx2.get(f"{dashboard}/dashboard/api/runs", headers={"Host": f"localhost:{port}"}).status_code == 200
+
+
+def test_a_store_the_dashboard_cannot_read_is_refused_at_start_and_never_written(tmp_path):
+    """A probe: `--leaderboard` naming an empty file wrote a schema into it, a mistyped `--runs-db` showed an
+    empty dashboard, and a store that could not be read answered every page with a bare 500."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from appraiser.cli import app
+    from appraiser.server.dashboard import create_dashboard_app
+    from appraiser.server.dashboard_data import Paths
+
+    runner = CliRunner()
+    empty, text = tmp_path / "empty.db", tmp_path / "notes.txt"
+    empty.write_bytes(b"")
+    text.write_text("my notes\n")
+    for flag, path, says in (
+        ("--leaderboard", empty, "not an SQLite database"),
+        ("--leaderboard", text, "not an SQLite database"),
+        ("--runs-db", tmp_path / "typo.db", "no such file"),
+        ("--runs-db", tmp_path, "is a folder"),
+    ):
+        r = runner.invoke(app, ["dashboard", "--port", "0", flag, str(path)])
+        assert r.exit_code == 2 and says in r.output, r.output
+    assert empty.read_bytes() == b"" and text.read_text() == "my notes\n" and not (tmp_path / "typo.db").exists()
+
+    with TestClient(create_dashboard_app(Paths(tmp_path / "runs.db", text))) as client:
+        got = client.get("/dashboard/api/leaderboard")
+        assert got.status_code == 400 and "database" in got.json()["error"]["message"]

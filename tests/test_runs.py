@@ -174,6 +174,8 @@ def test_runs_cli_list_events_show_and_watch_once():
     assert events.exit_code == 0
     assert "Step 4/5: training loss=0.4500" in events.output and "Step 5/5" in events.output
     assert "Step 3/5" not in events.output
+    negative = runner.invoke(app, ["runs", "events", "demo", "--tail", "-2"])  # printed nothing, exit 0
+    assert negative.exit_code == 2 and "greater than or equal to 0" in negative.output
     shown = runner.invoke(app, ["runs", "show", run_id[:12]], env={"COLUMNS": "200"})
     assert shown.exit_code == 0 and "probe_mae = 99.5000 at step 4" in shown.output and '"lr": 0.0002' in shown.output
     store.set_status(run_id, "succeeded")

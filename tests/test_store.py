@@ -154,3 +154,22 @@ def test_paired_compare_only_pairs_shared_items():
     c = paired_compare(a, b)
     assert c.n == 2
     assert paired_compare(a, []).n == 0
+
+
+def test_the_leaderboard_chart_draws_every_row_as_written(items, tmp_path):
+    """A probe's charts: `--all-runs` rows of one label were drawn over each other, a pricer that failed on
+    every item showed as "$nan" (or vanished), and a "$" in a label turned the PNG's text into math."""
+    from matplotlib.cbook import is_math_text
+
+    from appraiser.evaluation.charts import mpl_text
+
+    store = LeaderboardStore(tmp_path / "lb.db")
+    a, b = store.add(_result(items[:20], "p", 0.5)), store.add(_result(items[:20], "p", 0.9))
+    store.add(score(items[:20], [None] * 20, name="broken"))
+    store.add(_result(items[:20], "gpt $0.15/$0.60", 0.7))
+    rows = store.rows(fingerprint(items[:20]))
+    (html,) = [p.read_text() for p in leaderboard_chart(rows, tmp_path / "c") if p.suffix == ".html"]
+    assert f'"p (run {a})"' in html and f'"p (run {b})"' in html
+    assert '"all failed"' in html and "$nan" not in html
+    store.close()
+    assert is_math_text("gpt $0.15/$0.60") and not is_math_text(mpl_text("gpt $0.15/$0.60 — MAE $3.00"))

@@ -16,6 +16,9 @@ from appraiser.cli import console, friendly
 from appraiser.cli.serve import allowed_hosts
 from appraiser.data.io import DataError
 
+#: The first 16 bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
 
 @friendly
 def dashboard_command(
@@ -36,7 +39,10 @@ def dashboard_command(
     if not is_loopback_host(host):
         raise DataError(f"refusing to bind {host}: the dashboard alone has no API keys (use `appraiser serve`)")
     home = config.home()
-    paths = Paths((runs_db or home / "runs.db").expanduser(), (leaderboard or home / "leaderboard.db").expanduser())
+    paths = Paths(
+        _watched(runs_db, home / "runs.db", "--runs-db"),
+        _watched(leaderboard, home / "leaderboard.db", "--leaderboard"),
+    )
     import socket
 
     import uvicorn
@@ -55,6 +61,27 @@ def dashboard_command(
         uvicorn.Config(create_dashboard_app(paths, allowed_hosts(host)), log_level=log_level, access_log=False)
     )
     server.run(sockets=[sock])
+
+
+def _watched(path: Path | None, default: Path, flag: str) -> Path:
+    """A store the dashboard shows. One a flag names must be an SQLite file already: opening a mistyped path
+    made an empty store (a dashboard of nothing, with no word why) or wrote a schema into an unrelated file,
+    and a dashboard only reads what others write."""
+    if path is None:
+        return default.expanduser()
+    path = path.expanduser()
+    if path.is_dir():
+        raise DataError(f"{flag} {path}: is a folder; give the database file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        raise DataError(f"{flag} {path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{flag} {path}: cannot read it ({e.strerror or e})") from None
+    if head != SQLITE_HEADER:
+        raise DataError(f"{flag} {path}: not an SQLite database (an empty or other file)")
+    return path
 
 
 def register(app: typer.Typer) -> None:

@@ -301,6 +301,15 @@ def _whole(v: float | None) -> str:
     return "—" if v is None or math.isnan(v) else f"${v:,.0f}"
 
 
+def _ratio(v: float | None) -> str:
+    """R² or RMSLE to three places; "—" where a pricer that failed on every item has none ("nan" read as one)."""
+    return "—" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
+def _ci(low: float | None, high: float | None) -> str:
+    return "—" if _whole(low) == _whole(high) == "—" else f"{_whole(low)}–{_whole(high)}"
+
+
 def _secs(v: float) -> str:
     return f"{v:,.1f}s" if v < 100 else f"{v:,.0f}s"
 
@@ -339,10 +348,10 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
             "#": rank,
             "pricer": escape(r.label),
             "MAE": _fmt_money(m.get("mae")),
-            "95% CI": f"{_whole(m.get('mae_ci_low'))}–{_whole(m.get('mae_ci_high'))}",
+            "95% CI": _ci(m.get("mae_ci_low"), m.get("mae_ci_high")),
             "median": _fmt_money(m.get("median_ae")),
-            "R²": f"{m.get('r2', float('nan')):.3f}",
-            "RMSLE": f"{m.get('rmsle', float('nan')):.3f}",
+            "R²": _ratio(m.get("r2")),
+            "RMSLE": _ratio(m.get("rmsle")),
             "hit": f"{m.get('hit_rate', 0):.1%}",
             "fail": str(int(m.get("failures", 0))),
             "cover": f"{m['interval_coverage']:.0%}" if "interval_coverage" in m else "—",

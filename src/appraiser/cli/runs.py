@@ -93,7 +93,7 @@ def list_command(
 @app.command("events")
 def events_command(
     run: RunArg,
-    tail: Annotated[int | None, typer.Option(help="only the last N events")] = None,
+    tail: Annotated[int | None, typer.Option(help="only the last N events", min=0)] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new events until the run ends")] = False,
 ) -> None:
     """The run's event log, like a hosted job's ("Step 118/500: training loss=1.92")."""

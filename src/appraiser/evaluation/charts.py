@@ -8,6 +8,7 @@ open offline — a CDN link would not.
 from __future__ import annotations
 
 import html
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,13 @@ def plotly_text(text: object) -> str:
     `<a href=...>` would otherwise draw a link, and the chart would say something else than the table.
     Plotly turns the entities back into the characters."""
     return html.escape(str(text), quote=False)
+
+
+def mpl_text(text: object) -> str:
+    """Text for a matplotlib title or label, shown as written: matplotlib reads what stands between two "$"
+    as math, and every evaluation title has one "$" already (its MAE), so a label like "gpt $0.15/$0.60"
+    turned the rest of the title into italic math with the dollars gone."""
+    return str(text).replace("$", r"\$")
 
 
 def _write_html(fig, path: Path) -> Path:
@@ -109,9 +117,11 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
     folder.mkdir(parents=True, exist_ok=True)
     stem = slug(result.pricer)
     ok = [r for r in result.results if r.guess is not None]
-    title = f"{result.pricer} — MAE {money(result.metrics['mae'])} on {len(result.results)} items"
+    # the label cut to fit (`tick_label`): a long one pushed the MAE off the image
+    title = f"{tick_label(result.pricer)} — MAE {money(result.metrics['mae'])} on {len(result.results)} items"
     if result.metrics.get("failures"):
         title += f" ({int(result.metrics['failures'])} failed)"
+    png_title = mpl_text(title.replace(" — ", "\n", 1))  # two lines: a long label leaves its MAE on the image
     paths: list[Path] = []
 
     # ---- predicted vs actual
@@ -128,7 +138,7 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
     if log:
         ax.set_xscale("log")
         ax.set_yscale("log")
-    ax.set(xlabel="true price ($)", ylabel="guess ($)", title=title, xlim=(lo, lim_hi), ylim=(lo, lim_hi))
+    ax.set(xlabel="true price ($)", ylabel="guess ($)", title=png_title, xlim=(lo, lim_hi), ylim=(lo, lim_hi))
     ax.legend(loc="upper left")
     paths.append(_save_png(fig, folder / f"{stem}-scatter.png"))
     pfig = go.Figure()
@@ -163,7 +173,7 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
     ax = fig.add_subplot()
     ax.fill_between(x, low, high, alpha=0.25, label="95% CI")
     ax.plot(x, mean, lw=1.5, label="running MAE")
-    ax.set(xlabel="items scored", ylabel="mean absolute error ($)", title=title)
+    ax.set(xlabel="items scored", ylabel="mean absolute error ($)", title=png_title)
     ax.legend()
     paths.append(_save_png(fig, folder / f"{stem}-running.png"))
     pfig = go.Figure(
@@ -194,13 +204,13 @@ def save_charts(result: EvalResult, folder: str | Path, log: bool = True) -> lis
     ax1.margins(y=0.1)
     for i, b in enumerate(bands):
         ax1.annotate(f"n={by_band[b][1]}", (i, by_band[b][0]), ha="center", va="bottom", fontsize=8)
-    ax2.barh(cats, cat_maes, color="#9467bd")
+    ax2.barh([mpl_text(c) for c in cats], cat_maes, color="#9467bd")
     ax2.invert_yaxis()
     ax2.set(xlabel="mean absolute error ($)", title="error by category")
     ax2.margins(x=0.15)
     for i, (m, c) in enumerate(zip(cat_maes, cat_counts, strict=True)):
         ax2.annotate(f" n={c}", (m, i), va="center", fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(mpl_text(title))
     paths.append(_save_png(fig, folder / f"{stem}-breakdown.png"))
     from plotly.subplots import make_subplots
 
@@ -251,7 +261,7 @@ def calibration_chart(result: EvalResult, folder: str | Path) -> list[Path]:
     band = 1.96 * np.sqrt(nominal * (1 - nominal) / n)
     pit = np.array(rel["pit_bins"], dtype=float) / n
     centres = np.arange(20) * 0.05 + 0.025
-    title = f"{result.pricer} — calibration of its own distribution ({n} items)"
+    title = f"{tick_label(result.pricer)} — calibration of its own distribution ({n} items)"
     fig = Figure(figsize=(12, 5))
     ax1, ax2 = fig.subplots(1, 2)
     ax1.fill_between(nominal, nominal - band, nominal + band, alpha=0.2, color="grey", label="calibrated ±95%")
@@ -265,7 +275,7 @@ def calibration_chart(result: EvalResult, folder: str | Path) -> list[Path]:
     ax2.set(xlabel="PIT: the model's CDF at the true price", ylabel="share of items", xlim=(0, 1))
     ax2.set_title("PIT histogram")
     ax2.legend(loc="upper center")
-    fig.suptitle(title)
+    fig.suptitle(mpl_text(title))
     paths = [_save_png(fig, folder / f"{stem}-calibration.png")]
     pfig = make_subplots(rows=1, cols=2, subplot_titles=("reliability", "PIT histogram"))
     pfig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="calibrated", line={"dash": "dash"}), 1, 1)
@@ -290,24 +300,26 @@ def leaderboard_chart(rows: Sequence[Row], folder: str | Path, name: str = "lead
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: mae_rank(r.metrics))
-    labels = [tick_label(r.label) for r in rows]
-    mae = np.array([r.metrics["mae"] for r in rows])
+    labels = bar_labels([r.label for r in rows], [r.run_id for r in rows])
+    scored = [_finite(r.metrics.get("mae")) for r in rows]
+    mae = np.array([m if ok else 0.0 for m, ok in scored])  # a row that failed on every item: no bar, a note
     err = np.array(
         [
-            [m - r.metrics["mae_ci_low"] for m, r in zip(mae, rows, strict=True)],
-            [r.metrics["mae_ci_high"] - m for m, r in zip(mae, rows, strict=True)],
+            [m - r.metrics["mae_ci_low"] if ok else 0.0 for (m, ok), r in zip(scored, rows, strict=True)],
+            [r.metrics["mae_ci_high"] - m if ok else 0.0 for (m, ok), r in zip(scored, rows, strict=True)],
         ]
     )
+    notes = [f"${m:,.2f}" if ok else "all failed" for m, ok in scored]
     fp = rows[0].test_fingerprint if rows else "-"
     title = f"Mean absolute error on test set {fp} (lower is better)"
     fig = Figure(figsize=(9, 1.2 + 0.4 * max(len(rows), 1)))
     ax = fig.add_subplot()
-    ax.barh(labels, mae, xerr=err, color="#1f77b4", capsize=3)
+    ax.barh([mpl_text(label) for label in labels], mae, xerr=err, color="#1f77b4", capsize=3)
     ax.invert_yaxis()
-    for i, (m, hi) in enumerate(zip(mae, mae + err[1], strict=True)):
-        ax.annotate(f"  ${m:,.2f}", (hi, i), va="center", fontsize=8)
+    for i, (note, hi) in enumerate(zip(notes, mae + err[1], strict=True)):
+        ax.annotate(mpl_text(f"  {note}"), (hi, i), va="center", fontsize=8)
     ax.margins(x=0.15)
-    ax.set(xlabel="MAE ($), bars: 95% CI", title=title)
+    ax.set(xlabel="MAE ($), bars: 95% CI", title=mpl_text(title))
     paths = [_save_png(fig, folder / f"{name}.png")]
     pfig = go.Figure(
         go.Bar(
@@ -316,7 +328,7 @@ def leaderboard_chart(rows: Sequence[Row], folder: str | Path, name: str = "lead
             hovertext=[plotly_text(r.label) for r in rows],  # the whole label, where the axis shows a cut one
             orientation="h",
             error_x={"type": "data", "symmetric": False, "array": err[1], "arrayminus": err[0]},
-            text=[f"${m:,.2f}" for m in mae],
+            text=notes,
         )
     )
     pfig.update_layout(
@@ -324,6 +336,20 @@ def leaderboard_chart(rows: Sequence[Row], folder: str | Path, name: str = "lead
     )
     paths.append(_write_html(pfig, folder / f"{name}.html"))
     return paths
+
+
+def bar_labels(labels: Sequence[str], run_ids: Sequence[object]) -> list[str]:
+    """One axis label per bar (`tick_label`): rows that share a label (`leaderboard --all-runs`) get their run
+    id, since a category axis draws bars of one name over each other, the one MAE on top of the other's."""
+    short = [tick_label(label) for label in labels]
+    repeated = {x for x in short if short.count(x) > 1}
+    return [f"{x} (run {run})" if x in repeated else x for x, run in zip(short, run_ids, strict=True)]
+
+
+def _finite(v: object) -> tuple[float, bool]:
+    """(value, True) for a finite number, else (nan, False): a pricer that failed on every item has no MAE."""
+    ok = isinstance(v, int | float) and math.isfinite(v)
+    return (float(v) if ok else float("nan")), ok
 
 
 # ---------------------------------------------------------------- figures to embed (the demo report, inline)
@@ -395,19 +421,24 @@ def leaderboard_figure(results: Sequence[EvalResult]):
     import plotly.graph_objects as go
 
     rows = sorted(results, key=lambda r: mae_rank(r.metrics))
-    mae = [r.metrics["mae"] for r in rows]
+    scored = [_finite(r.metrics.get("mae")) for r in rows]
+    mae = [m if ok else 0.0 for m, ok in scored]
     fig = go.Figure(
         go.Bar(
             x=mae,
-            y=[plotly_text(r.pricer) for r in rows],
+            y=[plotly_text(label) for label in bar_labels([r.pricer for r in rows], [r.run_id for r in rows])],
             orientation="h",
             error_x={
                 "type": "data",
                 "symmetric": False,
-                "array": [r.metrics.get("mae_ci_high", m) - m for r, m in zip(rows, mae, strict=True)],
-                "arrayminus": [m - r.metrics.get("mae_ci_low", m) for r, m in zip(rows, mae, strict=True)],
+                "array": [
+                    r.metrics.get("mae_ci_high", m) - m if ok else 0.0 for r, (m, ok) in zip(rows, scored, strict=True)
+                ],
+                "arrayminus": [
+                    m - r.metrics.get("mae_ci_low", m) if ok else 0.0 for r, (m, ok) in zip(rows, scored, strict=True)
+                ],
             },
-            text=[f"${m:,.2f}" for m in mae],
+            text=[f"${m:,.2f}" if ok else "all failed" for m, ok in scored],
             textposition="outside",
             marker={"color": "#1f77b4"},
         )
@@ -496,7 +527,7 @@ def save_loss_chart(
         ax.fill_between(steps, band[:, 0], band[:, 1], alpha=0.2, color="#1f77b4", label="noise band (±1 sd)")
     ax.plot(steps, losses, lw=0.8, alpha=0.4, color="#1f77b4", label="loss (raw)")
     ax.plot(steps, ema, lw=2, color="#1f77b4", label="loss (EMA)")
-    ax.set(xlabel="step", ylabel="training loss", title=title)
+    ax.set(xlabel="step", ylabel="training loss", title=mpl_text(title))
     handles, labels = ax.get_legend_handles_labels()
     if len(probe_steps):
         ax2 = ax.twinx()

@@ -60,9 +60,11 @@ def install(app: Any, store: Any, pool: Any, settings: Any, paths: data.Paths | 
 def create_dashboard_app(paths: data.Paths, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
     """A server with the dashboard only, for `appraiser dashboard` (no keys: it binds loopback, and answers
     only to `allowed_hosts` when given: see security.SameOrigin)."""
+    from appraiser.server import errors
     from appraiser.server.security import SameOrigin
 
     app = FastAPI(title="Appraiser dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    errors.install(app)  # a store that cannot be read is a JSON error, as in `serve`, not a bare 500
     install(app, None, None, None, paths)
     app.add_middleware(SameOrigin, allowed_hosts=allowed_hosts)
     return app
