@@ -65,6 +65,45 @@ def test_quick_demo_end_to_end(data_dir, tmp_path):
     store = RunStore()
     events = [e.message for e in store.events(store.get("demo-smollm2-135m").id)]
     assert any(e.startswith("Head refit (kernel) on 16 training items") for e in events)
+    # the fine-tune's progress line is closed when it ends, as it ended: not left live (and stale) under the rest
+    after_training = result.output.split("fine-tuned smollm2-135m (run")[1]
+    assert "smoothed" not in after_training and "refitting the head" not in after_training
+    assert json.loads((out / "demo.json").read_text())["fine_tune"] == store.get("demo-smollm2-135m").id
+    # a run with other settings, stopped before it ends, leaves no report linking to its new files
+    from appraiser.demo import DemoConfig, run_demo
+
+    def stop(msg: str) -> None:
+        if msg.startswith("baseline"):
+            raise KeyboardInterrupt
+
+    cfg = DemoConfig.quick_config(str(data_dir), out)
+    cfg.test_size = 10
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(cfg, show=False, stage=stop)
+    assert not (out / "index.html").exists() and (out / "predictions").is_dir()
+
+
+def test_an_interrupted_demo_resumes_its_fine_tune(data_dir, tmp_path):
+    """Stopped during training, the demo run again resumes the same fine-tune (no second run, no orphan)."""
+    from appraiser.demo import DemoConfig, run_demo
+    from appraiser.runs.store import RunStore
+
+    out = tmp_path / "report"
+
+    def stop(step: int, total: int, values: dict) -> None:
+        if step >= 4 and "loss" in values:  # after checkpoint-3 (probe_every = save_every = 3)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(DemoConfig.quick_config(str(data_dir), out), show=False, train_listeners=(stop,))
+    run_id = json.loads((out / "demo.json").read_text())["fine_tune"]
+    store = RunStore()
+    assert store.get(run_id).status == "cancelled" and not (out / "index.html").exists()
+    result = run_demo(DemoConfig.quick_config(str(data_dir), out), show=False)
+    assert result.run_id == run_id and [r.id for r in store.list()] == [run_id]
+    assert store.get(run_id).status == "succeeded" and store.get(run_id).step == 6
+    assert any(e.message.startswith("Resuming from checkpoint-3") for e in store.events(run_id))
+    assert (out / "index.html").exists() and run_id in (out / "index.html").read_text()
 
 
 def test_split_test_and_probe_rules():

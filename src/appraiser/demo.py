@@ -12,21 +12,29 @@ Last, a blend (`pricers.blend`) of the fine-tune (head and digits) with the TF-I
 training items are set aside before anything is fitted, every member prices them, and non-negative weights in
 log space are learned there — different model families err differently, so the blend is usually better than
 either. Neither the test nor the probe items reach any fit.
+
+The report folder holds `demo.json` (MANIFEST): the settings of its last run and its fine-tune's run id. It marks
+the folder as the demo's (any other non-empty folder is refused, so no one's files are replaced), and lets a run
+stopped part way (Ctrl-C, a kill) be run again to finish: results already priced come from the evaluation cache,
+and the same fine-tune is resumed from its last checkpoint (or reused, once finished) instead of started anew.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from appraiser import atomic
 from appraiser.data.io import DataError, load_splits, write_items
 from appraiser.demo_report import write_index
 from appraiser.evaluation.charts import leaderboard_chart, slug
 from appraiser.evaluation.evaluator import EvalResult, evaluate
 from appraiser.evaluation.store import LeaderboardStore
-from appraiser.items import Item
+from appraiser.items import Item, fingerprint
 from appraiser.models import DEFAULT_MODEL
 from appraiser.pricers import registry
 
@@ -87,6 +95,113 @@ class DemoResult:
     seconds: float = 0.0
 
 
+#: The file that makes a folder a demo report (see the module's docstring).
+MANIFEST = "demo.json"
+#: What a demo report holds: a folder of these alone, with a leaderboard.db, is a demo's from before the MANIFEST.
+DEMO_FILES = frozenset(
+    {MANIFEST, "index.html", "plotly.min.js", "blend.pkl", "cache.db", "charts", "data", "predictions"}
+    | {f"leaderboard.db{end}" for end in ("", "-shm", "-wal", "-journal")}
+    | {f"cache.db{end}" for end in ("-shm", "-wal", "-journal")}
+)
+
+
+def check_paths(cfg: DemoConfig) -> None:
+    """Refuse (one line), before anything is written, an --out or --data the demo must not use.
+
+    The demo writes its own splits to `out/data`. Were that the --data folder (or inside it, or around it),
+    the user's train.jsonl would lose the blend's items and test/probe/blend files would join it, which the
+    next run then reads as its data. And an existing folder that no demo made is someone's work, whose
+    index.html and data/ the report would replace: only a new or empty folder, or an earlier demo's, is used.
+    """
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; --out needs a folder")
+    source = Path(cfg.data)
+    if source.is_file():
+        raise DataError(f"{source}: --data needs a folder (train.jsonl + validation.jsonl) or a hub id, not a file")
+    if source.is_dir():
+        src, dst = source.resolve(), (out / "data").resolve()
+        if src == dst or src in dst.parents or dst in src.parents:
+            raise DataError(
+                f"--out {out} would write the demo's splits into {out / 'data'}, which is (or overlaps) --data "
+                f"{source}: choose an --out outside the data folder"
+            )
+    if out.is_dir() and not (out / MANIFEST).is_file() and not _earlier_demo(out) and any(out.iterdir()):
+        raise DataError(
+            f"{out} is not empty and holds no demo report ({MANIFEST}): give --out a new or empty folder, "
+            "or an earlier demo's"
+        )
+
+
+def _earlier_demo(out: Path) -> bool:
+    """A report of a demo from before the MANIFEST: its leaderboard.db, and nothing the demo does not write."""
+    names = {p.name for p in out.iterdir()}
+    return "leaderboard.db" in names and names <= DEMO_FILES
+
+
+def _manifest(out: Path) -> dict[str, Any]:
+    """The folder's MANIFEST ({} when there is none, or it is damaged: then nothing of the last run is reused)."""
+    try:
+        m = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return m if isinstance(m, dict) else {}
+
+
+def _write_manifest(out: Path, settings: dict[str, Any], run_id: str | None) -> None:
+    atomic.write_text(out / MANIFEST, json.dumps({"settings": settings, "fine_tune": run_id}, indent=2) + "\n")
+
+
+def _settings(cfg: DemoConfig, **splits: list[Item]) -> dict[str, Any]:
+    """What the results depend on: the options (not where they go) and the items of each split. Two runs with
+    the same settings make the same report, so one may finish what the other began."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    settings["items"] = {name: fingerprint(items) for name, items in splits.items()}
+    return settings
+
+
+def _earlier_fine_tune(run_id: str | None, tcfg: Any) -> Any:
+    """The run an earlier demo with the same settings trained (`run_id`) when it can serve this one: same
+    training config, and if finished, its adapter still there. None: train anew."""
+    from appraiser.runs.store import RunNotFound, RunStore
+    from appraiser.training.trainer import resolve_paths
+
+    if not run_id:
+        return None
+    try:
+        run = RunStore().get(run_id)
+    except RunNotFound:  # deleted since, or another APPRAISER_HOME
+        return None
+    if run.id != run_id or run.kind != "local" or run.folder is None or not Path(run.folder).is_dir():
+        return None
+    wanted = resolve_paths(tcfg).model_dump(mode="json")
+    if any(run.config.get(k) != v for k, v in wanted.items()):
+        return None
+    if run.status == "succeeded" and not (Path(run.folder) / "final").is_dir():
+        return None
+    return run
+
+
+def _finished(run: Any) -> Any:
+    """The TrainResult of a run that already succeeded, from the run store and its folder."""
+    from appraiser.runs.store import RunStore
+    from appraiser.training.trainer import TrainResult
+
+    folder = Path(run.folder)
+    losses = [v for v in RunStore().series(run.id, "loss")[1] if v is not None]
+    probe = run.best_metric == "probe_mae"
+    return TrainResult(
+        run_id=run.id,
+        folder=folder,
+        steps=run.step,
+        train_loss=sum(losses) / len(losses) if losses else float("nan"),
+        final=folder / "final",
+        best=folder / "best" if (folder / "best").is_dir() else None,
+        best_probe_mae=run.best_value if probe else None,
+        best_step=run.best_step if probe else None,
+    )
+
+
 def split_test_and_probe(splits: dict[str, list[Item]], test_size: int, probe_size: int):
     """(train, test, probe): test = first `test_size` of test (or validation); probe = the items after it."""
     if "train" not in splits:
@@ -134,12 +249,24 @@ def run_demo(
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    store = LeaderboardStore(out / "leaderboard.db")
+    check_paths(cfg)
+    # every option and the data are checked before --out gets anything: a refused run leaves no folder behind
     splits = load_splits(cfg.data)
     train, test, probe = split_test_and_probe(splits, cfg.test_size, cfg.probe_size)
     # the probe items stand in for the test's price histogram (weighting "match"): never the test items
     train, blend_items = split_blend(train, cfg.blend_size, cfg.seed, cfg.weighting, probe)
+    settings = _settings(cfg, train=train, test=test, probe=probe, blend=blend_items)
+    earlier = _manifest(out)
+    same = earlier.get("settings") == settings
+    index = out / "index.html"
+    if not same and index.exists():
+        # its predictions and charts are about to be rewritten with other results: a run stopped part way must not
+        # leave the old page linking to them
+        index.unlink()
+        stage(f"the old report (other settings) is removed: {index}")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_manifest(out, settings, earlier.get("fine_tune") if same else None)
+    store = LeaderboardStore(out / "leaderboard.db")
     data_dir = out / "data"
     write_items(train, data_dir / "train.jsonl")
     write_items(test, data_dir / "test.jsonl")
@@ -177,7 +304,6 @@ def run_demo(
     run_eval(LLMPricer(cfg.model, method=cfg.method, max_text_tokens=cfg.max_text_tokens), f"{cfg.model} zero-shot")
 
     # 3. A short LoRA fine-tune.
-    stage(f"fine-tuning {cfg.model} with LoRA for {cfg.max_steps} steps")
     tcfg = TrainConfig(
         model=cfg.model,
         train=data_dir / "train.jsonl",
@@ -199,7 +325,23 @@ def run_demo(
         seed=cfg.seed,
         name=f"demo-{cfg.model}",
     )
-    trained = trainer.start(tcfg, listeners=train_listeners, data_progress=train_progress, on_stage=train_stage)
+    run = _earlier_fine_tune(earlier.get("fine_tune") if same else None, tcfg)
+    if run is None:
+        stage(f"fine-tuning {cfg.model} with LoRA for {cfg.max_steps} steps")
+        trained = trainer.start(
+            tcfg,
+            listeners=train_listeners,
+            data_progress=train_progress,
+            on_stage=train_stage,
+            # recorded at once: a run stopped during training is resumed by the next, not left behind
+            on_created=lambda r: _write_manifest(out, settings, r.id),
+        )
+    elif run.status == "succeeded":
+        stage(f"fine-tune {run.id}: finished by an earlier run of this demo, reused")
+        trained = _finished(run)
+    else:
+        stage(f"fine-tuning {cfg.model}: resuming run {run.id} (stopped at step {run.step} of {cfg.max_steps})")
+        trained = trainer.resume(run.id, listeners=train_listeners, data_progress=train_progress, on_stage=train_stage)
 
     # 4. The fine-tuned model.
     stage(f"fine-tuned {cfg.model} (run {trained.run_id})")

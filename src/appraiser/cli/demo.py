@@ -46,6 +46,10 @@ def demo_command(
         view = ProgressView()
 
         def stage(msg: str) -> None:
+            if view.progress.live.is_started:
+                # the fine-tune is over: its line stays as it ended, not live (and stale) under every later stage
+                view.progress.update(view.task, description="fine-tuned")
+                view.progress.stop()
             console.rule(f"[bold]{escape(msg)}")
 
         def train_stage(msg: str) -> None:
