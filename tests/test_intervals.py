@@ -155,6 +155,9 @@ class _QuantilePricer(Pricer):
         self.ridge.fit(train)
         return self
 
+    def config(self):  # what it is, and so what the prediction cache may key it by
+        return {"sigma": self.sigma, "ridge": self.ridge.config(), "fit": self.ridge.fit_info.get("data")}
+
     def predict(self, items):
         from appraiser.inference.decode import format_quantiles
 

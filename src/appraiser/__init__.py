@@ -35,16 +35,17 @@ def evaluate(
     """Score a pricer on test items, as the course's `Tester.test(fn)`: per-item lines, metrics, a leaderboard row.
 
     `pricer` is a `Pricer` or a plain function `item -> price` (None: no guess); `items` a list of Items or a
-    split file / data folder (its first `size` items: the fixed test set, all of them when `size` is None).
+    split file / data folder (its first `size` items: the fixed test set of `appraiser eval`, 250 by default,
+    so a notebook's rows sit beside the CLI's; `size=0` takes every item), or a list (its first `size`, or all).
     A plain function is never served from the prediction cache: redefining it in a notebook under the same
     name must give its new answers. Other `options` go to `appraiser.evaluation.evaluate`.
     """
+    from appraiser.evaluation.evaluator import DEFAULT_TEST_SIZE, load_test_items
     from appraiser.evaluation.evaluator import evaluate as run_evaluation
-    from appraiser.evaluation.evaluator import load_test_items
     from appraiser.pricers.base import FunctionPricer, Pricer
 
     if isinstance(items, str | Path):
-        items = load_test_items(items, size=size)
+        items = load_test_items(items, size=DEFAULT_TEST_SIZE if size is None else (size or None))
     elif size is not None:
         items = list(items)[:size]
     if not isinstance(pricer, Pricer):

@@ -97,3 +97,22 @@ def _is_nan(v: float | str) -> bool:
         return math.isnan(float(v))
     except ValueError:
         return False
+
+
+def item_list(items: Any, what: str = "items") -> list[Item]:
+    """`items` as a list of Items, from what a notebook hands over: a list or a generator of Items, or of dicts
+    (records as read from JSON). A single Item is refused rather than iterated (a pydantic model iterates its
+    fields, which surfaced as "'tuple' object has no attribute 'id'"), and so is anything else, naming it."""
+    if isinstance(items, Item):
+        raise TypeError(f"{what}: expected a list of Items, got one Item (wrap it in a list: [item])")
+    if isinstance(items, str | bytes | dict) or not hasattr(items, "__iter__"):
+        raise TypeError(f"{what}: expected a list of Items, got {type(items).__name__}")
+    out = []
+    for i, x in enumerate(items):
+        if isinstance(x, Item):
+            out.append(x)
+        elif isinstance(x, dict):
+            out.append(Item.model_validate(x))
+        else:
+            raise TypeError(f"{what}[{i}]: expected an Item (or a dict of its fields), got {type(x).__name__}")
+    return out

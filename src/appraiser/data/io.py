@@ -375,7 +375,7 @@ def write_items(items: Iterable[Item], path: str | Path) -> int:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            records = [it.to_record() for it in items]
+            records = [_record(it) for it in items]
             n = len(records)
             pq.write_table(pa.Table.from_pylist(records), tmp)
         else:
@@ -384,13 +384,22 @@ def write_items(items: Iterable[Item], path: str | Path) -> int:
             )
             with opener as f:
                 for it in items:
-                    f.write(json.dumps(it.to_record(), ensure_ascii=False) + "\n")
+                    f.write(json.dumps(_record(it), ensure_ascii=False) + "\n")
                     n += 1
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return n
+
+
+def _record(it: Any) -> dict[str, Any]:
+    """An item's record to write; a dict is checked as an Item first, so what is written reads back."""
+    if isinstance(it, Item):
+        return it.to_record()
+    if isinstance(it, dict):
+        return record_to_item(it).to_record()
+    raise TypeError(f"expected Items (or dicts of their fields) to write, got {type(it).__name__}")
 
 
 # ---------------------------------------------------------------- splits and HF datasets

@@ -25,9 +25,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from appraiser.data.io import DataError, describe_sources, find_split_file, read_items, read_pool
-from appraiser.evaluation.metrics import FAILED, colour, compute_metrics, squared_log_error
+from appraiser.evaluation.metrics import FAILED, colour, compute_metrics, money, squared_log_error
 from appraiser.evaluation.store import LeaderboardStore, PredictionCache
-from appraiser.items import MAX_SANE_PRICE, Item, fingerprint
+from appraiser.items import MAX_SANE_PRICE, Item, fingerprint, item_list
 from appraiser.pricers.base import Prediction, Pricer
 
 DEFAULT_TEST_SIZE = 250
@@ -87,6 +87,17 @@ class EvalResult:
     cached: int = 0
     charts: list[Path] = field(default_factory=list)
     fit_seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        """One line: a notebook cell ending in `evaluate(...)` showed the whole dataclass, every item in it."""
+        m = self.metrics
+        failed = f", {int(m['failures'])} failed" if m.get("failures") else ""
+        run = f", run {self.run_id}" if self.run_id is not None else ""
+        ci = f"{money(m.get('mae_ci_low'))}–{money(m.get('mae_ci_high'))}"
+        return (
+            f"<EvalResult {self.pricer}: MAE {money(m.get('mae'))} (95% CI {ci}) on {len(self.results)} items"
+            f"{failed}, test set {self.test_fingerprint}{run}>"
+        )
 
     @property
     def truths(self) -> list[float]:
@@ -252,9 +263,13 @@ def evaluate(
     the progress bar alone (no line per item, no summary).
     `fit_seconds` (default: `fit_info["seconds"]` when present) is recorded beside the predict time.
     """
-    items = list(items)
+    items = item_list(items, "test items")
     if not items:
         raise DataError("no test items to evaluate on")
+    if cache and type(pricer).config is Pricer.config:
+        # a pricer that does not say what it is (no `config()` of its own: a notebook's subclass) cannot be told
+        # from another of its label, or from itself with other arguments or edited code: never served from cache
+        cache = False
     label = name or pricer.label
     cfg = pricer.config()
     fit_info = getattr(pricer, "fit_info", None)

@@ -136,7 +136,15 @@ class FunctionPricer(Pricer):
         out = []
         for it in items:
             p = self.fn(it)
-            out.append(Prediction(price=None if p is None else float(p)))
+            if isinstance(p, str):  # a model's answer handed back as it came ("$12.50"): read like one
+                out.append(Prediction(price=parse_price_text(p), raw=p))
+            elif p is None or (isinstance(p, int | float) and not isinstance(p, bool)):
+                out.append(Prediction(price=None if p is None else float(p)))
+            else:
+                raise TypeError(
+                    f"{self._name} returned {type(p).__name__} for item {it.id}: expected a price (a number), "
+                    "None for no guess, or the model's text"
+                )
         return out
 
 

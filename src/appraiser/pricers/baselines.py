@@ -42,7 +42,7 @@ from appraiser.data.weighting import (
     resolve_sources,
     sample_weights,
 )
-from appraiser.items import Item, data_fingerprint
+from appraiser.items import Item, data_fingerprint, item_list
 from appraiser.pricers.base import Prediction, Pricer
 from appraiser.pricers.features import NUMERIC_COLUMNS, TARGETS, from_target, items_frame, to_target
 from appraiser.pricers.registry import register
@@ -144,6 +144,8 @@ class Baseline(Pricer):
 
     def fit(self, train: Sequence[Item], validation: Sequence[Item] | None = None) -> Baseline:
         """Fit on `train`; `validation` is read only for its price/category distribution ("match")."""
+        train = item_list(train, "training items")
+        validation = item_list(validation, "validation items") if validation is not None else None
         if not train:
             raise ValueError(f"{self.name}: no training items")
         start = time.perf_counter()
@@ -172,6 +174,7 @@ class Baseline(Pricer):
     def predict(self, items: Sequence[Item]) -> list[Prediction]:
         if not self.fitted:
             raise RuntimeError(f"{self.label}: call fit() (or load a fitted model) before predict()")
+        items = item_list(items)
         if not items:
             return []
         prices = from_target(np.asarray(self._predict(items), dtype=float).reshape(-1), self.target)
@@ -674,6 +677,7 @@ class HashedMLP(Baseline):
 
         p = self.params
         previous = self._threads()
+        rng = torch.get_rng_state()  # the seed below is this fit's; a notebook's own torch random state is kept
         try:
             torch.manual_seed(self.seed)
             X = self._vectorizer().transform([it.text for it in items]).tocsr()
@@ -706,6 +710,7 @@ class HashedMLP(Baseline):
             self.state_ = {k: v.detach().clone() for k, v in net.state_dict().items()}
         finally:
             torch.set_num_threads(previous)
+            torch.set_rng_state(rng)
 
     def _fitted_net(self):
         # The net's class is built on demand, so pickles hold only its weights (`state_`).
