@@ -63,6 +63,68 @@ def test_fit_seconds_round_trip_and_old_databases_upgrade(items, tmp_path):
     store.close()
 
 
+def _same_ids_other_items():
+    from appraiser.items import Item
+
+    laptops = [Item(id=str(i), title=f"Laptop {i}", text=f"a laptop model {i}", price=500 + i) for i in range(3)]
+    pencils = [
+        Item(id=str(i), title=f"Pencil {i}", text=f"a pencil pack {i}", price=2 + i, category="Office")
+        for i in range(3)
+    ]
+    return laptops, pencils
+
+
+def test_test_sets_that_reuse_item_ids_each_read_back_their_own_items(tmp_path):
+    """A probe: items were stored keyed by id alone, so a second test set with ids "0", "1", … read back the first
+    set's titles and categories ('Laptop 0', None for a 'Pencil 0' in 'Office')."""
+    laptops, pencils = _same_ids_other_items()
+    with LeaderboardStore(tmp_path / "lb.db") as store:
+        r1 = score(laptops, [500.0] * 3, name="p")
+        r2 = score(pencils, [3.0] * 3, name="p")
+        id1, id2 = store.add(r1), store.add(r2)
+        assert store.result(id2).results == r2.results
+        assert [(r.title, r.category) for r in store.predictions(id2)][0] == ("Pencil 0", "Office")
+        assert store.result(id1).results == r1.results  # the first set's are untouched
+        store.add(score(pencils, [4.0] * 3, name="q"))  # the same items again share their rows
+    with sqlite3.connect(tmp_path / "lb.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 6
+
+
+def test_a_database_from_before_items_were_keyed_by_content_upgrades_and_keeps_its_rows(tmp_path):
+    """A leaderboard written before items had a content key (items keyed by id, predictions without item_key)
+    opens, reads back what it read before, and from then on keeps each test set's own items apart."""
+    laptops, pencils = _same_ids_other_items()
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:  # the schema as it was, with one evaluation of the laptops in it
+        conn.executescript(
+            "CREATE TABLE evaluations (id INTEGER PRIMARY KEY AUTOINCREMENT, pricer TEXT NOT NULL, "
+            "label TEXT NOT NULL, config TEXT NOT NULL, test_fingerprint TEXT NOT NULL, test_size INTEGER NOT NULL, "
+            "metrics TEXT NOT NULL, seconds REAL NOT NULL, cost REAL NOT NULL DEFAULT 0, created TEXT NOT NULL, "
+            "fit_seconds REAL NOT NULL DEFAULT 0);"
+            "CREATE TABLE items (item_id TEXT PRIMARY KEY, title TEXT, category TEXT) WITHOUT ROWID;"
+            "CREATE TABLE predictions (run_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE, "
+            "idx INTEGER NOT NULL, item_id TEXT NOT NULL, truth REAL NOT NULL, guess REAL, low REAL, high REAL, "
+            "raw TEXT, PRIMARY KEY (run_id, idx)) WITHOUT ROWID;"
+            "INSERT INTO evaluations VALUES (1, 'p', 'p', '{}', 'fp', 3, '{}', 1.0, 0, '2026-01-01T00:00:00Z', 0);"
+        )
+        conn.executemany("INSERT INTO items VALUES (?, ?, ?)", [(it.id, it.title, None) for it in laptops])
+        conn.executemany(
+            "INSERT INTO predictions VALUES (1, ?, ?, ?, ?, NULL, NULL, 'r')",
+            [(k, it.id, it.price, 500.0) for k, it in enumerate(laptops)],
+        )
+    old = [ItemResult(it.id, it.title, None, it.price, 500.0, raw="r") for it in laptops]
+    with LeaderboardStore(db) as store:
+        assert store.predictions(1) == old
+        r2 = score(pencils, [3.0] * 3, name="p")
+        id2 = store.add(r2)
+        assert store.predictions(id2) == r2.results and store.predictions(1) == old
+    with LeaderboardStore(db) as store:  # opened again: already upgraded, nothing changes
+        assert store.predictions(1) == old and store.predictions(id2) == r2.results
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "items_by_id" not in tables and conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 6
+
+
 def test_rows_on_different_test_sets_are_never_mixed(items, tmp_path):
     store = LeaderboardStore(tmp_path / "lb.db")
     a, b = items[:20], items[20:]

@@ -112,7 +112,7 @@ def is_traditional(name: str) -> bool:
 
 def model_vs_traditional(results: Sequence[EvalResult]) -> str:
     """One line: the best model-based pricer against the best traditional baseline on the same items."""
-    scored = [r for r in results if mae_rank(r.metrics) < math.inf]  # a pricer that failed every item: no MAE
+    scored = [r for r in results if mae_rank(r.metrics).mae < math.inf]  # a pricer that failed every item: no MAE
     trad = [r for r in scored if is_traditional(r.pricer)]
     model = [r for r in scored if not is_traditional(r.pricer)]
     if not trad or not model:

@@ -24,7 +24,7 @@ from appraiser.evaluation.evaluator import (
     summary_table,
     write_predictions,
 )
-from appraiser.evaluation.metrics import mae_rank
+from appraiser.evaluation.metrics import MIN_PRICED_SHARE, MaeRank, mae_rank
 from appraiser.evaluation.store import LeaderboardStore, Row
 from appraiser.items import fingerprint
 
@@ -315,9 +315,10 @@ def _secs(v: float) -> str:
 
 
 def tied_ranks(rows: list[Row]) -> list[str]:
-    """Competition ranks of rows sorted by MAE, with "=" on a tie ("1", "2=", "2=", "4"): runs whose MAEs
-    read the same (to the cent, as shown) share a rank, rather than the more recent one looking better."""
-    keys = [round(_mae_key(r), 2) if math.isfinite(_mae_key(r)) else _mae_key(r) for r in rows]
+    """Competition ranks of rows sorted by `_mae_key`, with "=" on a tie ("1", "2=", "2=", "4"): runs whose MAEs
+    read the same (to the cent, as shown) share a rank, rather than the more recent one looking better; a row
+    ranked after the others for pricing too few items ties only with another such row."""
+    keys = [k._replace(mae=round(k.mae, 2)) if math.isfinite(k.mae) else k for k in map(_mae_key, rows)]
     out = []
     for k in keys:
         first = keys.index(k) + 1  # rows are sorted, so equal keys are adjacent
@@ -326,9 +327,15 @@ def tied_ranks(rows: list[Row]) -> list[str]:
 
 
 def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
-    """Rows ranked as given; `wide` adds median error, R² and cost (they do not fit 80 columns)."""
+    """Rows ranked as given; `wide` adds median error, R² and cost (they do not fit 80 columns).
+
+    A row that `mae_rank` puts after the others for pricing too few items gets a "*" on its failures and a
+    caption says why, so a low MAE ranked below a higher one does not read as a mistake."""
+    few = [_mae_key(r).group == 1 for r in rows]
     t = Table(
-        title=f"Leaderboard — test set {fp} ({rows[0].test_size if rows else 0} items), by MAE", box=box.SIMPLE_HEAD
+        title=f"Leaderboard — test set {fp} ({rows[0].test_size if rows else 0} items), by MAE",
+        caption=f"* ranked after the others: priced under {MIN_PRICED_SHARE:.0%} of the items" if any(few) else None,
+        box=box.SIMPLE_HEAD,
     )
     cols = ["#", "pricer", "MAE", "95% CI"] + (["median", "R²"] if wide else []) + ["RMSLE", "hit", "fail"]
     if any("interval_coverage" in r.metrics for r in rows):  # rows without intervals show "—"
@@ -342,7 +349,7 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
         else:
             t.add_column(col, justify="right", no_wrap=col != "95% CI", overflow="fold")
     ranks = tied_ranks(rows)
-    for rank, r in zip(ranks, rows, strict=True):
+    for rank, r, short in zip(ranks, rows, few, strict=True):
         m = r.metrics
         cells = {
             "#": rank,
@@ -353,7 +360,7 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
             "R²": _ratio(m.get("r2")),
             "RMSLE": _ratio(m.get("rmsle")),
             "hit": f"{m.get('hit_rate', 0):.1%}",
-            "fail": str(int(m.get("failures", 0))),
+            "fail": str(int(m.get("failures", 0))) + ("*" if short else ""),
             "cover": f"{m['interval_coverage']:.0%}" if "interval_coverage" in m else "—",
             "width": _whole(m.get("interval_width")),
             "time": _secs(r.seconds + r.fit_seconds),
@@ -366,7 +373,7 @@ def leaderboard_table(rows: list[Row], fp: str, wide: bool = False) -> Table:
     return t
 
 
-def _mae_key(r: Row) -> float:
+def _mae_key(r: Row) -> MaeRank:
     return mae_rank(r.metrics)
 
 

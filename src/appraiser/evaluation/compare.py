@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appraiser.evaluation.evaluator import ItemResult
+from appraiser.evaluation.evaluator import EvalResult, ItemResult
 from appraiser.evaluation.metrics import bootstrap_mean_ci
 
 
@@ -52,11 +52,20 @@ class Comparison:
 
 
 def paired_compare(
-    a: Sequence[ItemResult], b: Sequence[ItemResult], name_a: str = "A", name_b: str = "B", seed: int = 0
+    a: Sequence[ItemResult] | EvalResult,
+    b: Sequence[ItemResult] | EvalResult,
+    name_a: str = "A",
+    name_b: str = "B",
+    seed: int = 0,
 ) -> Comparison:
-    """Compare two sets of per-item results on the items they share (matched by id and true price)."""
+    """Compare two sets of per-item results on the items they share (matched by id and true price).
+
+    Each side is a list of ItemResult or a whole EvalResult (what `evaluate` and `LeaderboardStore.result`
+    return), whose `.results` are compared: passing one failed with "'EvalResult' object is not iterable"."""
     from scipy.stats import binomtest
 
+    a = a.results if isinstance(a, EvalResult) else a
+    b = b.results if isinstance(b, EvalResult) else b
     by_id = {(r.id, round(r.truth, 2)): r for r in b}
     ea, eb = [], []
     skipped = failed_a = failed_b = 0

@@ -4,7 +4,8 @@ Conventions, so every number on the leaderboard means the same thing:
 
 - A failed guess (None / NaN) is counted in `failures` and lowers `coverage` and `hit_rate`, but is
   left out of the error metrics (MAE, RMSLE, ...): a failure has no error to average. Failures are
-  shown next to the MAE everywhere, so a pricer cannot look good by refusing hard items.
+  shown next to the MAE everywhere, so a pricer cannot look good by refusing hard items, and a pricer that
+  priced under `MIN_PRICED_SHARE` of its items ranks after all that priced more (`mae_rank`), whatever its MAE.
 - `hit_rate` is the share of *all* items that are green (a failure is not a hit).
 - Log metrics use log1p and clip guesses below at 0 (a negative price has no logarithm).
 - The MAE's 95% confidence interval is a seeded percentile bootstrap, so it is reproducible.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,11 +54,41 @@ RELIABILITY_LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 CALIBRATION_METRICS = ("calib_n", *(f"calib_cover_{round(lv * 100)}" for lv in RELIABILITY_LEVELS), "calib_error")
 
 
-def mae_rank(metrics: Mapping[str, object]) -> float:
-    """An evaluation's MAE as a sort key, best first: a missing or NaN MAE (a pricer that failed on every
-    item) ranks last. A NaN key would leave a sort's order arbitrary."""
+#: A pricer that priced fewer than this share of its items ranks after every one that priced more. Its MAE is
+#: over the items it answered only, so one that abstains on all but its surest item (1 of 50, off by a cent)
+#: would otherwise top the leaderboard with 49 failures.
+MIN_PRICED_SHARE = 0.9
+
+
+class MaeRank(NamedTuple):
+    """A sort key for evaluations, best first (a tuple, so `sorted(key=mae_rank)` and `min` work as before)."""
+
+    group: int  # 0: priced at least MIN_PRICED_SHARE of its items; 1: priced fewer; 2: has no MAE
+    mae: float  # math.inf when there is none
+
+
+def priced_share(metrics: Mapping[str, object]) -> float | None:
+    """The share of its items an evaluation priced (`coverage`, else from `n` and `failures`); None when the
+    row says neither (a row from before they were recorded is then ranked by its MAE alone, as it was)."""
+    v = metrics.get("coverage")
+    if isinstance(v, (int, float)) and not math.isnan(v):
+        return float(v)
+    n, failures = metrics.get("n"), metrics.get("failures")
+    if isinstance(n, (int, float)) and isinstance(failures, (int, float)) and n > 0:
+        return (n - failures) / n
+    return None
+
+
+def mae_rank(metrics: Mapping[str, object]) -> MaeRank:
+    """An evaluation's sort key, best first: by MAE among the rows that priced at least MIN_PRICED_SHARE of
+    their items, then by MAE among those that priced fewer (their MAE is over a few answered items, so it is
+    no measure of the pricer), and last a missing or NaN MAE (a pricer that failed on every item). A NaN key
+    would leave a sort's order arbitrary."""
     v = metrics.get("mae")
-    return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else math.inf
+    if not isinstance(v, (int, float)) or math.isnan(v):
+        return MaeRank(2, math.inf)
+    share = priced_share(metrics)
+    return MaeRank(1 if share is not None and share < MIN_PRICED_SHARE else 0, float(v))
 
 
 def money(v: object, places: int = 2) -> str:

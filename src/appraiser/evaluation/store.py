@@ -8,6 +8,7 @@ sets are never mixed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -21,7 +22,17 @@ from appraiser.data.io import DataError
 if TYPE_CHECKING:
     from appraiser.evaluation.evaluator import EvalResult, ItemResult
 
-SCHEMA = """
+#: Titles and categories are stored once per item, not once per evaluation: they dominate a row's size.
+#: Keyed by the item's content (`item_key`), not its id alone: test sets reuse ids ("0", "1", …) for other
+#: items, and keyed by id the first set's titles were read back for every later one.
+ITEMS_TABLE = """CREATE TABLE IF NOT EXISTS items (
+    item_key TEXT PRIMARY KEY,     -- item_key(id, title, category); "id:<id>" for rows from before it existed
+    item_id TEXT NOT NULL,
+    title TEXT,
+    category TEXT
+) WITHOUT ROWID"""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS evaluations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     pricer TEXT NOT NULL,          -- the pricer's kind (Pricer.name, e.g. "tfidf-ridge")
@@ -36,12 +47,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     fit_seconds REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS evaluations_fp ON evaluations (test_fingerprint, label);
--- Titles and categories are stored once per item, not once per evaluation: they dominate a row's size.
-CREATE TABLE IF NOT EXISTS items (
-    item_id TEXT PRIMARY KEY,
-    title TEXT,
-    category TEXT
-) WITHOUT ROWID;
+{ITEMS_TABLE};
 CREATE TABLE IF NOT EXISTS predictions (
     run_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
     idx INTEGER NOT NULL,
@@ -51,9 +57,21 @@ CREATE TABLE IF NOT EXISTS predictions (
     low REAL,
     high REAL,
     raw TEXT,
+    item_key TEXT,                 -- the items row; NULL in rows from before it existed (read by id)
     PRIMARY KEY (run_id, idx)
 ) WITHOUT ROWID;
 """
+
+#: How a prediction stored before `item_key` existed finds its items row: by id, as it was written.
+_LEGACY_KEY_SQL = "'id:' || {}"
+
+
+def item_key(item_id: str, title: str | None, category: str | None) -> str:
+    """The items row of one item: a hash of its id, title and category, so two test sets that give one id to
+    different items each read back their own. 16 hex digits: 64 bits make a clash between two items a
+    non-event, and each prediction row carries one (a full hash would add a third to its size); hex digits
+    only, so never equal to a legacy "id:…" key."""
+    return hashlib.sha1(json.dumps([item_id, title, category]).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -103,10 +121,49 @@ class LeaderboardStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = _connect(self.path, SCHEMA)
         self._conn.execute("PRAGMA foreign_keys = ON")
-        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(evaluations)")}
-        if "fit_seconds" not in columns:  # a database from before fit times were recorded
-            with self._conn:
+        if self._outdated():
+            self._upgrade()
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+
+    def _outdated(self) -> bool:
+        return (
+            "fit_seconds" not in self._columns("evaluations")
+            or "item_key" not in self._columns("items")
+            or "item_key" not in self._columns("predictions")
+        )
+
+    def _upgrade(self) -> None:
+        """Bring a database written by an older version up to SCHEMA, keeping every row.
+
+        One transaction that takes the write lock first and looks again, so two processes opening one old
+        file do not both alter it (the second would fail on a column the first added), and a crash leaves it
+        as it was. The old items table (keyed by id alone) is copied under legacy keys "id:<id>", which the
+        predictions stored before the upgrade (item_key NULL) are read by: they read what they read before.
+        """
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            if "fit_seconds" not in self._columns("evaluations"):  # from before fit times were recorded
                 self._conn.execute("ALTER TABLE evaluations ADD COLUMN fit_seconds REAL NOT NULL DEFAULT 0")
+            if "item_key" not in self._columns("items"):  # from before items were keyed by their content
+                self._conn.execute("ALTER TABLE items RENAME TO items_by_id")
+                self._conn.execute(ITEMS_TABLE)
+                self._conn.execute(
+                    "INSERT INTO items SELECT "
+                    + _LEGACY_KEY_SQL.format("item_id")
+                    + ", item_id, title, category FROM items_by_id"
+                )
+                self._conn.execute("DROP TABLE items_by_id")
+            if "item_key" not in self._columns("predictions"):
+                self._conn.execute("ALTER TABLE predictions ADD COLUMN item_key TEXT")
+            self._conn.commit()
+        except sqlite3.DatabaseError as e:  # e.g. locked by another writer for the whole wait
+            self._conn.rollback()
+            self._conn.close()
+            raise DataError(
+                f"{self.path}: cannot upgrade this leaderboard database ({e}); it was left as it was"
+            ) from None
 
     def close(self) -> None:
         self._conn.close()
@@ -140,12 +197,18 @@ class LeaderboardStore:
                 ),
             )
             run_id = int(cur.lastrowid)
+            keys = [item_key(r.id, r.title, r.category) for r in result.results]
             self._conn.executemany(
-                "INSERT OR IGNORE INTO items VALUES (?, ?, ?)", [(r.id, r.title, r.category) for r in result.results]
+                "INSERT OR IGNORE INTO items (item_key, item_id, title, category) VALUES (?, ?, ?, ?)",
+                [(k, r.id, r.title, r.category) for k, r in zip(keys, result.results, strict=True)],
             )
             self._conn.executemany(
-                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, i, r.id, r.truth, r.guess, r.low, r.high, r.raw) for i, r in enumerate(result.results)],
+                "INSERT INTO predictions (run_id, idx, item_id, truth, guess, low, high, raw, item_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, i, r.id, r.truth, r.guess, r.low, r.high, r.raw, k)
+                    for i, (r, k) in enumerate(zip(result.results, keys, strict=True))
+                ],
             )
         return run_id
 
@@ -215,7 +278,9 @@ class LeaderboardStore:
             ItemResult(*r)
             for r in self._conn.execute(
                 "SELECT p.item_id, i.title, i.category, p.truth, p.guess, p.low, p.high, p.raw "
-                "FROM predictions p LEFT JOIN items i ON i.item_id = p.item_id WHERE p.run_id = ? ORDER BY p.idx",
+                "FROM predictions p LEFT JOIN items i ON i.item_key = COALESCE(p.item_key, "
+                + _LEGACY_KEY_SQL.format("p.item_id")
+                + ") WHERE p.run_id = ? ORDER BY p.idx",
                 (run_id,),
             )
         ]
