@@ -388,6 +388,7 @@ def test_leaderboard_shows_cis_and_a_paired_comparison(dashboard, browser, leade
     page.locator("#board tbody tr").nth(1).wait_for()
     cis = page.locator("#board td.ci").all_inner_texts()
     assert len(cis) == 2 and all(c.count("$") == 2 and "–" in c for c in cis)
+    assert page.locator("#ranked-after").is_hidden()  # both rows priced every item: no footnote
     page.wait_for_selector("#chart .main-svg")
     assert page.evaluate("document.getElementById('chart').data[0].error_x.array.length") == 2
     page.locator("#comparison p").first.wait_for()

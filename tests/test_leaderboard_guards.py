@@ -80,6 +80,7 @@ def test_the_dashboard_charts_and_demo_rank_an_abstainer_after_the_others(tmp_pa
             store.add(r)
     rows = dashboard_data.leaderboard(tmp_path / "leaderboard.db")["rows"]
     assert [r["label"] for r in rows][2:] == ["abstainer", "all-failed"]
+    assert [r["ranked_after"] for r in rows] == [False, False, True, False]  # the page marks the abstainer
     assert list(leaderboard_figure(results).data[0].y)[2:] == ["abstainer", "all-failed"]
     for r in results:  # the demo's best model-based pricer is not the one that priced a single item
         r.pricer = {"abstainer": "lora-a", "steady": "lora-s", "steady-too": "tfidf-x", "all-failed": "lora-f"}[

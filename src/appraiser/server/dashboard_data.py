@@ -266,6 +266,7 @@ def leaderboard(path: Path, fingerprint: str | None = None) -> dict[str, Any]:
                 "rmsle": _finite(r.metrics.get("rmsle")),
                 "hit_rate": _finite(r.metrics.get("hit_rate")),
                 "failures": int(r.metrics.get("failures", 0) or 0),
+                "ranked_after": mae_rank(r.metrics).group == 1,  # priced under MIN_PRICED_SHARE: the page says so
                 "seconds": r.seconds,
                 "created": r.created,
             }

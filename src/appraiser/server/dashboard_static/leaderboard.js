@@ -27,11 +27,13 @@ function drawTable(rows) {
       { text: dash.money(r.mae), cls: "num" }, { text: ci, cls: "num ci" },
       { text: dash.num(r.rmsle, 3), cls: "num" },
       { text: r.hit_rate === null ? "–" : Math.round(r.hit_rate * 100) + "%", cls: "num" },
-      { text: r.failures, cls: "num" }, { text: r.n, cls: "num" }, r.created,
+      { text: r.failures + (r.ranked_after ? "*" : ""), cls: "num" }, { text: r.n, cls: "num" }, r.created,
     ]);
     tr.dataset.eval = r.id;
     body.appendChild(tr);
   });
+  // as `appraiser leaderboard` says it: a row that priced few items ranks after the rest, whatever its MAE
+  document.getElementById("ranked-after").hidden = !rows.some((r) => r.ranked_after);
 }
 
 function fillPickers(rows) {
