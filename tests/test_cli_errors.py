@@ -275,6 +275,16 @@ def test_ctrl_c_during_train_and_resume_is_one_line_and_exit_130(small_split):
     assert f"interrupted at step {resumed.step}; `appraiser train --resume {victim.id}` continues" in err, err
 
 
+def test_ctrl_c_during_the_demo_says_how_to_finish(data_dir, tmp_path):
+    """The demo finishes a stopped run when run again (cache, resumed fine-tune): Ctrl-C says so, exit 130."""
+    out = tmp_path / "report"
+    code, err = _interrupt(
+        ["demo", "--quick", "--data", str(data_dir), "--out", str(out)], (out / "demo.json").exists, "the demo's start"
+    )
+    assert code == 130 and "Traceback" not in err, err
+    assert "stopped: run the same command again to finish" in " ".join(err.split()), err
+
+
 def test_unknown_or_missing_tracker_is_refused_before_anything_loads(split):
     train, _ = split
     r = run("train", "--train", train, "--report-to", "wandbb", "--dry-run")

@@ -22,6 +22,7 @@ and the same fine-tune is resumed from its last checkpoint (or reused, once fini
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -261,9 +262,11 @@ def run_demo(
     index = out / "index.html"
     if not same and index.exists():
         # its predictions and charts are about to be rewritten with other results: a run stopped part way must not
-        # leave the old page linking to them
+        # leave the old page linking to them, and the old page's files would linger beside the new ones
         index.unlink()
-        stage(f"the old report (other settings) is removed: {index}")
+        for folder in (out / "predictions", out / "charts"):
+            shutil.rmtree(folder, ignore_errors=True)
+        stage(f"the old report (other settings) is removed: {index}, its predictions and charts")
     out.mkdir(parents=True, exist_ok=True)
     _write_manifest(out, settings, earlier.get("fine_tune") if same else None)
     store = LeaderboardStore(out / "leaderboard.db")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from appraiser.cli import console, quiet_libraries, user_errors
+from appraiser.cli import console, err_console, quiet_libraries, user_errors
 from appraiser.cli.progress import ProgressView
 from appraiser.data.io import DataError
 from appraiser.evaluation.metrics import mae_rank, money
@@ -71,6 +71,14 @@ def demo_command(
                 train_progress=None,
                 train_stage=train_stage,
             )
+        except KeyboardInterrupt:  # said before "interrupted": how to finish, since nothing is lost
+            err_console.print(
+                f"stopped: run the same command again to finish (priced items are cached and the fine-tune resumes "
+                f"from its last checkpoint; report: {escape(str(out))})",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise
         finally:
             if view.progress.live.is_started:
                 view.progress.stop()
